@@ -1,0 +1,157 @@
+"""Federation config: one YAML file, checked by pydantic, with defaults for everything but
+the list of sites. Relative paths are relative to the config file, so a config can travel
+with its data."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError, format_validation_error
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONTRACT = PROJECT_ROOT / "schemas" / "diabetes_ehr.yaml"
+STRATEGIES = ("logistic", "dp-logistic", "dp-fedavg", "xgboost")
+_SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SitePolicy(_Strict):
+    """A site's own rules: the coordinator cannot override them."""
+
+    strategies: list[Literal["logistic", "dp-logistic", "dp-fedavg", "xgboost"]] = Field(
+        default_factory=lambda: list(STRATEGIES)
+    )
+    max_epsilon_per_job: float = Field(1.0, gt=0)
+
+
+class SiteConfig(_Strict):
+    name: str
+    path: Path
+    resource: str | None = Field(
+        None, description="Ray custom resource the site's node offers, e.g. 'site:northgate'"
+    )
+    epsilon_budget: float | None = Field(None, gt=0, description="overrides privacy.epsilon_budget")
+    policy: SitePolicy = Field(default_factory=SitePolicy)
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not _SITE_NAME.match(v):
+            raise ValueError("site names are lower-case letters, digits, '-' or '_'")
+        return v
+
+
+class PrivacyConfig(_Strict):
+    epsilon_budget: float = Field(10.0, gt=0, description="lifetime epsilon per site")
+    epsilon_per_job: float = Field(1.0, gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1e-2)
+    ledger: Path = Path("privacy_ledger.sqlite")
+
+
+class ValidationConfig(_Strict):
+    unknown_columns: Literal["warn", "fail"] = "fail"
+    min_rows: int = Field(100, ge=1)
+    leakage_auc: float = Field(0.98, gt=0.5, le=1.0)
+
+
+class MlflowConfig(_Strict):
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    model_name: str = "diabetes-risk"
+
+
+class TrainingConfig(_Strict):
+    model: Literal["logistic", "dp-logistic", "dp-fedavg", "xgboost"] = "dp-fedavg"
+    rounds: int = Field(30, ge=1)
+    seed: int = 0
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    secure_aggregation: bool = True
+    round_timeout_s: float = Field(120.0, gt=0)
+
+
+class RayConfig(_Strict):
+    address: str | None = None
+    num_cpus: int | None = None
+
+
+class FederationConfig(_Strict):
+    """A whole federation: sites, quorum, privacy, tracking and training defaults."""
+
+    federation: str = "federation"
+    contract: Path = DEFAULT_CONTRACT
+    sites: list[SiteConfig] = Field(min_length=1)
+    min_sites: int | None = Field(None, ge=1, description="quorum; default: a majority")
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    path: Path | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FederationConfig:
+        names = [s.name for s in self.sites]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"site names must be unique; repeated: {dupes}")
+        if self.min_sites is not None and self.min_sites > len(self.sites):
+            raise ValueError(f"min_sites={self.min_sites} but only {len(self.sites)} sites")
+        return self
+
+    @property
+    def quorum(self) -> int:
+        return self.min_sites or max(1, math.ceil(len(self.sites) / 2))
+
+    def site(self, name: str) -> SiteConfig:
+        for s in self.sites:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def site_budget(self, name: str) -> float:
+        return self.site(name).epsilon_budget or self.privacy.epsilon_budget
+
+    @property
+    def tracking_uri(self) -> str:
+        """Default: the local store `mlruns/mlflow.db` in the working directory."""
+        return self.mlflow.tracking_uri or f"sqlite:///{Path('mlruns').resolve()}/mlflow.db"
+
+
+def load_config(path: str | Path) -> FederationConfig:
+    """Read a federation config; errors name the file and the field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a federation config must be a YAML mapping")
+    try:
+        cfg = FederationConfig.model_validate(raw)
+    except ValidationError as exc:
+        msg = format_validation_error(exc)
+        raise ConfigError(f"{path}: invalid federation config:\n{msg}") from exc
+    return _resolve_paths(cfg, path.resolve().parent, path)
+
+
+def _resolve_paths(cfg: FederationConfig, base: Path, path: Path) -> FederationConfig:
+    def resolve(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p).resolve()
+
+    cfg.path = path.resolve()
+    cfg.contract = resolve(cfg.contract)
+    cfg.privacy.ledger = resolve(cfg.privacy.ledger)
+    for site in cfg.sites:
+        site.path = resolve(site.path)
+    return cfg

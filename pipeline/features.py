@@ -1,0 +1,127 @@
+"""Feature encoding derived from the contract alone.
+
+Every site must encode its rows identically without pooling anything, and differential
+privacy needs a bound on each encoded row's norm that does not come from the data. Both
+follow from encoding with the contract: numeric values are clipped to the declared range
+and scaled to [0, 1], missing values take the declared fill value plus a missing
+indicator, categories become one-hot blocks. Each block contributes at most 1 to the
+squared norm, so ``data_norm`` is known before any row is read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline.contract import Contract, Feature
+
+
+def missing_mask(feature: Feature, values: pd.Series) -> np.ndarray:
+    """Missing per the contract: null, NaN, or one of the feature's missing codes."""
+    mask = values.isna().to_numpy().copy()
+    if feature.missing_codes:
+        numeric = pd.to_numeric(values, errors="coerce")
+        mask |= numeric.isin(feature.missing_codes).to_numpy()
+    return mask
+
+
+def _numeric(values: pd.Series) -> np.ndarray:
+    return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
+def _category_codes(feature: Feature, values: pd.Series) -> np.ndarray:
+    """Index of each value in the contract's category list; -1 for missing or unknown."""
+    cats = list(feature.categories or [])
+    lookup = {c: i for i, c in enumerate(cats)}
+    if feature.dtype != "string":
+        # Integer-coded categories may arrive as floats (CSV, JSON): compare by value.
+        lookup.update({float(c): i for i, c in enumerate(cats)})
+    return np.fromiter(
+        (lookup.get(v, -1) if v is not None and v == v else -1 for v in values.to_numpy()),
+        dtype=np.int64,
+        count=len(values),
+    )
+
+
+class FeatureEncoder:
+    """Contract-driven design matrix for linear models.
+
+    Parameters
+    ----------
+    contract : Contract
+        The task's contract; nothing is learned from data.
+
+    Attributes
+    ----------
+    feature_names_out : list of str
+        Names of the encoded columns, in order.
+    data_norm : float
+        Upper bound on the L2 norm of any encoded row, for DP clipping.
+    """
+
+    def __init__(self, contract: Contract) -> None:
+        self.contract = contract
+        names: list[str] = []
+        for f in contract.features:
+            if f.kind == "categorical":
+                names += [f"{f.name}={c}" for c in f.categories or []]
+            else:
+                names.append(f.name)
+            if f.nullable:
+                names.append(f"{f.name}__missing")
+        self.feature_names_out = names
+
+    @property
+    def n_features_out(self) -> int:
+        return len(self.feature_names_out)
+
+    @property
+    def data_norm(self) -> float:
+        blocks = sum(1 + int(f.nullable) for f in self.contract.features)
+        return float(np.sqrt(blocks))
+
+    def transform(self, df: pd.DataFrame) -> np.ndarray:
+        """Encode raw contract columns (clinical units) into a float64 design matrix."""
+        n = len(df)
+        out = np.zeros((n, self.n_features_out), dtype=np.float64)
+        j = 0
+        for f in self.contract.features:
+            values = df[f.name]
+            missing = missing_mask(f, values)
+            if f.kind == "numeric":
+                lo, hi = f.range  # type: ignore[misc]
+                x = _numeric(values)
+                x = np.where(missing | np.isnan(x), f.impute_value, x)
+                out[:, j] = (np.clip(x, lo, hi) - lo) / (hi - lo)
+                j += 1
+            elif f.kind == "boolean":
+                x = _numeric(values.astype("float64") if values.dtype == bool else values)
+                out[:, j] = np.where(missing | np.isnan(x), 0.0, x != 0)
+                j += 1
+            else:
+                codes = _category_codes(f, values)
+                k = len(f.categories or [])
+                rows = np.flatnonzero(codes >= 0)
+                out[rows, j + codes[rows]] = 1.0
+                j += k
+            if f.nullable:
+                out[:, j] = missing.astype(np.float64)
+                j += 1
+        return out
+
+    def tree_matrix(self, df: pd.DataFrame) -> np.ndarray:
+        """One column per contract feature for tree models: raw clinical values (NaN when
+        missing), category index for categories, 0/1 for booleans. Trees need no scaling,
+        and their bin grid comes from the contract's ranges (see :func:`bin_edges`)."""
+        out = np.full((len(df), len(self.contract.features)), np.nan)
+        for j, f in enumerate(self.contract.features):
+            values = df[f.name]
+            missing = missing_mask(f, values)
+            if f.kind == "categorical":
+                codes = _category_codes(f, values).astype(float)
+                codes[codes < 0] = np.nan
+                out[:, j] = codes
+            else:
+                x = _numeric(values.astype("float64") if values.dtype == bool else values)
+                out[:, j] = np.where(missing, np.nan, x)
+        return out
