@@ -1,0 +1,1 @@
+"""Federation: site actors, the coordinator (rounds, quorum, timeouts), secure sum."""
