@@ -91,6 +91,74 @@ def import_csv(
 
 @app.command()
 @_friendly
+def validate(
+    config: ConfigOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="print the redacted summaries")] = False,
+    ray_address: Annotated[str | None, typer.Option(help="join this Ray cluster")] = None,
+) -> None:
+    """Validate every site's extract inside the site; exit 0 when the quorum holds."""
+    from pipeline.config import load_config
+    from pipeline.report import print_validation
+    from pipeline.validation_job import run_validation
+
+    cfg = load_config(config)
+    with console.status("validating extracts at the sites"):
+        summaries, admitted, quarantined = run_validation(cfg, ray_address=ray_address)
+    if as_json:
+        import json
+
+        print(json.dumps({s: v.to_dict() for s, v in summaries.items()}, indent=2))
+    else:
+        print_validation(console, summaries)
+    if len(admitted) < cfg.quorum:
+        err_console.print(
+            f"[bold red]quorum not met:[/] {len(admitted)} of {len(cfg.sites)} sites passed, "
+            f"{cfg.quorum} needed"
+        )
+        raise typer.Exit(1)
+    console.print(f"[green]quorum met:[/] {len(admitted)} of {len(cfg.sites)} sites admitted")
+
+
+@app.command()
+@_friendly
+def train(
+    config: ConfigOpt,
+    model: Annotated[
+        str | None, typer.Option(help="logistic | dp-logistic | dp-fedavg | xgboost")
+    ] = None,
+    rounds: Annotated[int | None, typer.Option(min=1, help="training rounds")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="join this Ray cluster")] = None,
+) -> None:
+    """Train a global model across the sites, track it in MLflow and register it."""
+    from pipeline.config import STRATEGIES, load_config
+    from pipeline.job import run_job
+    from pipeline.report import print_job
+
+    if model is not None and model not in STRATEGIES:
+        raise typer.BadParameter(f"--model must be one of {', '.join(STRATEGIES)}")
+    cfg = load_config(config)
+    result = run_job(
+        cfg,
+        strategy=model,
+        rounds=rounds,
+        ray_address=ray_address,
+        progress=lambda msg: console.log(msg),
+    )
+    print_job(console, result)
+
+
+@app.command()
+@_friendly
+def budget(config: ConfigOpt) -> None:
+    """Privacy budget per site: spent and remaining, from the persistent ledger."""
+    from pipeline.config import load_config
+    from pipeline.report import print_budget
+
+    print_budget(console, load_config(config))
+
+
+@app.command()
+@_friendly
 def demo(
     out: Annotated[Path, typer.Option(help="where the demo's synthetic data goes")] = Path(
         "data/demo"

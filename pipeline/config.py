@@ -40,6 +40,9 @@ class SiteConfig(_Strict):
         None, description="Ray custom resource the site's node offers, e.g. 'site:northgate'"
     )
     epsilon_budget: float | None = Field(None, gt=0, description="overrides privacy.epsilon_budget")
+    identity_key: str | None = Field(
+        None, description="the site's pinned Ed25519 public key (hex), for secure aggregation"
+    )
     policy: SitePolicy = Field(default_factory=SitePolicy)
 
     @field_validator("name")

@@ -6,11 +6,41 @@ from pathlib import Path
 
 from rich.console import Console
 
-from pipeline.report import print_sites
+from pipeline.config import load_config
+from pipeline.report import print_job, print_sites, print_validation
 from pipeline.synth import synthesize
 
 
 def run_demo(console: Console, *, out: Path, sites: int, rows: int, seed: int) -> None:
+    """Synthesize hospitals, validate them at the sites, then train and register the
+    non-private and the differentially private federated logistic regressions."""
+    from pipeline.federation.runtime import ensure_ray
+    from pipeline.job import run_job
+    from pipeline.validation_job import run_validation
+
     console.rule("[bold]1. synthetic hospitals")
     config, written = synthesize(out, sites=sites, rows=rows, seed=seed)
     print_sites(console, written, config)
+    cfg = load_config(config)
+
+    owns_ray = ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
+    try:
+        console.rule("[bold]2. validation inside each site")
+        with console.status("validating"):
+            summaries, admitted, _ = run_validation(cfg)
+        print_validation(console, summaries)
+
+        for step, strategy in enumerate(("logistic", "dp-fedavg"), start=3):
+            console.rule(f"[bold]{step}. federated training: {strategy}")
+            result = run_job(cfg, strategy=strategy, progress=lambda m: console.log(m))
+            print_job(console, result)
+    finally:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+    console.rule("[bold]done")
+    console.print(
+        f"MLflow store: {cfg.tracking_uri}  (browse: .venv/bin/mlflow ui --backend-store-uri "
+        f"{cfg.tracking_uri})\nprivacy ledger: {cfg.privacy.ledger}"
+    )

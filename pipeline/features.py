@@ -2,8 +2,10 @@
 
 Every site must encode its rows identically without pooling anything, and differential
 privacy needs a bound on each encoded row's norm that does not come from the data. Both
-follow from encoding with the contract: numeric values are clipped to the declared range
-and scaled to [0, 1], missing values take the declared fill value plus a missing
+follow from encoding with the contract: numeric values are clipped to the declared range,
+centred on the declared typical (fill) value and divided by the range width, so they lie
+in [-1, 1] and gradient methods are well conditioned; missing values take the declared
+fill value (encoded 0) plus a missing
 indicator, categories become one-hot blocks. Each block contributes at most 1 to the
 squared norm, so ``data_norm`` is known before any row is read.
 """
@@ -92,7 +94,7 @@ class FeatureEncoder:
                 lo, hi = f.range  # type: ignore[misc]
                 x = _numeric(values)
                 x = np.where(missing | np.isnan(x), f.impute_value, x)
-                out[:, j] = (np.clip(x, lo, hi) - lo) / (hi - lo)
+                out[:, j] = (np.clip(x, lo, hi) - f.impute_value) / (hi - lo)
                 j += 1
             elif f.kind == "boolean":
                 x = _numeric(values.astype("float64") if values.dtype == bool else values)

@@ -20,7 +20,7 @@ import yaml
 from pipeline.contract import Contract, load_contract
 from pipeline.errors import ContractError, DataError
 from pipeline.features import missing_mask
-from pipeline.synth import SiteSummary
+from pipeline.synth import SiteSummary, site_entry
 
 _OPS = {
     "<": operator.lt,
@@ -102,7 +102,7 @@ def import_csv(
         folder = out / site
         folder.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, folder / "part-0.parquet", compression="zstd")
-        sites.append({"name": site, "path": site})
+        sites.append(site_entry(site, folder))
         positives = int((contract.labels(table.select([contract.label.name]).to_pandas())).sum())
         written.append(SiteSummary(site, folder, table.num_rows, positives))
     config = {

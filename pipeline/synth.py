@@ -137,7 +137,7 @@ def _patients(p: SiteProfile, n: int, rng: np.random.Generator) -> dict[str, np.
     dbp = np.clip(0.42 * sbp + 24 + rng.normal(0, 7, n), 45, 140)
     hypertension = (sbp >= 140) | (rng.random(n) < 0.08)
     treated = hypertension & (rng.random(n) < 0.7)
-    sbp = np.where(treated, sbp - rng.uniform(5, 15, n), sbp)
+    sbp = np.clip(np.where(treated, sbp - rng.uniform(5, 15, n), sbp), 80, 240)
 
     # Latent insulin resistance drives glycaemia and lipids together.
     z = (
@@ -347,12 +347,23 @@ def synthesize(
     config = {
         "federation": f"synthetic-{sites}x{rows}-seed{seed}",
         "contract": str(Path(contract_path).resolve()),
-        "sites": [{"name": p.name, "path": p.name} for p in profiles],
+        "sites": [site_entry(p.name, out / p.name) for p in profiles],
         "training": {"seed": seed},
     }
     config_path = out / "federation.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     return config_path, written
+
+
+def site_entry(name: str, extract: Path) -> dict:
+    """A config entry for a site, pinning the identity key created at the site."""
+    from pipeline.federation.identity import load_or_create_identity, public_hex
+
+    return {
+        "name": name,
+        "path": name,
+        "identity_key": public_hex(load_or_create_identity(extract)),
+    }
 
 
 def month_of(d: date, follow_up_months: int) -> str:

@@ -12,8 +12,10 @@ from pipeline.errors import ConfigError
 
 def test_a_list_of_sites_is_enough(tmp_path: Path) -> None:
     path = tmp_path / "fed.yaml"
-    path.write_text("sites:\n  - {name: a, path: data/a}\n  - {name: b, path: data/b}\n"
-                    "  - {name: c, path: /abs/c}\n")
+    path.write_text(
+        "sites:\n  - {name: a, path: data/a}\n  - {name: b, path: data/b}\n"
+        "  - {name: c, path: /abs/c}\n"
+    )
     cfg = load_config(path)
     assert cfg.contract == DEFAULT_CONTRACT
     assert cfg.sites[0].path == tmp_path / "data" / "a"

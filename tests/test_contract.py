@@ -25,9 +25,23 @@ def _write(tmp_path: Path, raw: dict) -> Path:
 def test_diabetes_contract_declares_the_required_clinical_features() -> None:
     c = load_contract(DIABETES)
     required = {
-        "age", "sex", "race_ethnicity", "bmi", "waist_cm", "sbp", "dbp", "fasting_glucose",
-        "hba1c", "hdl", "ldl", "triglycerides", "smoking_status", "physical_activity",
-        "family_history_diabetes", "hypertension_dx", "antihypertensive_use",
+        "age",
+        "sex",
+        "race_ethnicity",
+        "bmi",
+        "waist_cm",
+        "sbp",
+        "dbp",
+        "fasting_glucose",
+        "hba1c",
+        "hdl",
+        "ldl",
+        "triglycerides",
+        "smoking_status",
+        "physical_activity",
+        "family_history_diabetes",
+        "hypertension_dx",
+        "antihypertensive_use",
         "gestational_diabetes_history",
     }
     assert required <= set(c.feature_names)
@@ -70,8 +84,9 @@ def test_bad_feature_error_names_the_feature(tmp_path: Path) -> None:
 
 def test_denylisted_column_in_a_contract_is_refused(tmp_path: Path) -> None:
     raw = yaml.safe_load(DIABETES.read_text())
-    raw["features"].append({"name": "ssn", "kind": "categorical", "dtype": "string",
-                            "categories": ["x"]})
+    raw["features"].append(
+        {"name": "ssn", "kind": "categorical", "dtype": "string", "categories": ["x"]}
+    )
     with pytest.raises(ContractError, match="denylist"):
         load_contract(_write(tmp_path, raw))
 
@@ -80,6 +95,7 @@ def test_cohort_rule_excludes_prevalent_diabetes() -> None:
     import pandas as pd
 
     c = load_contract(DIABETES)
-    df = pd.DataFrame({"hba1c": [5.0, 6.5, None], "fasting_glucose": [90, 90, 130],
-                       "age": [40, 40, 40]})
+    df = pd.DataFrame(
+        {"hba1c": [5.0, 6.5, None], "fasting_glucose": [90, 90, 130], "age": [40, 40, 40]}
+    )
     assert c.cohort_violations(df).tolist() == [False, True, True]

@@ -23,8 +23,14 @@ pytestmark = pytest.mark.skipif(not HEART_DATA.is_dir(), reason="shared heart da
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("heart")
-    cmd = [str(Path(sys.executable).parent / "pipeline"), "import-csv", "--contract", str(HEART),
-           "--out", str(out)]
+    cmd = [
+        str(Path(sys.executable).parent / "pipeline"),
+        "import-csv",
+        "--contract",
+        str(HEART),
+        "--out",
+        str(out),
+    ]
     for site, name in HEART_FILES.items():
         cmd += ["--site", f"{site}={HEART_DATA / name}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

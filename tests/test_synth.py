@@ -38,8 +38,18 @@ def fed4(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The README's command, run literally through the console script."""
     out = tmp_path_factory.mktemp("x")
     pipeline_bin = Path(sys.executable).parent / "pipeline"
-    cmd = [str(pipeline_bin), "synth", "--sites", "4", "--rows", "20000", "--seed", "7",
-           "--out", str(out)]
+    cmd = [
+        str(pipeline_bin),
+        "synth",
+        "--sites",
+        "4",
+        "--rows",
+        "20000",
+        "--seed",
+        "7",
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "northgate" in done.stdout
@@ -131,4 +141,4 @@ def test_encoded_rows_respect_the_contract_norm_bound(fed4_frames: dict[str, pd.
     X = enc.transform(next(iter(fed4_frames.values())))
     assert X.shape[1] == enc.n_features_out
     assert np.linalg.norm(X, axis=1).max() <= enc.data_norm + 1e-12
-    assert X.min() >= 0 and X.max() <= 1
+    assert X.min() >= -1 and X.max() <= 1

@@ -1,0 +1,107 @@
+"""The allow-list of what a site may send back: aggregates only.
+
+Every reply a SiteActor returns is one of these frozen types, and the coordinator checks
+the type at its edge (:func:`check_reply`). None of them has a field whose size grows with
+the site's row count, so no row-level data can ride along.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """Counts a site publishes about its cohort (used for weighting and quorum)."""
+
+    site: str
+    rows: int
+    n_train: int
+    n_test: int
+    positives_train: int
+
+
+@dataclass(frozen=True)
+class ValidationReply:
+    """A redacted validation summary (see pipeline.validation.ValidationSummary.to_dict)."""
+
+    site: str
+    summary: dict
+
+
+@dataclass(frozen=True)
+class ModelUpdate:
+    """Model parameters or a (noisy) gradient sum, with the count it covers."""
+
+    site: str
+    vector: np.ndarray
+    n: int
+
+
+@dataclass(frozen=True)
+class MaskedUpdate:
+    """A secure-aggregation masked vector: meaningless alone, summable mod 2^64."""
+
+    site: str
+    masked: np.ndarray
+
+
+@dataclass(frozen=True)
+class PublicKeyReply:
+    """A site's signed per-job key-agreement public key."""
+
+    site: str
+    signed_key: object
+
+
+@dataclass(frozen=True)
+class EvalStats:
+    """Sufficient statistics for metrics: score histograms per class and loss sums."""
+
+    site: str
+    hist_pos: np.ndarray
+    hist_neg: np.ndarray
+    calib_pred: np.ndarray
+    calib_true: np.ndarray
+    calib_count: np.ndarray
+    log_loss_sum: float
+    brier_sum: float
+    n: int
+
+
+@dataclass(frozen=True)
+class JointStats:
+    """Row counts by (label, risk bin of model a, risk bin of model b): a fixed-size table
+    that lets two models be compared with a paired bootstrap without any row leaving."""
+
+    site: str
+    counts: np.ndarray
+
+
+@dataclass(frozen=True)
+class BoosterReply:
+    """A trained booster (model parameters) from one rank of the XGBoost collective."""
+
+    site: str
+    booster: bytes
+
+
+ALLOWED_REPLIES = (
+    SiteInfo,
+    ValidationReply,
+    ModelUpdate,
+    MaskedUpdate,
+    PublicKeyReply,
+    EvalStats,
+    JointStats,
+    BoosterReply,
+)
+
+
+def check_reply(reply: object) -> object:
+    """Refuse anything that is not an allow-listed reply type."""
+    if not isinstance(reply, ALLOWED_REPLIES):
+        raise TypeError(f"site reply of type {type(reply).__name__} is not allow-listed")
+    return reply

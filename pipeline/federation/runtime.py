@@ -1,0 +1,216 @@
+"""The Ray side of the coordinator: start or join Ray, place one actor per site, call the
+sites with timeouts, and split replies into valid and failed at one edge.
+
+Placement: embedded local Ray by default; an existing cluster by address. A site whose
+config names a custom resource (``site:<name>``) only runs on a node offering it, which is
+how a hospital's actor lands on the hospital's node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.config import SiteConfig
+from pipeline.errors import PipelineError, QuorumError
+from pipeline.federation.messages import check_reply
+
+log = logging.getLogger(__name__)
+
+# A tiny share of the site resource: the actor needs the node, not its capacity.
+_RESOURCE_SHARE = 0.01
+
+
+def ensure_ray(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    resources: dict[str, float] | None = None,
+) -> bool:
+    """Start embedded Ray (or join `address`) unless already connected.
+
+    Returns True if this call started or joined Ray (and so should shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # The config's site resources exist on the embedded node, so the same config
+        # runs on a laptop and on a cluster.
+        ray.init(num_cpus=num_cpus, resources=resources, include_dashboard=False, **kwargs)
+    return True
+
+
+@dataclass
+class Replies:
+    """Valid replies by site, and failures by site with a reason."""
+
+    ok: dict[str, Any] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+class SiteRuntime:
+    """One actor per site, for one job. Use as a context manager.
+
+    Parameters
+    ----------
+    sites : sequence of SiteConfig
+    contract_path : str
+    job_id : str
+        Names the actors, so two jobs never share one.
+    timeout_s : float
+        Upper bound on every wait for a site.
+    """
+
+    def __init__(
+        self,
+        sites: Sequence[SiteConfig],
+        contract_path: str,
+        job_id: str,
+        *,
+        timeout_s: float = 120.0,
+        ray_address: str | None = None,
+        num_cpus: int | None = None,
+    ) -> None:
+        self.sites = list(sites)
+        self.contract_path = contract_path
+        self.job_id = job_id
+        self.timeout_s = timeout_s
+        self.ray_address = ray_address
+        self.num_cpus = num_cpus
+        self.actors: dict[str, Any] = {}
+        self.dropped: dict[str, str] = {}
+        self._owns_ray = False
+
+    def __enter__(self) -> SiteRuntime:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        import ray
+
+        from pipeline.federation.site import SiteActor
+
+        resources = {s.resource: 1.0 for s in self.sites if s.resource}
+        self._owns_ray = ensure_ray(self.ray_address, self.num_cpus, resources or None)
+        remote = ray.remote(SiteActor)
+        pinned = {s.name: s.identity_key for s in self.sites if s.identity_key}
+        for site in self.sites:
+            options: dict[str, Any] = {
+                "name": f"{self.job_id}:{site.name}",
+                "num_cpus": 0,
+                "max_restarts": 0,
+                "max_concurrency": 1,
+            }
+            if site.resource:
+                options["resources"] = {site.resource: _RESOURCE_SHARE}
+            self.actors[site.name] = remote.options(**options).remote(
+                site.name, str(site.path), self.contract_path, site.policy.model_dump(), pinned
+            )
+
+    def stop(self) -> None:
+        import ray
+
+        for actor in self.actors.values():
+            _kill(actor)
+        self.actors.clear()
+        if self._owns_ray:
+            ray.shutdown()
+            self._owns_ray = False
+
+    @property
+    def active(self) -> list[str]:
+        return [s.name for s in self.sites if s.name in self.actors and s.name not in self.dropped]
+
+    def drop(self, site: str, reason: str) -> None:
+        """Stop using a site for the rest of the job (and end its actor)."""
+
+        if site in self.dropped:
+            return
+        self.dropped[site] = reason
+        log.warning("site %s dropped: %s", site, reason)
+        actor = self.actors.get(site)
+        if actor is not None:
+            _kill(actor)
+
+    def call(
+        self,
+        method: str,
+        *args: Any,
+        sites: Sequence[str] | None = None,
+        per_site: Callable[[str], dict[str, Any]] | None = None,
+        timeout_s: float | None = None,
+        drop_failed: bool = True,
+        raw: bool = False,
+        **kwargs: Any,
+    ) -> Replies:
+        """Call `method` on each active site; wait at most `timeout_s` for all of them.
+
+        A site that raises, dies or does not answer in time is a failure with its reason;
+        with `drop_failed`, it is also dropped from the job (a hung actor is killed).
+        `raw` skips the reply allow-list, for diagnostics (pid, node id) only.
+        """
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+        targets = [s for s in (sites or self.active) if s not in self.dropped]
+        refs = {}
+        for site in targets:
+            extra = per_site(site) if per_site else {}
+            refs[site] = getattr(self.actors[site], method).remote(*args, **kwargs, **extra)
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+        ready_set = set(ready)
+        out = Replies()
+        for site, ref in refs.items():
+            if ref not in ready_set:
+                out.failed[site] = f"no answer within {timeout:g} s"
+                continue
+            try:
+                reply = ray.get(ref, timeout=1.0)
+                out.ok[site] = reply if raw else check_reply(reply)
+            except RayTaskError as exc:
+                cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                out.failed[site] = _reason(cause)
+            except RayActorError:
+                out.failed[site] = "the site's actor died"
+            except GetTimeoutError:
+                out.failed[site] = f"no answer within {timeout:g} s"
+            except TypeError as exc:
+                out.failed[site] = str(exc)
+        if drop_failed:
+            for site, reason in out.failed.items():
+                self.drop(site, reason)
+        return out
+
+    def require_quorum(self, quorum: int, stage: str) -> None:
+        if len(self.active) < quorum:
+            lost = "; ".join(f"{s}: {r}" for s, r in self.dropped.items()) or "none"
+            raise QuorumError(
+                f"{stage}: only {len(self.active)} site(s) left, quorum is {quorum} "
+                f"(dropped: {lost})"
+            )
+
+
+def _kill(actor: Any) -> None:
+    """End an actor; one that is already gone is fine."""
+    import ray
+
+    with contextlib.suppress(Exception):
+        ray.kill(actor)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, PipelineError):
+        return str(exc)
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]

@@ -1,0 +1,65 @@
+"""Server-side optimisers for gradient rounds: one small class per rule.
+
+The coordinator's round loop is written once and calls `step`; a rule overrides only how
+the global mean gradient moves the weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ServerOptimizer:
+    """Base class: `step(weights, gradient) -> new weights`."""
+
+    name = "base"
+
+    def step(self, weights: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class FedAvg(ServerOptimizer):
+    """Federated averaging of full-batch gradients (FedSGD; McMahan et al., AISTATS 2017):
+    a plain gradient step with the example-weighted mean gradient."""
+
+    name = "fedavg"
+
+    def __init__(self, *, learning_rate: float = 1.0) -> None:
+        self.learning_rate = learning_rate
+
+    def step(self, weights: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+        return weights - self.learning_rate * gradient
+
+
+class FedAdam(ServerOptimizer):
+    """Adaptive server optimiser FedAdam (Reddi et al., "Adaptive Federated Optimization",
+    ICLR 2021): Adam moments on the aggregated update, with the paper's tau in place of
+    epsilon and no bias correction. Robust to the scale differences between features."""
+
+    name = "fedadam"
+
+    def __init__(
+        self,
+        *,
+        learning_rate: float = 0.3,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        tau: float = 1e-3,
+    ) -> None:
+        self.learning_rate = learning_rate
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.tau = tau
+        self.m_: np.ndarray | None = None
+        self.v_: np.ndarray | None = None
+
+    def step(self, weights: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+        if self.m_ is None or self.v_ is None:
+            self.m_ = np.zeros_like(weights)
+            self.v_ = np.zeros_like(weights)
+        self.m_ = self.beta1 * self.m_ + (1 - self.beta1) * gradient
+        self.v_ = self.beta2 * self.v_ + (1 - self.beta2) * gradient**2
+        return weights - self.learning_rate * self.m_ / (np.sqrt(self.v_) + self.tau)
+
+
+OPTIMIZERS = {"fedavg": FedAvg, "fedadam": FedAdam}

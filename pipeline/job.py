@@ -1,0 +1,269 @@
+"""One federated job, end to end: validate at the sites, admit, plan and record privacy,
+train, evaluate from sufficient statistics, track in MLflow and register.
+
+The stages are calls into their own modules; this file only sequences them and decides
+what a failure means (drop a site, or fail the job with the run marked FAILED).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import FederationConfig
+from pipeline.contract import load_contract
+from pipeline.errors import BudgetError
+from pipeline.evaluation import Metrics, combine, plot_calibration, plot_roc, plot_sites
+from pipeline.federation.runtime import SiteRuntime
+from pipeline.validation import ValidationSummary, admit
+
+Progress = Callable[[str], None]
+LOGISTIC_STRATEGIES = ("logistic", "dp-logistic", "dp-fedavg")
+DEFAULT_CLIP = 1.0
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a completed job produced (a failed job raises instead)."""
+
+    job_id: str
+    strategy: str
+    run_id: str
+    model_version: str | None
+    metrics: Metrics
+    per_site: dict[str, Metrics]
+    admitted: list[str]
+    quarantined: dict[str, list[str]]
+    dropped: dict[str, str]
+    privacy: dict[str, tuple[float, float]] = field(default_factory=dict)
+    model: object = None
+
+
+def validate_sites(runtime: SiteRuntime, cfg: FederationConfig) -> dict[str, ValidationSummary]:
+    """Validation runs inside each site; only redacted summaries come back."""
+    v = cfg.validation
+    replies = runtime.call(
+        "validate",
+        unknown_columns=v.unknown_columns,
+        min_rows=v.min_rows,
+        leakage_auc=v.leakage_auc,
+        drop_failed=False,
+    )
+    summaries = {site: ValidationSummary.from_dict(r.summary) for site, r in replies.ok.items()}
+    for site, reason in replies.failed.items():
+        summaries[site] = ValidationSummary(
+            site=site, rows=0, passed=False, results=(), errors=(reason,)
+        )
+    return summaries
+
+
+def plan_privacy(
+    cfg: FederationConfig, strategy: str, rounds: int
+) -> tuple[dict[str, float], float, float]:
+    """(per-site (epsilon, delta) planned, noise multiplier, clip) for a strategy."""
+    from pipeline.privacy.accounting import calibrate_noise_multiplier
+
+    eps, delta = cfg.privacy.epsilon_per_job, cfg.privacy.delta
+    if strategy == "dp-fedavg":
+        sigma = calibrate_noise_multiplier(eps, delta, rounds)
+        return {"epsilon": eps, "delta": delta}, sigma, DEFAULT_CLIP
+    if strategy == "dp-logistic":
+        return {"epsilon": eps, "delta": 0.0}, 0.0, 0.0
+    return {}, 0.0, 0.0
+
+
+def run_job(
+    cfg: FederationConfig,
+    *,
+    strategy: str | None = None,
+    rounds: int | None = None,
+    ray_address: str | None = None,
+    progress: Progress | None = None,
+    register: bool = True,
+) -> JobResult:
+    """Run one federated training job. Raises a PipelineError when it cannot complete;
+    the MLflow run is then marked FAILED with the reason and nothing is registered."""
+    from pipeline.registry import JobTracker
+
+    strategy = strategy or cfg.training.model
+    rounds = rounds or cfg.training.rounds
+    say = progress or (lambda _msg: None)
+    contract = load_contract(cfg.contract)
+    job_id = f"{strategy}-{uuid.uuid4().hex[:10]}"
+    tracker = JobTracker(cfg.tracking_uri, cfg.mlflow.experiment or cfg.federation, job_id)
+    with (
+        tracker,
+        SiteRuntime(
+            cfg.sites,
+            str(cfg.contract),
+            job_id,
+            timeout_s=cfg.training.round_timeout_s,
+            ray_address=ray_address or cfg.ray.address,
+            num_cpus=cfg.ray.num_cpus,
+        ) as runtime,
+    ):
+        tracker.tags({"job_id": job_id, "strategy": strategy, "federation": cfg.federation})
+        tracker.params(
+            {
+                "strategy": strategy,
+                "rounds": rounds,
+                "seed": cfg.training.seed,
+                "sites": len(cfg.sites),
+                "quorum": cfg.quorum,
+                "contract": contract.name,
+                "secure_aggregation": cfg.training.secure_aggregation,
+            }
+        )
+
+        say("validating extracts at the sites")
+        summaries = validate_sites(runtime, cfg)
+        tracker.json({s: v.to_dict() for s, v in summaries.items()}, "validation.json")
+        admitted, quarantined = admit(list(summaries.values()), cfg.quorum)
+        for site, reasons in quarantined.items():
+            runtime.drop(site, "quarantined: " + "; ".join(reasons[:3]))
+        say(f"admitted {admitted}; quarantined {sorted(quarantined)}")
+
+        infos = runtime.call("load", cfg.training.test_fraction, cfg.training.seed)
+        runtime.require_quorum(cfg.quorum, "loading extracts")
+        tracker.json({s: vars(i) for s, i in infos.ok.items()}, "sites.json")
+
+        planned, sigma, clip = plan_privacy(cfg, strategy, rounds)
+        spend: dict[str, tuple[float, float]] = {}
+        if planned:
+            spend = reserve_privacy(cfg, job_id, strategy, runtime.active, planned)
+            tracker.params(
+                {
+                    "epsilon_per_site": planned["epsilon"],
+                    "delta": planned["delta"],
+                    "noise_multiplier": sigma,
+                    "clip": clip,
+                }
+            )
+            say(f"privacy reserved: epsilon {planned['epsilon']:g} per site, sigma {sigma:.2f}")
+
+        model = train(runtime, cfg, contract, job_id, strategy, rounds, sigma, clip, tracker, say)
+
+        say("evaluating on held-out rows at every site")
+        evals = runtime.call("evaluate", model.site_payload())
+        runtime.require_quorum(cfg.quorum, "evaluation")
+        metrics = combine(evals.ok.values())
+        per_site = {s: combine([e]) for s, e in evals.ok.items()}
+        tracker.metrics(metrics.as_dict("test_"))
+        for site, m in per_site.items():
+            tracker.metrics({f"site_auc.{site}": m.auc})
+        tracker.tags({"dropped_sites": ",".join(sorted(runtime.dropped)) or "none"})
+        tracker.json(runtime.dropped, "dropped_sites.json")
+        tracker.json(
+            {s: {"epsilon": e, "delta": d} for s, (e, d) in spend.items()}, "privacy_spend.json"
+        )
+        _log_plots(tracker, strategy, metrics, per_site)
+
+        version = None
+        if register:
+            version = tracker.register(model, str(cfg.contract), cfg.mlflow.model_name)
+            say(f"registered {cfg.mlflow.model_name} version {version}")
+        return JobResult(
+            job_id=job_id,
+            strategy=strategy,
+            run_id=tracker.run_id or "",
+            model_version=version,
+            metrics=metrics,
+            per_site=per_site,
+            admitted=admitted,
+            quarantined=quarantined,
+            dropped=dict(runtime.dropped),
+            privacy=spend,
+            model=model,
+        )
+
+
+def reserve_privacy(
+    cfg: FederationConfig, job_id: str, strategy: str, sites: list[str], planned: dict
+) -> dict[str, tuple[float, float]]:
+    """Write the job's planned spend for every admitted site before any noise exists; the
+    ledger refuses the whole job if any site would exceed its budget."""
+    from pipeline.privacy.ledger import PrivacyLedger
+
+    for site in sites:
+        limit = cfg.site(site).policy.max_epsilon_per_job
+        if planned["epsilon"] > limit + 1e-12:
+            raise BudgetError(
+                f"site {site} allows at most epsilon {limit:g} per job; "
+                f"the job plans {planned['epsilon']:g}"
+            )
+    per_site = {s: (planned["epsilon"], planned["delta"]) for s in sites}
+    ledger = PrivacyLedger(cfg.privacy.ledger)
+    ledger.reserve(job_id, per_site, {s: cfg.site_budget(s) for s in sites}, mechanism=strategy)
+    return per_site
+
+
+def train(runtime, cfg, contract, job_id, strategy, rounds, sigma, clip, tracker, say):  # noqa: ANN001, PLR0913
+    """Dispatch to the strategy's training; returns the in-memory global model."""
+    from pipeline.features import FeatureEncoder
+    from pipeline.federation.coordinator import (
+        GradientPlan,
+        gradient_rounds,
+        one_shot_average,
+        open_secure_session,
+    )
+    from pipeline.federation.strategy import FedAdam
+    from pipeline.models.logistic import LogisticModel
+
+    dim = FeatureEncoder(contract).n_features_out
+    if strategy == "xgboost":
+        from pipeline.models.tree_training import train_federated_xgboost
+
+        return train_federated_xgboost(runtime, cfg, contract, job_id, tracker, say)
+    if strategy == "dp-logistic":
+        say("one-shot DP logistic regression at each site")
+        weights, _ = one_shot_average(
+            runtime, job_id=job_id, epsilon=cfg.privacy.epsilon_per_job, quorum=cfg.quorum
+        )
+        return LogisticModel(contract, weights)
+
+    plan = GradientPlan(
+        strategy=strategy,
+        rounds=rounds,
+        epsilon=cfg.privacy.epsilon_per_job if strategy == "dp-fedavg" else 0.0,
+        clip=clip if strategy == "dp-fedavg" else None,
+        noise_multiplier=sigma,
+    )
+    secure = None
+    if cfg.training.secure_aggregation:
+        secure = open_secure_session(runtime, job_id, cfg.quorum)
+
+    def on_round(r: int, weights: np.ndarray, sites: list[str]) -> None:
+        if r % 5 == 4 or r == rounds - 1:
+            say(f"round {r + 1}/{rounds}: {len(sites)} sites")
+        tracker.metrics(
+            {"sites_in_round": len(sites), "weight_norm": float(np.linalg.norm(weights))}, step=r
+        )
+
+    weights = gradient_rounds(
+        runtime,
+        job_id=job_id,
+        dim=dim,
+        optimizer=FedAdam(),
+        plan=plan,
+        quorum=cfg.quorum,
+        secure=secure,
+        on_round=on_round,
+    )
+    if secure is not None:
+        tracker.metrics({"secure_restarts": secure.restarts})
+    return LogisticModel(contract, weights)
+
+
+def _log_plots(tracker, strategy: str, metrics: Metrics, per_site: dict[str, Metrics]) -> None:  # noqa: ANN001
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        tracker.artifact(plot_roc({strategy: metrics}, tmp_path / "roc.png"), "plots")
+        tracker.artifact(
+            plot_calibration({strategy: metrics}, tmp_path / "calibration.png"), "plots"
+        )
+        tracker.artifact(plot_sites(per_site, tmp_path / "per_site_auc.png"), "plots")

@@ -1,0 +1,36 @@
+"""`pipeline validate`: run validation at every site and apply the admission rule."""
+
+from __future__ import annotations
+
+import uuid
+
+from pipeline.config import FederationConfig
+from pipeline.errors import QuorumError
+from pipeline.federation.runtime import SiteRuntime
+from pipeline.validation import ValidationSummary, admit
+
+
+def run_validation(
+    cfg: FederationConfig, *, ray_address: str | None = None
+) -> tuple[dict[str, ValidationSummary], list[str], dict[str, list[str]]]:
+    """Redacted summaries per site, the admitted sites, and the quarantined ones."""
+    from pipeline.job import validate_sites
+
+    job_id = f"validate-{uuid.uuid4().hex[:10]}"
+    with SiteRuntime(
+        cfg.sites,
+        str(cfg.contract),
+        job_id,
+        timeout_s=cfg.training.round_timeout_s,
+        ray_address=ray_address or cfg.ray.address,
+        num_cpus=cfg.ray.num_cpus,
+    ) as runtime:
+        summaries = validate_sites(runtime, cfg)
+    try:
+        admitted, quarantined = admit(list(summaries.values()), cfg.quorum)
+    except QuorumError:
+        admitted = [s for s, v in summaries.items() if v.passed]
+        quarantined = {
+            s: list(v.failures()) + list(v.errors) for s, v in summaries.items() if not v.passed
+        }
+    return summaries, admitted, quarantined
