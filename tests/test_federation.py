@@ -1,0 +1,175 @@
+"""The federation runtime on real Ray with real MLflow: jobs, dropouts, quorum, budget,
+site policy, reply sizes, and the registered model reloaded in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import make_config
+
+from pipeline.config import load_config
+from pipeline.contract import load_contract
+from pipeline.features import FeatureEncoder
+from pipeline.errors import BudgetError, QuorumError
+from pipeline.extract import read_frame
+from pipeline.federation.runtime import SiteRuntime
+from pipeline.job import run_job
+from pipeline.privacy.ledger import PrivacyLedger
+from pipeline.synth import synthesize
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def four_sites(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config, _ = synthesize(tmp_path_factory.mktemp("fed4"), sites=4, rows=8000, seed=21)
+    return config
+
+
+def _kill_site_when(ray, site: str, trigger: str) -> tuple[list[str], callable]:
+    """A progress callback that kills `site`'s actor the first time `trigger` is said."""
+    said: list[str] = []
+
+    def progress(msg: str) -> None:
+        said.append(msg)
+        if trigger in msg and not any("killed" in s for s in said):
+            for actor in ray.util.list_named_actors(all_namespaces=True):
+                name = actor["name"] if isinstance(actor, dict) else actor
+                if name.endswith(f":{site}"):
+                    ray.kill(ray.get_actor(name, namespace=actor.get("namespace")))
+                    said.append(f"killed {name}")
+
+    return said, progress
+
+
+def test_logistic_job_registers_a_model_that_reloads_identically(
+    ray_session, four_sites: Path, tmp_path: Path
+) -> None:
+    cfg = load_config(make_config(four_sites, tmp_path))
+    result = run_job(cfg, strategy="logistic")
+    assert result.model_version == "1"
+    assert result.metrics.auc > 0.72
+    assert set(result.per_site) == {s.name for s in cfg.sites}
+
+    # Raw rows of a hospital the model never saw, in clinical units with nulls.
+    unseen_cfg, _ = synthesize(tmp_path / "unseen", sites=1, rows=500, seed=999)
+    unseen = read_frame(load_config(unseen_cfg).sites[0].path)
+    features = unseen[[f.name for f in result.model.contract.features]]
+    rows = tmp_path / "rows.parquet"
+    features.to_parquet(rows)
+    expected = result.model.predict_proba(features)
+    script = (
+        "import sys, mlflow, pandas as pd, numpy as np\n"
+        f"mlflow.set_tracking_uri({cfg.tracking_uri!r}); mlflow.set_registry_uri({cfg.tracking_uri!r})\n"
+        "m = mlflow.pyfunc.load_model('models:/diabetes-risk/1')\n"
+        f"out = m.predict(pd.read_parquet({str(rows)!r}))\n"
+        f"np.save({str(tmp_path / 'p.npy')!r}, out['risk_probability'].to_numpy())\n"
+        "print(sorted(out.columns))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "risk_band" in done.stdout and "top_factors" in done.stdout
+    got = np.load(tmp_path / "p.npy")
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+
+
+def test_killed_site_is_dropped_and_the_job_finishes(ray_session, four_sites, tmp_path) -> None:
+    cfg = load_config(make_config(four_sites, tmp_path, min_sites=2,
+                                  training={"rounds": 10}))
+    victim = cfg.sites[1].name
+    said, progress = _kill_site_when(ray_session, victim, "round 5/")
+    result = run_job(cfg, strategy="dp-fedavg", progress=progress)
+    assert any(s.startswith("killed") for s in said)
+    assert victim in result.dropped
+    assert victim not in result.per_site
+    assert result.model_version is not None
+    run = mlflow.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert victim in run.data.tags["dropped_sites"]
+
+
+def test_unmet_quorum_fails_cleanly_and_registers_nothing(ray_session, four_sites, tmp_path):
+    cfg = load_config(make_config(four_sites, tmp_path, min_sites=4))
+    said, progress = _kill_site_when(ray_session, cfg.sites[0].name, "round 5/")
+    with pytest.raises(QuorumError, match="quorum is 4"):
+        run_job(cfg, strategy="logistic", progress=progress)
+    client = mlflow.MlflowClient(cfg.tracking_uri)
+    runs = client.search_runs(client.get_experiment_by_name("tests").experiment_id)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert "quorum" in runs[0].data.tags["failure_reason"]
+    assert client.search_model_versions("name='diabetes-risk'") == []
+
+
+def test_ledger_refuses_an_over_budget_job_before_training(ray_session, four_sites, tmp_path):
+    cfg = load_config(make_config(four_sites, tmp_path, privacy={"epsilon_budget": 1.5},
+                                  training={"rounds": 3}))
+    run_job(cfg, strategy="dp-fedavg")
+    ledger = PrivacyLedger(cfg.privacy.ledger)
+    before = {s.name: ledger.spent(s.name) for s in cfg.sites}
+    assert all(eps == pytest.approx(1.0) for eps, _ in before.values())
+    with pytest.raises(BudgetError, match="budget"):
+        run_job(cfg, strategy="dp-fedavg")
+    assert {s.name: ledger.spent(s.name) for s in cfg.sites} == before
+    client = mlflow.MlflowClient(cfg.tracking_uri)
+    assert len(client.search_model_versions("name='diabetes-risk'")) == 1
+
+
+def test_site_refuses_a_request_outside_its_policy(ray_session, four_sites, tmp_path) -> None:
+    cfg = load_config(make_config(four_sites, tmp_path))
+    site = cfg.sites[0]
+    site.policy.strategies = ["logistic"]
+    site.policy.max_epsilon_per_job = 0.5
+    with SiteRuntime([site], str(cfg.contract), "policy-test") as runtime:
+        runtime.call("load", 0.2, 0)
+        dim = FeatureEncoder(load_contract(cfg.contract)).n_features_out
+        kwargs = dict(clip=1.0, noise_multiplier=5.0, rounds=3, round_=0)
+        strat = runtime.call("logistic_gradient", "job-a", np.zeros(dim + 1),
+                             strategy="dp-fedavg", epsilon=0.5, drop_failed=False, **kwargs)
+        eps = runtime.call("logistic_gradient", "job-b", np.zeros(dim + 1),
+                           strategy="logistic", epsilon=1.0, drop_failed=False, **kwargs)
+    assert "refuses strategy 'dp-fedavg'" in strat.failed[site.name]
+    assert "at most 0.5" in eps.failed[site.name]
+    audit = [json.loads(line) for line in
+             (site.path.parent / f"{site.path.name}.audit.jsonl").read_text().splitlines()]
+    assert sum(e["request"] == "refused" for e in audit) >= 2
+
+
+def test_reply_size_does_not_grow_with_the_row_count(ray_session, tmp_path) -> None:
+    small, _ = synthesize(tmp_path / "small", sites=1, rows=2_000, seed=5)
+    large, _ = synthesize(tmp_path / "large", sites=1, rows=20_000, seed=5)
+    sites = [load_config(small).sites[0], load_config(large).sites[0]]
+    sites[1].name = "large"
+    contract = str(load_config(small).contract)
+    sizes: dict[str, list[int]] = {}
+    with SiteRuntime(sites, contract, "size-test") as runtime:
+        w = np.zeros(FeatureEncoder(load_contract(contract)).n_features_out + 1)
+        replies = [
+            runtime.call("validate", min_rows=100),
+            runtime.call("load", 0.2, 0),
+            runtime.call("logistic_gradient", "j", w, strategy="dp-fedavg", epsilon=1.0,
+                         clip=1.0, noise_multiplier=3.0, rounds=1, round_=0),
+            runtime.call("evaluate", {"kind": "logistic", "weights": w}),
+        ]
+    for r in replies:
+        assert not r.failed, r.failed
+        for site, reply in r.ok.items():
+            sizes.setdefault(site, []).append(len(pickle.dumps(reply)))
+    small_sizes, large_sizes = sizes[sites[0].name], sizes["large"]
+    for a, b in zip(small_sizes, large_sizes, strict=True):
+        assert abs(a - b) <= 64, (small_sizes, large_sizes)
+
+
+def test_same_seed_gives_the_same_model_with_privacy_off(ray_session, four_sites, tmp_path):
+    cfg = load_config(make_config(four_sites, tmp_path, training={"rounds": 4}))
+    a = run_job(cfg, strategy="logistic", register=False)
+    b = run_job(cfg, strategy="logistic", register=False)
+    np.testing.assert_array_equal(a.model.weights, b.model.weights)
