@@ -27,17 +27,25 @@ start() {
     (umask 077; python3 -c 'import secrets; print(secrets.token_hex(32))' > "$STATE/token")
   fi
   "$RAY" start --head --node-ip-address=127.0.0.1 --port="$PORT" --num-cpus=1 \
-    --include-dashboard=false --disable-usage-stats >"$STATE/head.log" 2>&1
+    --include-dashboard=false --disable-usage-stats --temp-dir="$STATE/ray" \
+    >"$STATE/head.log" 2>&1
   for site in "$@"; do
     "$RAY" start --address="127.0.0.1:$PORT" --node-ip-address=127.0.0.1 --num-cpus=1 \
-      --resources="{\"site:$site\": 1}" --disable-usage-stats >"$STATE/worker-$site.log" 2>&1
+      --resources="{\"site:$site\": 1}" --disable-usage-stats --temp-dir="$STATE/ray" \
+      >"$STATE/worker-$site.log" 2>&1
   done
   echo "address=127.0.0.1:$PORT"
   echo "token_path=$STATE/token"
 }
 
+# Only this cluster's processes: `ray stop` would end every Ray instance on the machine.
 stop() {
-  "$RAY" stop --force >/dev/null 2>&1 || true
+  pkill -TERM -f -- "$STATE/ray" 2>/dev/null || true
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    pgrep -f -- "$STATE/ray" >/dev/null || break
+    sleep 1
+  done
+  pkill -KILL -f -- "$STATE/ray" 2>/dev/null || true
   echo "stopped"
 }
 
