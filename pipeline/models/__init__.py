@@ -1,0 +1,1 @@
+"""Training strategies, one module per strategy: DP logistic regression, federated XGBoost."""
