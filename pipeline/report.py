@@ -31,7 +31,7 @@ def print_validation(console: Console, summaries: dict) -> None:
     table.add_column("passed")
     table.add_column("failures (column: rule)")
     for site, s in summaries.items():
-        failures = s.failures()
+        failures = s.reasons()
         shown = "\n".join(failures[:6]) + (
             f"\n… {len(failures) - 6} more" if len(failures) > 6 else ""
         )

@@ -30,7 +30,5 @@ def run_validation(
         admitted, quarantined = admit(list(summaries.values()), cfg.quorum)
     except QuorumError:
         admitted = [s for s, v in summaries.items() if v.passed]
-        quarantined = {
-            s: list(v.failures()) + list(v.errors) for s, v in summaries.items() if not v.passed
-        }
+        quarantined = {s: v.reasons() for s, v in summaries.items() if not v.passed}
     return summaries, admitted, quarantined

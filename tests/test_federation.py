@@ -7,7 +7,6 @@ import json
 import pickle
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import mlflow
@@ -17,9 +16,9 @@ from conftest import make_config
 
 from pipeline.config import load_config
 from pipeline.contract import load_contract
-from pipeline.features import FeatureEncoder
 from pipeline.errors import BudgetError, QuorumError
 from pipeline.extract import read_frame
+from pipeline.features import FeatureEncoder
 from pipeline.federation.runtime import SiteRuntime
 from pipeline.job import run_job
 from pipeline.privacy.ledger import PrivacyLedger
@@ -68,14 +67,16 @@ def test_logistic_job_registers_a_model_that_reloads_identically(
     expected = result.model.predict_proba(features)
     script = (
         "import sys, mlflow, pandas as pd, numpy as np\n"
-        f"mlflow.set_tracking_uri({cfg.tracking_uri!r}); mlflow.set_registry_uri({cfg.tracking_uri!r})\n"
+        f"mlflow.set_tracking_uri({cfg.tracking_uri!r})\n"
+        f"mlflow.set_registry_uri({cfg.tracking_uri!r})\n"
         "m = mlflow.pyfunc.load_model('models:/diabetes-risk/1')\n"
         f"out = m.predict(pd.read_parquet({str(rows)!r}))\n"
         f"np.save({str(tmp_path / 'p.npy')!r}, out['risk_probability'].to_numpy())\n"
         "print(sorted(out.columns))\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=180
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "risk_band" in done.stdout and "top_factors" in done.stdout
     got = np.load(tmp_path / "p.npy")
@@ -83,8 +84,7 @@ def test_logistic_job_registers_a_model_that_reloads_identically(
 
 
 def test_killed_site_is_dropped_and_the_job_finishes(ray_session, four_sites, tmp_path) -> None:
-    cfg = load_config(make_config(four_sites, tmp_path, min_sites=2,
-                                  training={"rounds": 10}))
+    cfg = load_config(make_config(four_sites, tmp_path, min_sites=2, training={"rounds": 10}))
     victim = cfg.sites[1].name
     said, progress = _kill_site_when(ray_session, victim, "round 5/")
     result = run_job(cfg, strategy="dp-fedavg", progress=progress)
@@ -110,8 +110,9 @@ def test_unmet_quorum_fails_cleanly_and_registers_nothing(ray_session, four_site
 
 
 def test_ledger_refuses_an_over_budget_job_before_training(ray_session, four_sites, tmp_path):
-    cfg = load_config(make_config(four_sites, tmp_path, privacy={"epsilon_budget": 1.5},
-                                  training={"rounds": 3}))
+    cfg = load_config(
+        make_config(four_sites, tmp_path, privacy={"epsilon_budget": 1.5}, training={"rounds": 3})
+    )
     run_job(cfg, strategy="dp-fedavg")
     ledger = PrivacyLedger(cfg.privacy.ledger)
     before = {s.name: ledger.spent(s.name) for s in cfg.sites}
@@ -132,14 +133,30 @@ def test_site_refuses_a_request_outside_its_policy(ray_session, four_sites, tmp_
         runtime.call("load", 0.2, 0)
         dim = FeatureEncoder(load_contract(cfg.contract)).n_features_out
         kwargs = dict(clip=1.0, noise_multiplier=5.0, rounds=3, round_=0)
-        strat = runtime.call("logistic_gradient", "job-a", np.zeros(dim + 1),
-                             strategy="dp-fedavg", epsilon=0.5, drop_failed=False, **kwargs)
-        eps = runtime.call("logistic_gradient", "job-b", np.zeros(dim + 1),
-                           strategy="logistic", epsilon=1.0, drop_failed=False, **kwargs)
+        strat = runtime.call(
+            "logistic_gradient",
+            "job-a",
+            np.zeros(dim + 1),
+            strategy="dp-fedavg",
+            epsilon=0.5,
+            drop_failed=False,
+            **kwargs,
+        )
+        eps = runtime.call(
+            "logistic_gradient",
+            "job-b",
+            np.zeros(dim + 1),
+            strategy="logistic",
+            epsilon=1.0,
+            drop_failed=False,
+            **kwargs,
+        )
     assert "refuses strategy 'dp-fedavg'" in strat.failed[site.name]
     assert "at most 0.5" in eps.failed[site.name]
-    audit = [json.loads(line) for line in
-             (site.path.parent / f"{site.path.name}.audit.jsonl").read_text().splitlines()]
+    audit = [
+        json.loads(line)
+        for line in (site.path.parent / f"{site.path.name}.audit.jsonl").read_text().splitlines()
+    ]
     assert sum(e["request"] == "refused" for e in audit) >= 2
 
 
@@ -155,8 +172,17 @@ def test_reply_size_does_not_grow_with_the_row_count(ray_session, tmp_path) -> N
         replies = [
             runtime.call("validate", min_rows=100),
             runtime.call("load", 0.2, 0),
-            runtime.call("logistic_gradient", "j", w, strategy="dp-fedavg", epsilon=1.0,
-                         clip=1.0, noise_multiplier=3.0, rounds=1, round_=0),
+            runtime.call(
+                "logistic_gradient",
+                "j",
+                w,
+                strategy="dp-fedavg",
+                epsilon=1.0,
+                clip=1.0,
+                noise_multiplier=3.0,
+                rounds=1,
+                round_=0,
+            ),
             runtime.call("evaluate", {"kind": "logistic", "weights": w}),
         ]
     for r in replies:
