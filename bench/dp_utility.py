@@ -44,8 +44,11 @@ def main() -> None:
     for strategy in ("logistic", "dp-fedavg", "dp-logistic"):
         start = time.perf_counter()
         results[strategy] = run_job(cfg, strategy=strategy)
-        print(f"{strategy:12s} AUC {results[strategy].metrics.auc:.4f} "
-              f"({time.perf_counter() - start:.0f} s)", flush=True)
+        print(
+            f"{strategy:12s} AUC {results[strategy].metrics.auc:.4f} "
+            f"({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
 
     with SiteRuntime(cfg.sites, str(cfg.contract), "bench-local", timeout_s=600) as runtime:
         runtime.call("load", cfg.training.test_fraction, cfg.training.seed)
@@ -57,8 +60,10 @@ def main() -> None:
         order = sorted(local_auc, key=local_auc.get)
         median_site = order[len(order) // 2]
         median_model = {"kind": "logistic", "weights": local.ok[median_site].vector}
-        print("local-only AUC on pooled held-out rows: "
-              + ", ".join(f"{s} {a:.4f}" for s, a in sorted(local_auc.items())))
+        print(
+            "local-only AUC on pooled held-out rows: "
+            + ", ".join(f"{s} {a:.4f}" for s, a in sorted(local_auc.items()))
+        )
         rows = []
         for strategy, res in results.items():
             joint = runtime.call("evaluate_pair", res.model.site_payload(), median_model)
@@ -67,14 +72,16 @@ def main() -> None:
             rows.append((strategy, res.metrics.auc, diff, low, high))
 
     base = results["logistic"].metrics.auc
-    print(f"\n{args.sites} sites, {args.rows:,} rows, epsilon {args.epsilon:g} per site, "
-          f"{args.rounds} rounds; median local-only site: {median_site} "
-          f"(AUC {local_auc[median_site]:.4f})")
-    print(f"{'strategy':12s} {'AUC':>7s} {'vs non-private':>15s} "
-          f"{'vs median local [95% CI]':>32s}")
+    print(
+        f"\n{args.sites} sites, {args.rows:,} rows, epsilon {args.epsilon:g} per site, "
+        f"{args.rounds} rounds; median local-only site: {median_site} "
+        f"(AUC {local_auc[median_site]:.4f})"
+    )
+    print(f"{'strategy':12s} {'AUC':>7s} {'vs non-private':>15s} {'vs median local [95% CI]':>32s}")
     for strategy, auc, diff, low, high in rows:
-        print(f"{strategy:12s} {auc:7.4f} {auc - base:+15.4f} "
-              f"{diff:+10.4f} [{low:+.4f}, {high:+.4f}]")
+        print(
+            f"{strategy:12s} {auc:7.4f} {auc - base:+15.4f} {diff:+10.4f} [{low:+.4f}, {high:+.4f}]"
+        )
     ok = abs(results["dp-fedavg"].metrics.auc - base) <= 0.01
     print(f"\ndp-fedavg within 0.01 of non-private: {'PASS' if ok else 'FAIL'}")
     for strategy, _, _, low, _ in rows[:2]:

@@ -16,8 +16,10 @@ def main() -> None:
         _, written = synthesize(out, sites=SITES, rows=ROWS, seed=0)
         seconds = time.perf_counter() - start
     sizes = sorted(s.rows for s in written)
-    print(f"synth: {ROWS:,} rows over {SITES} sites in {seconds:.2f} s "
-          f"({ROWS / seconds:,.0f} rows/s); site sizes {sizes[0]:,}..{sizes[-1]:,}")
+    print(
+        f"synth: {ROWS:,} rows over {SITES} sites in {seconds:.2f} s "
+        f"({ROWS / seconds:,.0f} rows/s); site sizes {sizes[0]:,}..{sizes[-1]:,}"
+    )
     print(f"time / goal = {seconds / GOAL_S:.2f} ({'PASS' if seconds < GOAL_S else 'FAIL'})")
 
 

@@ -46,16 +46,26 @@ def test_each_site_actor_runs_on_the_node_holding_its_resource(tmp_path: Path) -
         site["resource"] = f"site:{site['name']}"
     config.write_text(yaml.safe_dump(raw))
     names = [s["name"] for s in raw["sites"]]
-    env = {**os.environ, "PIPELINE_CLUSTER_DIR": _short_dir(),
-           "PIPELINE_CLUSTER_PORT": "6391", "RAY": str(Path(sys.executable).parent / "ray")}
-    started = subprocess.run([str(SCRIPT), "start", *names], env=env, capture_output=True,
-                             text=True, timeout=240)
+    env = {
+        **os.environ,
+        "PIPELINE_CLUSTER_DIR": _short_dir(),
+        "PIPELINE_CLUSTER_PORT": "6391",
+        "RAY": str(Path(sys.executable).parent / "ray"),
+    }
+    started = subprocess.run(
+        [str(SCRIPT), "start", *names], env=env, capture_output=True, text=True, timeout=240
+    )
     try:
         assert started.returncode == 0, started.stderr
         info = dict(line.split("=", 1) for line in started.stdout.split())
         driver_env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": info["token_path"]}
-        done = subprocess.run([sys.executable, "-c", DRIVER, str(config), info["address"]],
-                              env=driver_env, capture_output=True, text=True, timeout=240)
+        done = subprocess.run(
+            [sys.executable, "-c", DRIVER, str(config), info["address"]],
+            env=driver_env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         out = json.loads(done.stdout.strip().splitlines()[-1])
         assert not out["failed"]
@@ -67,10 +77,15 @@ def test_each_site_actor_runs_on_the_node_holding_its_resource(tmp_path: Path) -
 
 
 def test_cluster_refuses_a_client_without_the_token(tmp_path: Path) -> None:
-    env = {**os.environ, "PIPELINE_CLUSTER_DIR": _short_dir(),
-           "PIPELINE_CLUSTER_PORT": "6392", "RAY": str(Path(sys.executable).parent / "ray")}
-    started = subprocess.run([str(SCRIPT), "start", "solo"], env=env, capture_output=True,
-                             text=True, timeout=240)
+    env = {
+        **os.environ,
+        "PIPELINE_CLUSTER_DIR": _short_dir(),
+        "PIPELINE_CLUSTER_PORT": "6392",
+        "RAY": str(Path(sys.executable).parent / "ray"),
+    }
+    started = subprocess.run(
+        [str(SCRIPT), "start", "solo"], env=env, capture_output=True, text=True, timeout=240
+    )
     try:
         assert started.returncode == 0, started.stderr
         info = dict(line.split("=", 1) for line in started.stdout.split())
@@ -78,8 +93,9 @@ def test_cluster_refuses_a_client_without_the_token(tmp_path: Path) -> None:
         bad_env["RAY_AUTH_MODE"] = "token"
         bad_env["RAY_AUTH_TOKEN"] = "0" * 64
         probe = f"import ray; ray.init(address={info['address']!r}); print('joined')"
-        done = subprocess.run([sys.executable, "-c", probe], env=bad_env, capture_output=True,
-                              text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", probe], env=bad_env, capture_output=True, text=True, timeout=120
+        )
         assert "joined" not in done.stdout
         assert done.returncode != 0
     finally:
