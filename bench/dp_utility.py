@@ -27,7 +27,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sites", type=int, default=8)
     ap.add_argument("--rows", type=int, default=200_000)
-    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--epsilon", type=float, default=1.0)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-dp-"))

@@ -24,7 +24,6 @@ from pipeline.validation import ValidationSummary, admit
 
 Progress = Callable[[str], None]
 LOGISTIC_STRATEGIES = ("logistic", "dp-logistic", "dp-fedavg")
-DEFAULT_CLIP = 1.0
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ def plan_privacy(
     eps, delta = cfg.privacy.epsilon_per_job, cfg.privacy.delta
     if strategy == "dp-fedavg":
         sigma = calibrate_noise_multiplier(eps, delta, rounds)
-        return {"epsilon": eps, "delta": delta}, sigma, DEFAULT_CLIP
+        return {"epsilon": eps, "delta": delta}, sigma, cfg.privacy.clip_norm
     if strategy == "dp-logistic":
         return {"epsilon": eps, "delta": 0.0}, 0.0, 0.0
     return {}, 0.0, 0.0

@@ -41,7 +41,7 @@ class FedAdam(ServerOptimizer):
     def __init__(
         self,
         *,
-        learning_rate: float = 0.3,
+        learning_rate: float = 0.2,
         beta1: float = 0.9,
         beta2: float = 0.99,
         tau: float = 1e-3,
