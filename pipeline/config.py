@@ -57,6 +57,9 @@ class PrivacyConfig(_Strict):
     epsilon_budget: float = Field(10.0, gt=0, description="lifetime epsilon per site")
     epsilon_per_job: float = Field(1.0, gt=0)
     delta: float = Field(1e-5, gt=0, lt=1e-2)
+    clip_norm: float = Field(
+        2.0, gt=0, description="per-example gradient clipping bound (L2) for dp-fedavg"
+    )
     ledger: Path = Path("privacy_ledger.sqlite")
 
 
@@ -72,13 +75,30 @@ class MlflowConfig(_Strict):
     model_name: str = "diabetes-risk"
 
 
+class XGBoostConfig(_Strict):
+    """Federated XGBoost (``--model xgboost``): the sites as workers of one collective."""
+
+    communicator: Literal["auto", "federated", "rabit"] = Field(
+        "auto",
+        description="auto: the federated (mTLS) server when XGBoost is built with it, "
+        "else rabit (inside one trusted cluster only)",
+    )
+    rounds: int = Field(200, ge=1, description="most boosting rounds")
+    max_depth: int = Field(4, ge=1)
+    learning_rate: float = Field(0.1, gt=0, le=1)
+    early_stopping_rounds: int = Field(20, ge=1)
+    timeout_s: float = Field(600.0, gt=0, description="watchdog deadline of one collective")
+    max_bin: int = Field(256, ge=2, description="bins per numeric feature, over its range")
+
+
 class TrainingConfig(_Strict):
     model: Literal["logistic", "dp-logistic", "dp-fedavg", "xgboost"] = "dp-fedavg"
-    rounds: int = Field(30, ge=1)
+    rounds: int = Field(60, ge=1)
     seed: int = 0
     test_fraction: float = Field(0.2, gt=0, lt=1)
     secure_aggregation: bool = True
     round_timeout_s: float = Field(120.0, gt=0)
+    xgboost: XGBoostConfig = Field(default_factory=XGBoostConfig)
 
 
 class RayConfig(_Strict):
