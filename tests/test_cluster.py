@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,17 +20,43 @@ SCRIPT = ROOT / "ray_cluster" / "local_cluster.sh"
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
+# The driver runs without the capabilities that let root ignore file permissions, and the
+# site files are mode 000: only the site actors (on the cluster's nodes) can read them.
 DRIVER = """
-import json, sys, ray
+import json, os, sys, ray
 from pipeline.config import load_config
 from pipeline.federation.runtime import SiteRuntime
+from pipeline.job import run_job
 cfg = load_config(sys.argv[1])
-with SiteRuntime(cfg.sites, str(cfg.contract), "placement", ray_address=sys.argv[2]) as rt:
+blocked = []
+for site in cfg.sites:
+    try:
+        os.listdir(site.path)
+    except PermissionError:
+        blocked.append(site.name)
+ray.init(address=sys.argv[2])
+with SiteRuntime(cfg.sites, str(cfg.contract), "placement") as rt:
     nodes = rt.call("node_id", raw=True)
-    resources = {n["NodeID"]: sorted(k for k in n["Resources"] if k.startswith("site:"))
-                 for n in ray.nodes() if n["Alive"]}
-    print(json.dumps({"nodes": nodes.ok, "failed": nodes.failed, "resources": resources}))
+resources = {n["NodeID"]: sorted(k for k in n["Resources"] if k.startswith("site:"))
+             for n in ray.nodes() if n["Alive"]}
+result = run_job(cfg, strategy="logistic", rounds=15)
+print(json.dumps({"nodes": nodes.ok, "failed": nodes.failed, "resources": resources,
+                  "blocked": blocked, "auc": result.metrics.auc,
+                  "version": result.model_version}))
 """
+
+
+def _lock(folder: Path) -> None:
+    """Mode 000 on the extract: readable only with root's override capability."""
+    for path in sorted(folder.rglob("*"), reverse=True):
+        path.chmod(0)
+    folder.chmod(0)
+
+
+def _unlock(folder: Path) -> None:
+    folder.chmod(0o700)
+    for path in folder.rglob("*"):
+        path.chmod(0o700)
 
 
 def _short_dir() -> str:
@@ -37,14 +64,20 @@ def _short_dir() -> str:
     return tempfile.mkdtemp(prefix="rc-", dir="/tmp")
 
 
-def test_each_site_actor_runs_on_the_node_holding_its_resource(tmp_path: Path) -> None:
+@pytest.mark.skipif(
+    shutil.which("setpriv") is None or os.geteuid() != 0,
+    reason="needs root and setpriv to run a driver that cannot read site files",
+)
+def test_sites_run_on_their_nodes_and_the_driver_never_reads_their_files(tmp_path: Path):
     import yaml
 
     config, _ = synthesize(tmp_path / "data", sites=3, rows=1500, seed=4)
     raw = yaml.safe_load(config.read_text())
     for site in raw["sites"]:
         site["resource"] = f"site:{site['name']}"
+    raw["mlflow"] = {"tracking_uri": f"sqlite:///{tmp_path}/mlruns/mlflow.db"}
     config.write_text(yaml.safe_dump(raw))
+    folders = [config.parent / s["name"] for s in raw["sites"]]
     names = [s["name"] for s in raw["sites"]]
     env = {
         **os.environ,
@@ -59,20 +92,27 @@ def test_each_site_actor_runs_on_the_node_holding_its_resource(tmp_path: Path) -
         assert started.returncode == 0, started.stderr
         info = dict(line.split("=", 1) for line in started.stdout.split())
         driver_env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": info["token_path"]}
+        for folder in folders:
+            _lock(folder)
+        no_override = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
         done = subprocess.run(
-            [sys.executable, "-c", DRIVER, str(config), info["address"]],
+            [*no_override, sys.executable, "-c", DRIVER, str(config), info["address"]],
             env=driver_env,
             capture_output=True,
             text=True,
-            timeout=240,
+            timeout=400,
         )
         assert done.returncode == 0, done.stderr[-3000:]
         out = json.loads(done.stdout.strip().splitlines()[-1])
+        assert out["blocked"] == names  # the driver really cannot read the extracts
         assert not out["failed"]
         for site in names:
             assert out["resources"][out["nodes"][site]] == [f"site:{site}"]
         assert len(set(out["nodes"].values())) == len(names)
+        assert out["version"] == "1" and out["auc"] > 0.6
     finally:
+        for folder in folders:
+            _unlock(folder)
         subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
 
 
