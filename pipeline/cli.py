@@ -19,6 +19,7 @@ for _var, _value in (
     ("MLFLOW_ENABLE_TELEMETRY", "false"),
     ("RAY_USAGE_STATS_ENABLED", "0"),
     ("DO_NOT_TRACK", "1"),
+    ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
 ):
     os.environ.setdefault(_var, _value)
 

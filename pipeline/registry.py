@@ -8,12 +8,14 @@ calls last, after every stage completed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 CHALLENGER = "challenger"
 
@@ -111,6 +113,11 @@ class JobTracker:
 
         from pipeline.serving import RiskModel
 
+        # MLflow warns that a Python-object model is pickled (this one holds only paths) and
+        # that no signature was inferred (the contract checks input instead): both known.
+        quiet = logging.getLogger("mlflow")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
         with tempfile.TemporaryDirectory() as tmp:
             spec = Path(tmp) / "model.json"
             spec.write_text(json.dumps(model.to_dict()))
@@ -126,6 +133,7 @@ class JobTracker:
                 registered_model_name=model_name,
                 pip_requirements=_requirements(),
             )
+        quiet.setLevel(level)
         version = str(info.registered_model_version)
         client = mlflow.MlflowClient()
         client.set_registered_model_alias(model_name, CHALLENGER, version)
