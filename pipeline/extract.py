@@ -54,6 +54,21 @@ def read_table(path: str | Path, schema: pa.Schema | None = None) -> pa.Table:
     return table
 
 
+def partition_columns(path: str | Path) -> dict[str, list[str]]:
+    """Column names of each Parquet file of an extract (from the file footers only).
+
+    Reading the partitions as one table fills a column that one file lacks with nulls, so
+    a file that lost a column would pass as missing values: this names it instead."""
+    import pyarrow.parquet as pq
+
+    root = Path(path)
+    out = {}
+    for f in list_partitions(root):
+        name = str(Path(f).relative_to(root)) if root.is_dir() else Path(f).name
+        out[name] = pq.read_schema(f).names
+    return out
+
+
 def read_frame(path: str | Path, schema: pa.Schema | None = None) -> pd.DataFrame:
     return read_table(path, schema).to_pandas()
 

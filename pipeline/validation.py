@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from pipeline.contract import Contract, Feature
 from pipeline.errors import DataError, QuorumError
-from pipeline.extract import read_table
+from pipeline.extract import partition_columns, read_table
 
 if TYPE_CHECKING:  # pragma: no cover
     import great_expectations as gx
@@ -491,6 +491,28 @@ def _column_name_results(
     return results, warns
 
 
+def _partition_column_results(
+    path: Path, columns: Sequence[str], contract: Contract
+) -> list[ExpectationResult]:
+    """A contract column that some partition files hold and others lack: named per file
+    (the merged table would show it only as nulls)."""
+    required = [c for c in contract.column_names if c in set(columns)]
+    where = f"contract {contract.name} v{contract.version}"
+    results = []
+    for file, names in partition_columns(path).items():
+        for col in required:
+            if col not in names:
+                results.append(
+                    ExpectationResult(
+                        MISSING_COLUMN,
+                        col,
+                        False,
+                        rule=f"column required by {where}; missing in partition file {file}",
+                    )
+                )
+    return results
+
+
 def _ge_frame(table: pa.Table, contract: Contract, typed: set[str]) -> pd.DataFrame:
     """The rows as Great Expectations' pandas engine runs fastest on them.
 
@@ -727,6 +749,7 @@ def validate_extract(
     results, ok_types = _physical_type_results(table, contract)
     names, warns = _column_name_results(table.column_names, contract, unknown_columns)
     results += names
+    results += _partition_column_results(path, table.column_names, contract)
     docs = None
     if write_docs:
         docs = default_docs_dir(path) if docs_dir is None else Path(docs_dir)

@@ -113,6 +113,17 @@ def _mixed_partitions(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _partition_lacks_column(src: Path, dst: Path) -> Path:
+    """One partition file of two lost a column (read together it would look like nulls)."""
+    table = read_table(src)
+    half = table.num_rows // 2
+    first, second = table.slice(0, half), table.slice(half).drop_columns(["hba1c"])
+    for part, name in ((first, "followup_month=2026-01"), (second, "followup_month=2026-02")):
+        (dst / name).mkdir(parents=True, exist_ok=True)
+        pq.write_table(part, dst / name / "part-0.parquet")
+    return dst
+
+
 def _empty(src: Path, dst: Path) -> Path:
     return write(read_table(src).slice(0, 0), dst)
 
@@ -269,6 +280,12 @@ CORRUPTIONS: list[Corruption] = [
         "leakage_text_column", _with(_leak_string_column), "discharge_code", "label leakage"
     ),
     Corruption("too_few_rows", _with(lambda t: t.slice(0, 50)), "table", "at least 100 rows"),
+    Corruption(
+        "partition_lacks_column",
+        _partition_lacks_column,
+        "hba1c",
+        "missing in partition file followup_month=2026-02",
+    ),
     Corruption("empty_file", _empty, None, "zero rows"),
     Corruption("not_parquet", _not_parquet, None, "not a readable Parquet file"),
     Corruption("truncated_parquet", _truncated, None, "not a readable Parquet file"),
