@@ -89,6 +89,11 @@ class XGBoostConfig(_Strict):
     early_stopping_rounds: int = Field(20, ge=1)
     timeout_s: float = Field(600.0, gt=0, description="watchdog deadline of one collective")
     max_bin: int = Field(256, ge=2, description="bins per numeric feature, over its range")
+    server_host: str | None = Field(
+        None,
+        description="address the sites dial for the collective's server; default: "
+        "127.0.0.1 on one node, the coordinator node's Ray address on a cluster",
+    )
 
 
 class TrainingConfig(_Strict):

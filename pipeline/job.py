@@ -145,7 +145,9 @@ def run_job(
             )
             say(f"privacy reserved: epsilon {planned['epsilon']:g} per site, sigma {sigma:.2f}")
 
-        model = train(runtime, cfg, contract, job_id, strategy, rounds, sigma, clip, tracker, say)
+        model = train(
+            runtime, cfg, contract, job_id, strategy, rounds, sigma, clip, infos.ok, tracker, say
+        )
 
         say("evaluating on held-out rows at every site")
         evals = runtime.call("evaluate", model.site_payload())
@@ -201,7 +203,7 @@ def reserve_privacy(
     return per_site
 
 
-def train(runtime, cfg, contract, job_id, strategy, rounds, sigma, clip, tracker, say):  # noqa: ANN001, PLR0913
+def train(runtime, cfg, contract, job_id, strategy, rounds, sigma, clip, infos, tracker, say):  # noqa: ANN001, PLR0913
     """Dispatch to the strategy's training; returns the in-memory global model."""
     from pipeline.features import FeatureEncoder
     from pipeline.federation.coordinator import (
@@ -217,7 +219,7 @@ def train(runtime, cfg, contract, job_id, strategy, rounds, sigma, clip, tracker
     if strategy == "xgboost":
         from pipeline.models.tree_training import train_federated_xgboost
 
-        return train_federated_xgboost(runtime, cfg, contract, job_id, tracker, say)
+        return train_federated_xgboost(runtime, cfg, contract, job_id, infos, tracker, say)
     if strategy == "dp-logistic":
         say("one-shot DP logistic regression at each site")
         weights, _ = one_shot_average(

@@ -20,6 +20,7 @@ from pipeline.config import SitePolicy
 from pipeline.contract import load_contract
 from pipeline.errors import BudgetError, DataError
 from pipeline.federation.messages import (
+    BoosterReply,
     EvalStats,
     JointStats,
     MaskedUpdate,
@@ -261,6 +262,67 @@ class SiteActor:
         return ModelUpdate(
             site=self.site, vector=np.append(model.coef_.ravel(), model.intercept_), n=len(y)
         )
+
+    # -- federated XGBoost --------------------------------------------------------------
+    def xgb_train(
+        self,
+        job_id: str,
+        *,
+        env: dict[str, Any],
+        params: dict[str, Any],
+        num_boost_round: int,
+        max_bin: int,
+        early_stopping_rounds: int,
+        valid_fraction: float,
+        seed: int,
+        tls_files: dict[str, bytes] | None = None,
+    ) -> BoosterReply:
+        """Join the job's XGBoost collective as one worker and return the global booster.
+
+        The site quantizes its rows on the contract's grid (never on its own sketch) and
+        early-stops on the federated log-loss over a deterministic validation subset of
+        its training rows. `tls_files` carries the job's certificates for the federated
+        communicator (key -> PEM bytes, for the `env` entries naming files); they are
+        written to a private directory of this site and deleted after training."""
+        import shutil
+        import tempfile
+
+        from pipeline.models.tree_training import validation_mask
+        from pipeline.models.trees import train_worker
+
+        self._require_data()
+        self._authorize(job_id, "xgboost", 0.0)
+        self._audit(
+            "xgb_train",
+            job_id,
+            communicator=str(env.get("dmlc_communicator", "")),
+            rounds=num_boost_round,
+        )
+        X, y = self._train[1], self._train[2]  # type: ignore[index]
+        valid = validation_mask(len(y), seed, valid_fraction)
+        tls_dir = tempfile.mkdtemp(prefix="xgb-tls-")  # mode 0700
+        try:
+            env = dict(env)
+            for key, pem in (tls_files or {}).items():
+                path = Path(tls_dir) / key
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(pem)
+                env[key] = str(path)
+            raw = train_worker(
+                X[~valid],
+                y[~valid].astype(np.float64),
+                X_valid=X[valid],
+                y_valid=y[valid].astype(np.float64),
+                ref_params={"contract": self.contract, "max_bin": max_bin},
+                params=params,
+                num_boost_round=num_boost_round,
+                communicator_env=env,
+                early_stopping_rounds=early_stopping_rounds,
+            )
+        finally:
+            shutil.rmtree(tls_dir, ignore_errors=True)
+        return BoosterReply(site=self.site, booster=raw)
 
     # -- secure aggregation ------------------------------------------------------------
     def identity_key(self) -> str:

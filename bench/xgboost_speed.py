@@ -1,0 +1,193 @@
+"""Federated XGBoost against pooled XGBoost, side by side in one run on the same cores.
+
+At 1,000,000 synthetic rows over 8 hospitals (``--rows`` for a smaller trial) it measures:
+
+* pooled ``xgboost.train`` on the sites' train rows pooled (same params, same contract
+  grid, same validation rows and early stopping, ``nthread`` = all cores), matrix
+  building included;
+* the federated collective (the sites' actors as ranks, matrix building included) for
+  each communicator, and the whole job (``run_job``: actors, validation, loading,
+  training, evaluation, registration);
+* test AUCs on the same held-out rows: federated vs pooled XGBoost, the non-private
+  federated logistic regression (``run_job(strategy="logistic")``) and the median site's
+  local-only XGBoost.
+
+The bench reads the extracts itself to build the pooled baseline: a measurement, never
+something a job does. Run: ``.venv/bin/python bench/xgboost_speed.py [--rows 100000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+CORES = 2
+
+
+def _config(base: Path, out: Path, communicator: str):
+    import yaml
+
+    from pipeline.config import load_config
+
+    raw = yaml.safe_load(base.read_text())
+    raw["sites"] = [{**s, "path": str((base.parent / s["path"]).resolve())} for s in raw["sites"]]
+    raw["contract"] = str(Path(raw["contract"]).resolve())
+    raw.setdefault("privacy", {})["ledger"] = str(out / "ledger.sqlite")
+    raw["mlflow"] = {"tracking_uri": f"sqlite:///{out}/mlruns/mlflow.db", "experiment": "bench"}
+    raw.setdefault("training", {}).update(
+        {"round_timeout_s": 3600, "xgboost": {"communicator": communicator, "timeout_s": 3600}}
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"federation-{communicator}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_config(path)
+
+
+def _site_splits(cfg):
+    """Per site: (train matrix, train labels, held-out raw rows, held-out labels), split
+    exactly as the site actor splits (keyed hash of the patient key)."""
+    from pipeline.contract import load_contract
+    from pipeline.extract import read_frame
+    from pipeline.features import FeatureEncoder
+
+    contract = load_contract(cfg.contract)
+    encoder = FeatureEncoder(contract)
+    seed, fraction = cfg.training.seed, cfg.training.test_fraction
+    out = []
+    for site in cfg.sites:
+        df = read_frame(site.path, contract.arrow_schema)
+        keys = df[contract.key.name].astype(str)
+        h = pd.util.hash_pandas_object(keys, index=False, hash_key=f"{seed:016d}"[-16:])
+        is_test = (h.to_numpy() % 10_000) < int(fraction * 10_000)
+        T, y = encoder.tree_matrix(df), contract.labels(df).astype(np.float64)
+        out.append((T[~is_test], y[~is_test], df[is_test].reset_index(drop=True), y[is_test]))
+    return contract, out
+
+
+def _train_local(contract, cfg, parts, nthread: int):
+    """XGBoost on the given (train matrix, labels) parts as one table: the job's params,
+    grid, validation rows and early stopping. Returns (booster, seconds)."""
+    import xgboost as xgb
+
+    from pipeline.models import trees
+    from pipeline.models.tree_training import validation_mask
+
+    x, seed = cfg.training.xgboost, cfg.training.seed
+    masks = [validation_mask(len(y), seed) for _, y in parts]
+    y_all = np.concatenate([y for _, y in parts])
+    params = trees.booster_params(
+        base_score=trees.global_base_score(int(y_all.sum()), len(y_all)),
+        max_depth=x.max_depth,
+        learning_rate=x.learning_rate,
+        seed=seed,
+        nthread=nthread,
+    )
+    start = time.perf_counter()
+    ref = trees.reference_matrix(contract, x.max_bin)
+    fit_X = np.vstack([T[~m] for (T, _), m in zip(parts, masks, strict=True)])
+    fit_y = np.concatenate([y[~m] for (_, y), m in zip(parts, masks, strict=True)])
+    val_X = np.vstack([T[m] for (T, _), m in zip(parts, masks, strict=True)])
+    val_y = np.concatenate([y[m] for (_, y), m in zip(parts, masks, strict=True)])
+    dtrain = trees.site_matrix(fit_X, fit_y, ref, max_bin=x.max_bin, nthread=nthread)
+    dvalid = trees.site_matrix(val_X, val_y, dtrain, max_bin=x.max_bin, nthread=nthread)
+    booster = xgb.train(
+        trees.training_params(params, x.max_bin),
+        dtrain,
+        num_boost_round=x.rounds,
+        evals=[(dvalid, "valid")],
+        early_stopping_rounds=x.early_stopping_rounds,
+        verbose_eval=False,
+    )
+    booster = booster[: booster.best_iteration + 1]
+    return booster, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--sites", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import ray
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.features import FeatureEncoder
+    from pipeline.job import run_job
+    from pipeline.models import trees
+    from pipeline.synth import synthesize
+
+    with tempfile.TemporaryDirectory(prefix="xgb-bench-") as tmp:
+        out = Path(tmp)
+        base, written = synthesize(out / "data", sites=args.sites, rows=args.rows, seed=args.seed)
+        print(f"data: {args.rows:,} rows over {args.sites} sites; {CORES} cores")
+        ray.init(num_cpus=CORES, include_dashboard=False, logging_level="WARNING")
+        try:
+            cfg = _config(base, out, "federated")
+            contract, splits = _site_splits(cfg)
+            encoder = FeatureEncoder(contract)
+            held_out = pd.concat([d for _, _, d, _ in splits], ignore_index=True)
+            y_test = np.concatenate([y for _, _, _, y in splits])
+            T_test = encoder.tree_matrix(held_out)
+
+            pooled, pooled_s = _train_local(contract, cfg, [(T, y) for T, y, _, _ in splits], CORES)
+            auc = {"pooled xgboost": roc_auc_score(y_test, trees.predict_proba(pooled, T_test))}
+            print(f"pooled xgboost: {pooled_s:.2f} s, {pooled.num_boosted_rounds()} trees")
+
+            times = {}
+            for communicator in ("federated", "rabit"):
+                c = _config(base, out / communicator, communicator)
+                start = time.perf_counter()
+                result = run_job(c, strategy="xgboost")
+                job_s = time.perf_counter() - start
+                train_s = result.model.training_.seconds
+                times[communicator] = (train_s, job_s)
+                auc[f"federated xgboost ({communicator})"] = roc_auc_score(
+                    y_test, result.model.predict_proba(held_out)
+                )
+                print(
+                    f"federated xgboost ({communicator}): collective {train_s:.2f} s, "
+                    f"whole job {job_s:.2f} s, {result.model.booster_.num_boosted_rounds()} trees"
+                )
+
+            c = _config(base, out / "logistic", "auto")
+            start = time.perf_counter()
+            logistic = run_job(c, strategy="logistic")
+            logistic_s = time.perf_counter() - start
+            auc["federated logistic (non-private)"] = roc_auc_score(
+                y_test, logistic.model.predict_proba(held_out)
+            )
+            print(f"federated logistic: whole job {logistic_s:.2f} s")
+
+            local = []
+            for T, y, _, _ in splits:
+                booster, _ = _train_local(contract, cfg, [(T, y)], CORES)
+                local.append(roc_auc_score(y_test, trees.predict_proba(booster, T_test)))
+            auc["median site's local-only xgboost"] = float(np.median(local))
+        finally:
+            ray.shutdown()
+
+    print("\nwall time ratios (pooled xgboost.train = 1):")
+    for communicator, (train_s, job_s) in times.items():
+        print(f"  federated collective / pooled ({communicator}): {train_s / pooled_s:.2f}")
+        print(f"  whole job / pooled ({communicator}):            {job_s / pooled_s:.2f}")
+    print(f"  logistic whole job / pooled:                  {logistic_s / pooled_s:.2f}")
+    print(f"\ntest AUC on the same {len(y_test):,} held-out rows:")
+    for name, value in auc.items():
+        print(f"  {name:<36} {value:.4f}")
+    fed = auc["federated xgboost (federated)"]
+    print(f"  federated - pooled xgboost: {fed - auc['pooled xgboost']:+.4f}")
+
+
+if __name__ == "__main__":
+    main()

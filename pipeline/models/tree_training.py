@@ -1,0 +1,394 @@
+"""Federated XGBoost on the sites' actors: the coordinator's side of the collective.
+
+Every admitted site joins one XGBoost collective as a worker (see
+:mod:`pipeline.models.trees` for why the result equals pooled training on the contract's
+bin grid). The coordinator only starts the communicator's server, hands each site its
+rank, and watches: XGBoost's collective has no dropout handling (a dead worker leaves the
+others waiting forever), so the coordinator owns a watchdog. It waits with a deadline;
+when a site's actor dies, a site fails, or the deadline passes, it stops the server (which
+unblocks or strands the others), kills the actors still stuck, and, while the quorum
+holds, trains once more without the lost sites on a fresh server (and a fresh PKI), with
+a new world size and new ranks. The server is stopped in a ``finally`` on every path.
+
+Communicators: ``federated`` (gRPC over mutual TLS, a per-job CA in a private temporary
+directory deleted after the attempt) or ``rabit`` (inside one trusted cluster). Both give
+the same model; ``auto`` picks federated when XGBoost was built with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError, QuorumError
+from pipeline.federation.messages import check_reply
+
+VALID_FRACTION = 0.1
+MAX_ATTEMPTS = 2  # the first try and one retry without the lost sites
+GRACE_S = 20.0  # how long the others may take to notice a broken collective
+_TLS_KEYS = (
+    "federated_server_cert_path",
+    "federated_client_key_path",
+    "federated_client_cert_path",
+)
+
+
+class CollectiveError(PipelineError):
+    """The XGBoost collective could not train a model."""
+
+
+def validation_mask(n: int, seed: int, fraction: float = VALID_FRACTION) -> np.ndarray:
+    """Which of a site's `n` training rows (in extract order) are its validation rows:
+    deterministic given the seed, so the same extract and config give the same model."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    return np.random.default_rng([seed, 0x7EE5]).random(n) < fraction
+
+
+def resolve_communicator(name: str) -> str:
+    """``auto`` -> ``federated`` when XGBoost is built with it, else ``rabit``."""
+    import xgboost
+
+    federated = bool(xgboost.build_info().get("USE_FEDERATED"))
+    if name == "auto":
+        return "federated" if federated else "rabit"
+    if name == "federated" and not federated:
+        raise CollectiveError("this XGBoost build has no federated communicator; use rabit")
+    if name not in ("federated", "rabit"):
+        raise CollectiveError(f"unknown XGBoost communicator {name!r}")
+    return name
+
+
+@dataclass
+class Attempt:
+    """One run of the collective: boosters by site, and the sites that failed."""
+
+    sites: list[str]
+    boosters: dict[str, bytes] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    lost: dict[str, str] = field(default_factory=dict)  # died or stuck: dropped from the job
+    seconds: float = 0.0
+    port: int | None = None  # the server's port (closed once the attempt returns)
+
+
+@dataclass(frozen=True)
+class CollectiveResult:
+    """The agreed booster of a completed collective, and how it got there."""
+
+    booster: bytes = field(repr=False)
+    sites: list[str]
+    communicator: str
+    attempts: int
+    lost: dict[str, str]
+    seconds: float
+    ports: tuple[int, ...] = ()
+
+
+def server_host(configured: str | None = None) -> str:
+    """Where the sites reach the collective's server.
+
+    Loopback while every site runs on this machine (embedded Ray, or a one-node cluster),
+    so nothing listens beyond 127.0.0.1 by default; on a multi-node cluster, the address
+    Ray knows the coordinator's node by, unless the config names one."""
+    import ray
+
+    if configured:
+        return configured
+    if sum(1 for node in ray.nodes() if node["Alive"]) <= 1:
+        return "127.0.0.1"
+    return ray.util.get_node_ip_address()
+
+
+@contextlib.contextmanager
+def _server(communicator: str, sites: list[str], label: str, host: str):
+    """The communicator's server for one attempt; always stopped, keys always deleted."""
+    from pipeline.federation.tls import JobPKI
+    from pipeline.models.trees import FederatedServer, RabitServer
+
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"xgb-{label}-")))
+        if communicator == "federated":
+            pki = stack.enter_context(JobPKI.create(work / "pki", sites, hosts=[host]))
+            server = FederatedServer(pki, host=host, log_file=work / "server.log")
+        else:
+            server = RabitServer(len(sites), host=host)
+        stack.callback(server.stop)
+        server.start()
+        yield server
+
+
+def run_attempt(
+    runtime: Any,
+    job_id: str,
+    sites: list[str],
+    communicator: str,
+    train_kwargs: dict[str, Any],
+    *,
+    timeout_s: float,
+    grace_s: float = GRACE_S,
+    host: str = "127.0.0.1",
+) -> Attempt:
+    """Train once with `sites` as ranks 0..n-1; never hangs beyond `timeout_s` (+ grace).
+
+    A site whose actor dies, or that fails before the collective broke, or that is still
+    stuck when the watchdog gives up, is *lost* and dropped from the job (a stuck actor is
+    killed). Sites that only failed because the collective broke under them stay."""
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    attempt = Attempt(sites=list(sites))
+    with _server(communicator, sites, job_id[-10:], host) as server:
+        attempt.port = server.port
+        refs: dict[Any, str] = {}
+        for rank, site in enumerate(sites):
+            env = server.env(rank, site=site)
+            tls = None
+            if communicator == "federated":
+                tls = {k: Path(env[k]).read_bytes() for k in _TLS_KEYS}
+            ref = runtime.actors[site].xgb_train.remote(
+                job_id, env=env, tls_files=tls, **train_kwargs
+            )
+            refs[ref] = site
+        start = time.monotonic()
+        deadline = start + timeout_s
+        pending = dict(refs)
+        broken = False
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                for site in pending.values():
+                    why = (
+                        "still in the collective after it broke"
+                        if broken
+                        else (f"no answer within {timeout_s:g} s")
+                    )
+                    attempt.failed[site] = why
+                    attempt.lost[site] = why
+                break
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=min(1.0, left))
+            newly: dict[str, str] = {}
+            for ref in ready:
+                site = pending.pop(ref)
+                try:
+                    attempt.boosters[site] = check_reply(ray.get(ref)).booster
+                except RayActorError:
+                    newly[site] = "the site's actor died during XGBoost training"
+                    attempt.lost[site] = newly[site]
+                except RayTaskError as exc:
+                    cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                    newly[site] = _reason(cause)
+                    if not broken:  # failed first: the cause, not a victim
+                        attempt.lost[site] = newly[site]
+                except TypeError as exc:
+                    newly[site] = str(exc)
+                    attempt.lost[site] = newly[site]
+            attempt.failed.update(newly)
+            if newly and not broken:
+                # The collective cannot finish without these ranks: end the server so
+                # the others fail instead of waiting, and give them a grace period.
+                broken = True
+                server.stop()
+                deadline = min(deadline, time.monotonic() + grace_s)
+        attempt.seconds = time.monotonic() - start
+    for site, reason in attempt.lost.items():
+        runtime.drop(site, f"XGBoost collective: {reason}")
+    return attempt
+
+
+def _reason(exc: BaseException) -> str:
+    # XGBoost's errors carry a native backtrace after the first line: keep only that line.
+    text = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def agreed_booster(boosters: dict[str, bytes]) -> bytes:
+    """The one model every rank ended with; refuses ranks that disagree."""
+    distinct = {bytes(b) for b in boosters.values()}
+    if len(distinct) != 1:
+        raise CollectiveError(
+            f"the ranks ended with {len(distinct)} different boosters "
+            f"({sorted(boosters)}): the collective did not agree"
+        )
+    return distinct.pop()
+
+
+def train_collective(
+    runtime: Any,
+    job_id: str,
+    *,
+    communicator: str,
+    quorum: int,
+    params_for: Callable[[list[str]], dict[str, Any]],
+    train_kwargs: dict[str, Any],
+    timeout_s: float,
+    say: Callable[[str], None] = lambda _m: None,
+    grace_s: float = GRACE_S,
+    host: str = "127.0.0.1",
+) -> CollectiveResult:
+    """Run the collective over the active sites, retrying once without lost sites.
+
+    `params_for(sites)` gives the XGBoost parameters for a set of sites (the base score
+    is the prevalence of exactly the sites that train)."""
+    lost: dict[str, str] = {}
+    ports: list[int] = []
+    for n in range(1, MAX_ATTEMPTS + 1):
+        runtime.require_quorum(quorum, "XGBoost training")
+        sites = list(runtime.active)
+        say(f"xgboost attempt {n}: {len(sites)} sites as ranks, {communicator} communicator")
+        attempt = run_attempt(
+            runtime,
+            job_id,
+            sites,
+            communicator,
+            {**train_kwargs, "params": params_for(sites)},
+            timeout_s=timeout_s,
+            grace_s=grace_s,
+            host=host,
+        )
+        lost.update(attempt.lost)
+        ports += [attempt.port] if attempt.port is not None else []
+        if not attempt.failed:
+            return CollectiveResult(
+                booster=agreed_booster(attempt.boosters),
+                sites=sites,
+                communicator=communicator,
+                attempts=n,
+                lost=lost,
+                seconds=attempt.seconds,
+                ports=tuple(ports),
+            )
+        detail = "; ".join(f"{s}: {r}" for s, r in attempt.failed.items())
+        say(f"xgboost attempt {n} failed ({detail})")
+        if not attempt.lost:
+            raise CollectiveError(f"XGBoost training failed at every site: {detail}")
+        if len(runtime.active) < quorum:
+            raise QuorumError(
+                f"XGBoost training: {len(runtime.active)} site(s) left after losing "
+                f"{sorted(attempt.lost)}, quorum is {quorum} ({detail})"
+            )
+    raise CollectiveError(
+        f"XGBoost training failed after {MAX_ATTEMPTS} attempts; lost sites: "
+        + "; ".join(f"{s}: {r}" for s, r in lost.items())
+    )
+
+
+def train_federated_xgboost(runtime, cfg, contract, job_id, infos, tracker, say):  # noqa: ANN001, PLR0913
+    """The ``xgboost`` strategy of :func:`pipeline.job.train`; returns a TreeModel.
+
+    Global quantities come from aggregates only: the base score is the prevalence over
+    the training sites' label counts (`infos`: their ``load`` replies, by site)."""
+    from pipeline.models import trees
+    from pipeline.models.tree_model import TreeModel
+
+    x = cfg.training.xgboost
+    communicator = resolve_communicator(x.communicator)
+    host = server_host(x.server_host)
+
+    def params_for(sites: list[str]) -> dict[str, Any]:
+        positives = sum(infos[s].positives_train for s in sites)
+        n = sum(infos[s].n_train for s in sites)
+        return trees.booster_params(
+            base_score=trees.global_base_score(positives, n),
+            max_depth=x.max_depth,
+            learning_rate=x.learning_rate,
+            seed=cfg.training.seed,
+            nthread=1,
+        )
+
+    tracker.params(
+        {
+            "xgboost_communicator": communicator,
+            "xgboost_max_rounds": x.rounds,
+            "xgboost_max_depth": x.max_depth,
+            "xgboost_learning_rate": x.learning_rate,
+            "xgboost_early_stopping_rounds": x.early_stopping_rounds,
+            "xgboost_max_bin": x.max_bin,
+            "xgboost_timeout_s": x.timeout_s,
+            "xgboost_server_host": host,
+            "xgboost_valid_fraction": VALID_FRACTION,
+        }
+    )
+    result = train_collective(
+        runtime,
+        job_id,
+        communicator=communicator,
+        quorum=cfg.quorum,
+        params_for=params_for,
+        train_kwargs={
+            "num_boost_round": x.rounds,
+            "max_bin": x.max_bin,
+            "early_stopping_rounds": x.early_stopping_rounds,
+            "valid_fraction": VALID_FRACTION,
+            "seed": cfg.training.seed,
+        },
+        timeout_s=x.timeout_s,
+        say=say,
+        host=host,
+    )
+    model = TreeModel(contract, result.booster)
+    booster = model.booster_
+    tracker.params(
+        {
+            "xgboost_retries": result.attempts - 1,
+            "xgboost_ranks": len(result.sites),
+            "xgboost_base_score": params_for(result.sites)["base_score"],
+        }
+    )
+    tracker.tags(
+        {
+            "xgboost_boosters_identical": "true",
+            "xgboost_dropped": ",".join(sorted(result.lost)) or "none",
+            trees.GRID_ATTR: booster.attr(trees.GRID_ATTR) or "",
+        }
+    )
+    best = booster.attr("best_iteration")
+    tracker.metrics(
+        {
+            "xgboost_train_seconds": result.seconds,
+            "xgboost_trees": booster.num_boosted_rounds(),
+            **({"xgboost_best_iteration": float(best)} if best is not None else {}),
+            **(
+                {"xgboost_best_valid_logloss": float(booster.attr("best_score"))}
+                if booster.attr("best_score") is not None
+                else {}
+            ),
+        }
+    )
+    history = booster.attr(trees.EVALS_ATTR)
+    if history:
+        tracker.json(json.loads(history), "xgboost_valid_history.json")
+    importance = model.feature_importance()
+    tracker.json(importance, "feature_importance.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker.artifact(plot_importance(importance, Path(tmp) / "feature_importance.png"), "plots")
+    say(
+        f"xgboost: {booster.num_boosted_rounds()} trees from {len(result.sites)} sites "
+        f"in {result.seconds:.1f} s ({communicator}, {result.attempts} attempt(s))"
+    )
+    model.training_ = result
+    return model
+
+
+def plot_importance(importance: dict[str, float], path: Path) -> Path:
+    """Horizontal bars of global feature importance (average gain per split)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = sorted(importance.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(6, max(3, 0.3 * len(items))))
+    ax.barh([k for k, _ in items], [v for _, v in items], color="tab:green")
+    ax.set(xlabel="average gain per split", title="Federated XGBoost: feature importance")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
