@@ -122,6 +122,7 @@ def main() -> None:
     import ray
     from sklearn.metrics import roc_auc_score
 
+    from pipeline.evaluation import joint_counts, paired_bootstrap_auc
     from pipeline.features import FeatureEncoder
     from pipeline.job import run_job
     from pipeline.models import trees
@@ -144,7 +145,7 @@ def main() -> None:
             auc = {"pooled xgboost": roc_auc_score(y_test, trees.predict_proba(pooled, T_test))}
             print(f"pooled xgboost: {pooled_s:.2f} s, {pooled.num_boosted_rounds()} trees")
 
-            times = {}
+            times, predictions = {}, {}
             for communicator in ("federated", "rabit"):
                 c = _config(base, out / communicator, communicator)
                 start = time.perf_counter()
@@ -152,8 +153,9 @@ def main() -> None:
                 job_s = time.perf_counter() - start
                 train_s = result.model.training_.seconds
                 times[communicator] = (train_s, job_s)
+                predictions[communicator] = result.model.predict_proba(held_out)
                 auc[f"federated xgboost ({communicator})"] = roc_auc_score(
-                    y_test, result.model.predict_proba(held_out)
+                    y_test, predictions[communicator]
                 )
                 print(
                     f"federated xgboost ({communicator}): collective {train_s:.2f} s, "
@@ -164,18 +166,30 @@ def main() -> None:
             start = time.perf_counter()
             logistic = run_job(c, strategy="logistic")
             logistic_s = time.perf_counter() - start
-            auc["federated logistic (non-private)"] = roc_auc_score(
-                y_test, logistic.model.predict_proba(held_out)
-            )
+            predictions["logistic"] = logistic.model.predict_proba(held_out)
+            auc["federated logistic (non-private)"] = roc_auc_score(y_test, predictions["logistic"])
             print(f"federated logistic: whole job {logistic_s:.2f} s")
 
-            local = []
-            for T, y, _, _ in splits:
+            local = {}
+            for (T, y, _, _), site in zip(splits, cfg.sites, strict=True):
                 booster, _ = _train_local(contract, cfg, [(T, y)], CORES)
-                local.append(roc_auc_score(y_test, trees.predict_proba(booster, T_test)))
-            auc["median site's local-only xgboost"] = float(np.median(local))
+                local[site.name] = trees.predict_proba(booster, T_test)
+            local_auc = {s: roc_auc_score(y_test, p) for s, p in local.items()}
+            order = sorted(local_auc, key=local_auc.get)
+            median_site = order[len(order) // 2]
+            auc[f"median site's local-only xgboost ({median_site})"] = local_auc[median_site]
         finally:
             ray.shutdown()
+
+    fed_p = predictions["federated"]
+    versus = {
+        "federated logistic": paired_bootstrap_auc(
+            joint_counts(y_test, fed_p, predictions["logistic"])
+        ),
+        f"median local-only xgboost ({median_site})": paired_bootstrap_auc(
+            joint_counts(y_test, fed_p, local[median_site])
+        ),
+    }
 
     print("\nwall time ratios (pooled xgboost.train = 1):")
     for communicator, (train_s, job_s) in times.items():
@@ -184,9 +198,28 @@ def main() -> None:
     print(f"  logistic whole job / pooled:                  {logistic_s / pooled_s:.2f}")
     print(f"\ntest AUC on the same {len(y_test):,} held-out rows:")
     for name, value in auc.items():
-        print(f"  {name:<36} {value:.4f}")
-    fed = auc["federated xgboost (federated)"]
-    print(f"  federated - pooled xgboost: {fed - auc['pooled xgboost']:+.4f}")
+        print(f"  {name:<48} {value:.4f}")
+    print("\nfederated xgboost (federated communicator) against, paired bootstrap 95 % CI:")
+    for name, (diff, low, high) in versus.items():
+        print(f"  {name:<48} {diff:+.4f} [{low:+.4f}, {high:+.4f}]")
+
+    checks = {}
+    for communicator in times:
+        gap = auc[f"federated xgboost ({communicator})"] - auc["pooled xgboost"]
+        checks[f"lossless ({communicator}): |AUC - pooled| = {abs(gap):.4f} <= 0.002"] = (
+            abs(gap) <= 0.002
+        )
+        train_ratio = times[communicator][0] / pooled_s
+        job_ratio = times[communicator][1] / pooled_s
+        checks[f"training ({communicator}) {train_ratio:.2f}x pooled <= 1.5x"] = train_ratio <= 1.5
+        checks[f"whole job ({communicator}) {job_ratio:.2f}x pooled <= 3x"] = job_ratio <= 3
+    lr_gap = versus["federated logistic"][0]
+    checks[f"beats federated logistic by {lr_gap:+.4f} >= 0.02"] = lr_gap >= 0.02
+    low = versus[f"median local-only xgboost ({median_site})"][1]
+    checks[f"beats the median site's local-only xgboost (CI low {low:+.4f} > 0)"] = low > 0
+    print()
+    for text, ok in checks.items():
+        print(f"{'PASS' if ok else 'FAIL'}  {text}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from pipeline.synth import synthesize
 
 def run_demo(console: Console, *, out: Path, sites: int, rows: int, seed: int) -> None:
     """Synthesize hospitals, validate them at the sites, then train and register the
-    non-private and the differentially private federated logistic regressions."""
+    non-private and the differentially private federated logistic regressions and the
+    federated gradient-boosted trees."""
     from pipeline.federation.runtime import ensure_ray
     from pipeline.job import run_job
     from pipeline.validation_job import run_validation
@@ -30,7 +31,7 @@ def run_demo(console: Console, *, out: Path, sites: int, rows: int, seed: int) -
             summaries, admitted, _ = run_validation(cfg)
         print_validation(console, summaries)
 
-        for step, strategy in enumerate(("logistic", "dp-fedavg"), start=3):
+        for step, strategy in enumerate(("logistic", "dp-fedavg", "xgboost"), start=3):
             console.rule(f"[bold]{step}. federated training: {strategy}")
             result = run_job(cfg, strategy=strategy, progress=lambda m: console.log(m))
             print_job(console, result)

@@ -70,6 +70,16 @@ def combine(stats: Iterable[EvalStats]) -> Metrics:
     )
 
 
+def joint_counts(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, bins: int = 100) -> np.ndarray:
+    """Rows counted by (label, risk bin of model a, risk bin of model b): shape (2, bins,
+    bins), a table whose size does not depend on the row count."""
+    a = np.minimum((np.asarray(p_a) * bins).astype(int), bins - 1)
+    b = np.minimum((np.asarray(p_b) * bins).astype(int), bins - 1)
+    counts = np.zeros((2, bins, bins), dtype=np.int64)
+    np.add.at(counts, (np.asarray(y).astype(int), a, b), 1)
+    return counts
+
+
 def paired_bootstrap_auc(
     joint: np.ndarray, *, draws: int = 500, seed: int = 0
 ) -> tuple[float, float, float]:

@@ -40,9 +40,11 @@ with SiteRuntime(cfg.sites, str(cfg.contract), "placement") as rt:
 resources = {n["NodeID"]: sorted(k for k in n["Resources"] if k.startswith("site:"))
              for n in ray.nodes() if n["Alive"]}
 result = run_job(cfg, strategy="logistic", rounds=15)
+trees = run_job(cfg, strategy="xgboost")
 print(json.dumps({"nodes": nodes.ok, "failed": nodes.failed, "resources": resources,
                   "blocked": blocked, "auc": result.metrics.auc,
-                  "version": result.model_version}))
+                  "version": result.model_version, "trees_version": trees.model_version,
+                  "trees_auc": trees.metrics.auc, "trees_dropped": trees.dropped}))
 """
 
 
@@ -110,6 +112,9 @@ def test_sites_run_on_their_nodes_and_the_driver_never_reads_their_files(tmp_pat
             assert out["resources"][out["nodes"][site]] == [f"site:{site}"]
         assert len(set(out["nodes"].values())) == len(names)
         assert out["version"] == "1" and out["auc"] > 0.6
+        # Federated XGBoost across the nodes: every site a rank, none lost.
+        assert out["trees_version"] == "2" and out["trees_auc"] > 0.6
+        assert out["trees_dropped"] == {}
     finally:
         for folder in folders:
             _unlock(folder)

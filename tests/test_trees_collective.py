@@ -23,7 +23,7 @@ import xgboost as xgb
 
 from pipeline.contract import Contract, load_contract
 from pipeline.federation.tls import JobPKI
-from pipeline.models import trees
+from pipeline.models import collective, trees
 
 # Every spawned worker imports this module to find its target: data loading, synthesis
 # and metrics are imported where they are used, so a worker starts sooner.
@@ -198,7 +198,7 @@ def _rogue_envs(other: JobPKI):
     """Two workers claiming rank 0: one holds a client certificate of another job's CA
     (it does trust the real server), one speaks plaintext without any certificate."""
 
-    def envs(server: trees.FederatedServer) -> list[dict[str, Any]]:
+    def envs(server: collective.FederatedServer) -> list[dict[str, Any]]:
         env = server.env(0)
         foreign = {
             **env,
@@ -217,13 +217,13 @@ def federated_job(sites, contract, params, tmp_path_factory) -> Job:
     tmp = tmp_path_factory.mktemp("pki")
     names = [s.name for s in sites]
     with JobPKI.create(tmp / "job", names) as pki, JobPKI.create(tmp / "other", names) as other:
-        server = trees.FederatedServer(pki, log_file=tmp / "server.log")
+        server = collective.FederatedServer(pki, log_file=tmp / "server.log")
         return _job(server, sites, contract, params, _rogue_envs(other), tmp / "server.log")
 
 
 @pytest.fixture(scope="module")
 def rabit_job(sites, contract, params) -> Job:
-    return _job(trees.RabitServer(N_SITES), sites, contract, params)
+    return _job(collective.RabitServer(N_SITES), sites, contract, params)
 
 
 @pytest.fixture(scope="module")
@@ -391,7 +391,7 @@ def test_planted_site_value_appears_in_no_cut_and_no_split(
 @pytest.mark.slow
 def test_servers_end_and_free_their_port(federated_job: Job, rabit_job: Job) -> None:
     for job in (federated_job, rabit_job):
-        assert not trees.is_listening("127.0.0.1", job.server_port)
+        assert not collective.is_listening("127.0.0.1", job.server_port)
         with pytest.raises(ProcessLookupError):
             os.kill(job.server_pid, 0)
 
@@ -414,7 +414,7 @@ def test_federated_server_refuses_workers_without_a_job_certificate(
 @pytest.mark.slow
 def test_sites_on_different_grids_all_fail_before_training(sites, contract, params) -> None:
     """One site quantizes on 128 bins: every worker refuses, none waits forever."""
-    server = trees.RabitServer(N_SITES)
+    server = collective.RabitServer(N_SITES)
     results = CTX.Queue()
     workers: list[Any] = []
     try:

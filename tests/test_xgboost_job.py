@@ -4,6 +4,9 @@ pooled model it must match; a site killed mid-training; and the ranks' agreement
 
 from __future__ import annotations
 
+import os
+import pickle
+import struct
 import subprocess
 import sys
 import threading
@@ -13,6 +16,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import xgboost as xgb
 from conftest import make_config
@@ -22,8 +28,9 @@ from pipeline.config import FederationConfig, load_config
 from pipeline.contract import load_contract
 from pipeline.extract import read_frame
 from pipeline.features import FeatureEncoder
+from pipeline.federation import messages, runtime
 from pipeline.job import run_job
-from pipeline.models import trees
+from pipeline.models import collective, tree_training, trees
 from pipeline.models.tree_training import CollectiveError, agreed_booster, validation_mask
 from pipeline.synth import synthesize
 
@@ -178,8 +185,6 @@ def _kill_during_training(ray, site: str, after_s: float):
 def test_a_site_killed_mid_training_is_dropped_and_the_job_retries_without_it(
     ray_session, small_federation: Path, tmp_path: Path, communicator: str
 ) -> None:
-    import multiprocessing as mp
-
     timeout_s = 120.0
     # Many rounds without early stopping: the collective is still busy when the kill lands.
     cfg = _config(
@@ -209,11 +214,76 @@ def test_a_site_killed_mid_training_is_dropped_and_the_job_retries_without_it(
     assert run.data.tags["xgboost_dropped"] == victim
     # No server outlives the job: both attempts' ports are closed, no server process left.
     assert len(training.ports) == 2
-    assert not any(trees.is_listening("127.0.0.1", p) for p in training.ports)
-    assert not [p for p in mp.active_children() if p.name.endswith("-server")]
+    assert not any(collective.is_listening("127.0.0.1", p) for p in training.ports)
+    assert len(training.server_pids) == 2
+    for pid in training.server_pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_ranks_that_disagree_fail_the_job() -> None:
     assert agreed_booster({"a": b"model", "b": b"model"}) == b"model"
     with pytest.raises(CollectiveError, match="2 different boosters"):
         agreed_booster({"a": b"model", "b": b"other"})
+
+
+PLANTED = 27.123456  # a BMI only one site holds, on no grid
+
+
+def _plant(extract: Path, fraction: float, seed: int = 3) -> int:
+    """Overwrite `fraction` of the site's BMI values with PLANTED, file by file."""
+    rng = np.random.default_rng(seed)
+    planted = 0
+    for f in sorted(extract.rglob("*.parquet")):
+        table = pq.read_table(f)
+        bmi = table["bmi"].combine_chunks()
+        mask = (rng.random(len(bmi)) < fraction) & pc.is_valid(bmi).to_numpy(zero_copy_only=False)
+        planted += int(mask.sum())
+        new = pc.if_else(pa.array(mask), pa.scalar(PLANTED, bmi.type), bmi)
+        i = table.schema.get_field_index("bmi")
+        pq.write_table(table.set_column(i, table.schema.field(i), new), f)
+    return planted
+
+
+def test_a_value_planted_at_one_site_reaches_no_split_and_no_reply(
+    ray_session, tmp_path: Path, monkeypatch, capfd
+) -> None:
+    """A quarter of one site's BMIs are a value no grid holds. Every rank checks its cuts
+    against the contract grid before the first histogram, so the job completing means no
+    site quantized on it; no split threshold is it, and no actor reply carries it."""
+    base, _ = synthesize(tmp_path / "data", sites=3, rows=6000, seed=23)
+    cfg = _config(base, tmp_path, communicator="federated")
+    assert _plant(cfg.sites[0].path, 0.25) > 100
+
+    replies: list[object] = []
+    checked = messages.check_reply
+
+    def record(reply: object) -> object:
+        replies.append(reply)
+        return checked(reply)
+
+    monkeypatch.setattr(runtime, "check_reply", record)
+    monkeypatch.setattr(tree_training, "check_reply", record)
+    result = run_job(cfg, strategy="xgboost")
+    time.sleep(2.0)  # let Ray forward the workers' logs
+    out, err = capfd.readouterr()
+
+    assert not result.dropped and not result.quarantined
+    kinds = {type(r) for r in replies}
+    assert {messages.ValidationReply, messages.SiteInfo, messages.BoosterReply} <= kinds
+    assert messages.EvalStats in kinds
+    booster = result.model.booster_
+    grid = trees.contract_grid(result.model.contract, cfg.training.xgboost.max_bin)
+    assert booster.attr(trees.GRID_ATTR) == trees.grid_digest(grid)
+    thresholds = trees.split_thresholds(booster)
+    assert "bmi" in thresholds  # bmi is split on, so a leak had somewhere to show
+    assert trees.off_grid_thresholds(booster, grid) == {}
+    assert not np.isclose(thresholds["bmi"], PLANTED, atol=1e-3).any()
+
+    shipped = pickle.dumps(replies)
+    patterns = [struct.pack(fmt, PLANTED) for fmt in ("<f", ">f", "<d", ">d")]
+    patterns += [b"27.1234", b"2.71234"]
+    for pattern in patterns:
+        assert pattern not in shipped, pattern
+    for text in ("27.1234", "2.71234"):
+        assert text not in out and text not in err

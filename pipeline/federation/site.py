@@ -362,11 +362,10 @@ class SiteActor:
     def evaluate_pair(self, model_a: dict, model_b: dict, bins: int = 100) -> JointStats:
         """Joint (label, bin a, bin b) counts of two models on the held-out rows."""
         self._require_data()
+        from pipeline.evaluation import joint_counts
+
         X, T, y = self._test  # type: ignore[misc]
-        a = np.minimum((self._predict(model_a, X, T) * bins).astype(int), bins - 1)
-        b = np.minimum((self._predict(model_b, X, T) * bins).astype(int), bins - 1)
-        counts = np.zeros((2, bins, bins), dtype=np.int64)
-        np.add.at(counts, (y.astype(int), a, b), 1)
+        counts = joint_counts(y, self._predict(model_a, X, T), self._predict(model_b, X, T), bins)
         self._audit("evaluate_pair", None, kind_a=model_a["kind"], kind_b=model_b["kind"])
         return JointStats(site=self.site, counts=counts)
 

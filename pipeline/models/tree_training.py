@@ -77,6 +77,7 @@ class Attempt:
     lost: dict[str, str] = field(default_factory=dict)  # died or stuck: dropped from the job
     seconds: float = 0.0
     port: int | None = None  # the server's port (closed once the attempt returns)
+    server_pid: int | None = None  # the server's process (ended once the attempt returns)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class CollectiveResult:
     lost: dict[str, str]
     seconds: float
     ports: tuple[int, ...] = ()
+    server_pids: tuple[int, ...] = ()
 
 
 def server_host(configured: str | None = None) -> str:
@@ -111,7 +113,7 @@ def server_host(configured: str | None = None) -> str:
 def _server(communicator: str, sites: list[str], label: str, host: str):
     """The communicator's server for one attempt; always stopped, keys always deleted."""
     from pipeline.federation.tls import JobPKI
-    from pipeline.models.trees import FederatedServer, RabitServer
+    from pipeline.models.collective import FederatedServer, RabitServer
 
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"xgb-{label}-")))
@@ -146,7 +148,7 @@ def run_attempt(
 
     attempt = Attempt(sites=list(sites))
     with _server(communicator, sites, job_id[-10:], host) as server:
-        attempt.port = server.port
+        attempt.port, attempt.server_pid = server.port, server.pid
         refs: dict[Any, str] = {}
         for rank, site in enumerate(sites):
             env = server.env(rank, site=site)
@@ -239,6 +241,7 @@ def train_collective(
     is the prevalence of exactly the sites that train)."""
     lost: dict[str, str] = {}
     ports: list[int] = []
+    pids: list[int] = []
     for n in range(1, MAX_ATTEMPTS + 1):
         runtime.require_quorum(quorum, "XGBoost training")
         sites = list(runtime.active)
@@ -255,6 +258,7 @@ def train_collective(
         )
         lost.update(attempt.lost)
         ports += [attempt.port] if attempt.port is not None else []
+        pids += [attempt.server_pid] if attempt.server_pid is not None else []
         if not attempt.failed:
             return CollectiveResult(
                 booster=agreed_booster(attempt.boosters),
@@ -264,6 +268,7 @@ def train_collective(
                 lost=lost,
                 seconds=attempt.seconds,
                 ports=tuple(ports),
+                server_pids=tuple(pids),
             )
         detail = "; ".join(f"{s}: {r}" for s, r in attempt.failed.items())
         say(f"xgboost attempt {n} failed ({detail})")
