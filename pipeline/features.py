@@ -114,7 +114,8 @@ class FeatureEncoder:
     def tree_matrix(self, df: pd.DataFrame) -> np.ndarray:
         """One column per contract feature for tree models: raw clinical values (NaN when
         missing), category index for categories, 0/1 for booleans. Trees need no scaling,
-        and their bin grid comes from the contract's ranges (see :func:`bin_edges`)."""
+        and their bin grid comes from the contract's ranges
+        (:func:`pipeline.models.trees.contract_grid`)."""
         out = np.full((len(df), len(self.contract.features)), np.nan)
         for j, f in enumerate(self.contract.features):
             values = df[f.name]

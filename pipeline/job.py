@@ -7,9 +7,11 @@ what a failure means (drop a site, or fail the job with the run marked FAILED).
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,21 @@ from pipeline.validation import ValidationSummary, admit
 
 Progress = Callable[[str], None]
 LOGISTIC_STRATEGIES = ("logistic", "dp-logistic", "dp-fedavg")
+
+
+@dataclass
+class StageClock:
+    """Wall seconds per stage of one job, in order: where an operator sees its time go."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 @dataclass(frozen=True)
@@ -41,6 +58,7 @@ class JobResult:
     dropped: dict[str, str]
     privacy: dict[str, tuple[float, float]] = field(default_factory=dict)
     model: object = None
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
 
 
 def validate_sites(runtime: SiteRuntime, cfg: FederationConfig) -> dict[str, ValidationSummary]:
@@ -95,6 +113,8 @@ def run_job(
     contract = load_contract(cfg.contract)
     job_id = f"{strategy}-{uuid.uuid4().hex[:10]}"
     tracker = JobTracker(cfg.tracking_uri, cfg.mlflow.experiment or cfg.federation, job_id)
+    clock = StageClock()
+    started = time.perf_counter()
     with (
         tracker,
         SiteRuntime(
@@ -106,6 +126,7 @@ def run_job(
             num_cpus=cfg.ray.num_cpus,
         ) as runtime,
     ):
+        clock.seconds["start"] = time.perf_counter() - started
         tracker.tags({"job_id": job_id, "strategy": strategy, "federation": cfg.federation})
         tracker.params(
             {
@@ -119,17 +140,19 @@ def run_job(
             }
         )
 
-        say("validating extracts at the sites")
-        summaries = validate_sites(runtime, cfg)
-        tracker.json({s: v.to_dict() for s, v in summaries.items()}, "validation.json")
-        admitted, quarantined = admit(list(summaries.values()), cfg.quorum)
-        for site, reasons in quarantined.items():
-            runtime.drop(site, "quarantined: " + "; ".join(reasons[:3]))
-        say(f"admitted {admitted}; quarantined {sorted(quarantined)}")
+        with clock.stage("validation"):
+            say("validating extracts at the sites")
+            summaries = validate_sites(runtime, cfg)
+            tracker.json({s: v.to_dict() for s, v in summaries.items()}, "validation.json")
+            admitted, quarantined = admit(list(summaries.values()), cfg.quorum)
+            for site, reasons in quarantined.items():
+                runtime.drop(site, "quarantined: " + "; ".join(reasons[:3]))
+            say(f"admitted {admitted}; quarantined {sorted(quarantined)}")
 
-        infos = runtime.call("load", cfg.training.test_fraction, cfg.training.seed)
-        runtime.require_quorum(cfg.quorum, "loading extracts")
-        tracker.json({s: vars(i) for s, i in infos.ok.items()}, "sites.json")
+        with clock.stage("load"):
+            infos = runtime.call("load", cfg.training.test_fraction, cfg.training.seed)
+            runtime.require_quorum(cfg.quorum, "loading extracts")
+            tracker.json({s: vars(i) for s, i in infos.ok.items()}, "sites.json")
 
         planned, sigma, clip = plan_privacy(cfg, strategy, rounds)
         spend: dict[str, tuple[float, float]] = {}
@@ -145,29 +168,44 @@ def run_job(
             )
             say(f"privacy reserved: epsilon {planned['epsilon']:g} per site, sigma {sigma:.2f}")
 
-        model = train(
-            runtime, cfg, contract, job_id, strategy, rounds, sigma, clip, infos.ok, tracker, say
-        )
+        with clock.stage("training"):
+            model = train(
+                runtime,
+                cfg,
+                contract,
+                job_id,
+                strategy,
+                rounds,
+                sigma,
+                clip,
+                infos.ok,
+                tracker,
+                say,
+            )
 
-        say("evaluating on held-out rows at every site")
-        evals = runtime.call("evaluate", model.site_payload())
-        runtime.require_quorum(cfg.quorum, "evaluation")
-        metrics = combine(evals.ok.values())
-        per_site = {s: combine([e]) for s, e in evals.ok.items()}
-        tracker.metrics(metrics.as_dict("test_"))
-        for site, m in per_site.items():
-            tracker.metrics({f"site_auc.{site}": m.auc})
-        tracker.tags({"dropped_sites": ",".join(sorted(runtime.dropped)) or "none"})
-        tracker.json(runtime.dropped, "dropped_sites.json")
-        tracker.json(
-            {s: {"epsilon": e, "delta": d} for s, (e, d) in spend.items()}, "privacy_spend.json"
-        )
-        _log_plots(tracker, strategy, metrics, per_site)
+        with clock.stage("evaluation"):
+            say("evaluating on held-out rows at every site")
+            evals = runtime.call("evaluate", model.site_payload())
+            runtime.require_quorum(cfg.quorum, "evaluation")
+            metrics = combine(evals.ok.values())
+            per_site = {s: combine([e]) for s, e in evals.ok.items()}
+            tracker.metrics(metrics.as_dict("test_"))
+            for site, m in per_site.items():
+                tracker.metrics({f"site_auc.{site}": m.auc})
+            tracker.tags({"dropped_sites": ",".join(sorted(runtime.dropped)) or "none"})
+            tracker.json(runtime.dropped, "dropped_sites.json")
+            tracker.json(
+                {s: {"epsilon": e, "delta": d} for s, (e, d) in spend.items()},
+                "privacy_spend.json",
+            )
+            _log_plots(tracker, strategy, metrics, per_site)
 
         version = None
         if register:
-            version = tracker.register(model, str(cfg.contract), cfg.mlflow.model_name)
+            with clock.stage("registration"):
+                version = tracker.register(model, str(cfg.contract), cfg.mlflow.model_name)
             say(f"registered {cfg.mlflow.model_name} version {version}")
+        tracker.metrics({f"seconds.{stage}": s for stage, s in clock.seconds.items()})
         return JobResult(
             job_id=job_id,
             strategy=strategy,
@@ -180,6 +218,7 @@ def run_job(
             dropped=dict(runtime.dropped),
             privacy=spend,
             model=model,
+            seconds=dict(clock.seconds),
         )
 
 
