@@ -99,12 +99,14 @@ def validate(
 ) -> None:
     """Validate every site's extract inside the site; exit 0 when the quorum holds."""
     from pipeline.config import load_config
-    from pipeline.report import print_validation
+    from pipeline.report import print_validation, site_progress
     from pipeline.validation_job import run_validation
 
     cfg = load_config(config)
-    with console.status("validating extracts at the sites"):
-        summaries, admitted, quarantined = run_validation(cfg, ray_address=ray_address)
+    with site_progress(console, "validating at the sites", len(cfg.sites)) as advance:
+        summaries, admitted, quarantined = run_validation(
+            cfg, ray_address=ray_address, on_site=advance
+        )
     if as_json:
         import json
 

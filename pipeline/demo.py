@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 
 from pipeline.config import load_config
-from pipeline.report import print_job, print_sites, print_validation
+from pipeline.report import print_job, print_sites, print_validation, site_progress
 from pipeline.synth import synthesize
 
 
@@ -27,8 +27,8 @@ def run_demo(console: Console, *, out: Path, sites: int, rows: int, seed: int) -
     owns_ray = ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
     try:
         console.rule("[bold]2. validation inside each site")
-        with console.status("validating"):
-            summaries, admitted, _ = run_validation(cfg)
+        with site_progress(console, "validating at the sites", len(cfg.sites)) as advance:
+            summaries, admitted, _ = run_validation(cfg, on_site=advance)
         print_validation(console, summaries)
 
         for step, strategy in enumerate(("logistic", "dp-fedavg", "xgboost"), start=3):

@@ -110,6 +110,9 @@ def import_csv(
         "contract": str(Path(contract_path).resolve()),
         "sites": sites,
         "validation": {"min_rows": 50},
+        # One registered model per task: a heart-disease model never becomes a version
+        # of the diabetes model.
+        "mlflow": {"model_name": f"{contract.name.replace('_', '-')}-risk"},
     }
     config_path = out / "federation.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))

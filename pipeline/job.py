@@ -61,8 +61,13 @@ class JobResult:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
 
 
-def validate_sites(runtime: SiteRuntime, cfg: FederationConfig) -> dict[str, ValidationSummary]:
-    """Validation runs inside each site; only redacted summaries come back."""
+def validate_sites(
+    runtime: SiteRuntime,
+    cfg: FederationConfig,
+    on_site: Callable[[str], None] | None = None,
+) -> dict[str, ValidationSummary]:
+    """Validation runs inside each site; only redacted summaries come back.
+    `on_site(site)` is called as each site finishes, for a progress bar."""
     v = cfg.validation
     replies = runtime.call(
         "validate",
@@ -70,6 +75,7 @@ def validate_sites(runtime: SiteRuntime, cfg: FederationConfig) -> dict[str, Val
         min_rows=v.min_rows,
         leakage_auc=v.leakage_auc,
         drop_failed=False,
+        on_reply=on_site,
     )
     summaries = {site: ValidationSummary.from_dict(r.summary) for site, r in replies.ok.items()}
     for site, reason in replies.failed.items():

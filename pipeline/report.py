@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -21,6 +22,17 @@ def print_sites(console: Console, sites: Sequence[SiteSummary], config: Path) ->
         prevalence = s.positives / s.rows if s.rows else float("nan")
         table.add_row(s.name, f"{s.rows:,}", f"{prevalence:.1%}", str(s.path))
     console.print(table)
+
+
+@contextlib.contextmanager
+def site_progress(console: Console, what: str, sites: int) -> Iterator[Callable[[str], None]]:
+    """A progress bar over the sites; yields the callback that advances it per site."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(what, total=sites)
+        yield lambda site: bar.update(task, advance=1, description=f"{what} ({site} done)")
 
 
 def print_validation(console: Console, summaries: dict) -> None:

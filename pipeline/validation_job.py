@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 from pipeline.config import FederationConfig
 from pipeline.errors import QuorumError
@@ -11,9 +12,13 @@ from pipeline.validation import ValidationSummary, admit
 
 
 def run_validation(
-    cfg: FederationConfig, *, ray_address: str | None = None
+    cfg: FederationConfig,
+    *,
+    ray_address: str | None = None,
+    on_site: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, ValidationSummary], list[str], dict[str, list[str]]]:
-    """Redacted summaries per site, the admitted sites, and the quarantined ones."""
+    """Redacted summaries per site, the admitted sites, and the quarantined ones.
+    `on_site(site)` is called as each site finishes."""
     from pipeline.job import validate_sites
 
     job_id = f"validate-{uuid.uuid4().hex[:10]}"
@@ -25,7 +30,7 @@ def run_validation(
         ray_address=ray_address or cfg.ray.address,
         num_cpus=cfg.ray.num_cpus,
     ) as runtime:
-        summaries = validate_sites(runtime, cfg)
+        summaries = validate_sites(runtime, cfg, on_site)
     try:
         admitted, quarantined = admit(list(summaries.values()), cfg.quorum)
     except QuorumError:

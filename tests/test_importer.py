@@ -64,3 +64,27 @@ def test_missing_codes_and_label_rule_come_from_the_contract(imported: Path) -> 
     cleveland = read_frame(imported / "cleveland")
     assert set(cleveland["heart_disease"].unique()) == {0, 1}
     assert cleveland["heart_disease"].sum() == 139  # num > 0 in the Cleveland file
+
+
+@pytest.mark.slow
+def test_the_real_hospitals_run_through_every_stage(
+    ray_session, imported: Path, tmp_path: Path
+) -> None:
+    import mlflow
+    import yaml
+
+    from pipeline.job import run_job
+
+    raw = yaml.safe_load((imported / "federation.yaml").read_text())
+    raw["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    raw["privacy"] = {"ledger": str(tmp_path / "ledger.sqlite")}
+    path = imported / "federation-stages.yaml"  # beside the original: same relative paths
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    for strategy in ("logistic", "xgboost"):
+        result = run_job(cfg, strategy=strategy)
+        assert result.admitted == list(HEART_FILES) and not result.quarantined
+        assert result.metrics.auc > 0.75, (strategy, result.metrics.auc)
+    client = mlflow.MlflowClient(cfg.tracking_uri)
+    versions = client.search_model_versions("name='heart-disease-risk'")
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +44,11 @@ def ensure_ray(
         ray.init(address=address, **kwargs)
     else:
         # The config's site resources exist on the embedded node, so the same config
-        # runs on a laptop and on a cluster.
+        # runs on a laptop and on a cluster. Ray turns on token authentication for a new
+        # local cluster and warns that it did; the README says so once instead.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR
+        )
         ray.init(num_cpus=num_cpus, resources=resources, include_dashboard=False, **kwargs)
     return True
 
@@ -152,6 +157,7 @@ class SiteRuntime:
         timeout_s: float | None = None,
         drop_failed: bool = True,
         raw: bool = False,
+        on_reply: Callable[[str], None] | None = None,
         **kwargs: Any,
     ) -> Replies:
         """Call `method` on each active site; wait at most `timeout_s` for all of them.
@@ -159,6 +165,7 @@ class SiteRuntime:
         A site that raises, dies or does not answer in time is a failure with its reason;
         with `drop_failed`, it is also dropped from the job (a hung actor is killed).
         `raw` skips the reply allow-list, for diagnostics (pid, node id) only.
+        `on_reply(site)` is called as each site's answer (or failure) arrives, for progress.
         """
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
@@ -169,25 +176,32 @@ class SiteRuntime:
             extra = per_site(site) if per_site else {}
             refs[site] = getattr(self.actors[site], method).remote(*args, **kwargs, **extra)
         timeout = self.timeout_s if timeout_s is None else timeout_s
-        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
-        ready_set = set(ready)
+        deadline = time.monotonic() + timeout
+        pending = {ref: site for site, ref in refs.items()}
         out = Replies()
-        for site, ref in refs.items():
-            if ref not in ready_set:
-                out.failed[site] = f"no answer within {timeout:g} s"
-                continue
-            try:
-                reply = ray.get(ref, timeout=1.0)
-                out.ok[site] = reply if raw else check_reply(reply)
-            except RayTaskError as exc:
-                cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-                out.failed[site] = _reason(cause)
-            except RayActorError:
-                out.failed[site] = "the site's actor died"
-            except GetTimeoutError:
-                out.failed[site] = f"no answer within {timeout:g} s"
-            except TypeError as exc:
-                out.failed[site] = str(exc)
+        while pending and (left := deadline - time.monotonic()) > 0:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=left)
+            for ref in ready:
+                site = pending.pop(ref)
+                try:
+                    reply = ray.get(ref, timeout=1.0)
+                    out.ok[site] = reply if raw else check_reply(reply)
+                except RayTaskError as exc:
+                    cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                    out.failed[site] = _reason(cause)
+                except RayActorError:
+                    out.failed[site] = "the site's actor died"
+                except GetTimeoutError:
+                    out.failed[site] = f"no answer within {timeout:g} s"
+                except TypeError as exc:
+                    out.failed[site] = str(exc)
+                if on_reply is not None:
+                    on_reply(site)
+        for site in pending.values():
+            out.failed[site] = f"no answer within {timeout:g} s"
+        # Sites in the order they were asked, whatever order they answered in.
+        out.ok = {s: out.ok[s] for s in refs if s in out.ok}
+        out.failed = {s: out.failed[s] for s in refs if s in out.failed}
         if drop_failed:
             for site, reason in out.failed.items():
                 self.drop(site, reason)
