@@ -53,62 +53,12 @@ def _config(base: Path, out: Path, communicator: str, tracking_uri: str):
     return load_config(path)
 
 
-def _site_splits(cfg):
-    """Per site: (train matrix, train labels, held-out raw rows, held-out labels), split
-    exactly as the site actor splits (keyed hash of the patient key)."""
-    from pipeline.contract import load_contract
-    from pipeline.extract import read_frame
-    from pipeline.features import FeatureEncoder
+def _train_pooled(contract, cfg, parts, nthread: int):
+    """Pooled XGBoost on (tree matrix, labels) parts, timed: (booster, seconds)."""
+    from pipeline.pooled import train_xgboost
 
-    contract = load_contract(cfg.contract)
-    encoder = FeatureEncoder(contract)
-    seed, fraction = cfg.training.seed, cfg.training.test_fraction
-    out = []
-    for site in cfg.sites:
-        df = read_frame(site.path, contract.arrow_schema)
-        keys = df[contract.key.name].astype(str)
-        h = pd.util.hash_pandas_object(keys, index=False, hash_key=f"{seed:016d}"[-16:])
-        is_test = (h.to_numpy() % 10_000) < int(fraction * 10_000)
-        T, y = encoder.tree_matrix(df), contract.labels(df).astype(np.float64)
-        out.append((T[~is_test], y[~is_test], df[is_test].reset_index(drop=True), y[is_test]))
-    return contract, out
-
-
-def _train_local(contract, cfg, parts, nthread: int):
-    """XGBoost on the given (train matrix, labels) parts as one table: the job's params,
-    grid, validation rows and early stopping. Returns (booster, seconds)."""
-    import xgboost as xgb
-
-    from pipeline.models import trees
-    from pipeline.models.tree_training import validation_mask
-
-    x, seed = cfg.training.xgboost, cfg.training.seed
-    masks = [validation_mask(len(y), seed) for _, y in parts]
-    y_all = np.concatenate([y for _, y in parts])
-    params = trees.booster_params(
-        base_score=trees.global_base_score(int(y_all.sum()), len(y_all)),
-        max_depth=x.max_depth,
-        learning_rate=x.learning_rate,
-        seed=seed,
-        nthread=nthread,
-    )
     start = time.perf_counter()
-    ref = trees.reference_matrix(contract, x.max_bin)
-    fit_X = np.vstack([T[~m] for (T, _), m in zip(parts, masks, strict=True)])
-    fit_y = np.concatenate([y[~m] for (_, y), m in zip(parts, masks, strict=True)])
-    val_X = np.vstack([T[m] for (T, _), m in zip(parts, masks, strict=True)])
-    val_y = np.concatenate([y[m] for (_, y), m in zip(parts, masks, strict=True)])
-    dtrain = trees.site_matrix(fit_X, fit_y, ref, max_bin=x.max_bin, nthread=nthread)
-    dvalid = trees.site_matrix(val_X, val_y, dtrain, max_bin=x.max_bin, nthread=nthread)
-    booster = xgb.train(
-        trees.training_params(params, x.max_bin),
-        dtrain,
-        num_boost_round=x.rounds,
-        evals=[(dvalid, "valid")],
-        early_stopping_rounds=x.early_stopping_rounds,
-        verbose_eval=False,
-    )
-    booster = booster[: booster.best_iteration + 1]
+    booster = train_xgboost(contract, cfg, parts, nthread=nthread)
     return booster, time.perf_counter() - start
 
 
@@ -127,6 +77,7 @@ def main() -> None:
     from pipeline.features import FeatureEncoder
     from pipeline.job import run_job
     from pipeline.models import trees
+    from pipeline.pooled import site_rows
     from pipeline.registry import use_tracking
     from pipeline.synth import synthesize
 
@@ -141,13 +92,14 @@ def main() -> None:
         mlflow.MlflowClient().search_experiments()
         try:
             cfg = _config(base, out, "federated", tracking_uri)
-            contract, splits = _site_splits(cfg)
+            contract, rows = site_rows(cfg)
             encoder = FeatureEncoder(contract)
-            held_out = pd.concat([d for _, _, d, _ in splits], ignore_index=True)
-            y_test = np.concatenate([y for _, _, _, y in splits])
+            held_out = pd.concat([r.test for r in rows], ignore_index=True)
+            y_test = np.concatenate([r.test_y for r in rows])
             T_test = encoder.tree_matrix(held_out)
 
-            pooled, pooled_s = _train_local(contract, cfg, [(T, y) for T, y, _, _ in splits], CORES)
+            parts = [(r.train_T, r.train_y) for r in rows]
+            pooled, pooled_s = _train_pooled(contract, cfg, parts, CORES)
             auc = {"pooled xgboost": roc_auc_score(y_test, trees.predict_proba(pooled, T_test))}
             print(f"pooled xgboost: {pooled_s:.2f} s, {pooled.num_boosted_rounds()} trees")
 
@@ -178,9 +130,9 @@ def main() -> None:
             print(f"federated logistic: whole job {logistic_s:.2f} s")
 
             local = {}
-            for (T, y, _, _), site in zip(splits, cfg.sites, strict=True):
-                booster, _ = _train_local(contract, cfg, [(T, y)], CORES)
-                local[site.name] = trees.predict_proba(booster, T_test)
+            for r in rows:
+                booster, _ = _train_pooled(contract, cfg, [(r.train_T, r.train_y)], CORES)
+                local[r.name] = trees.predict_proba(booster, T_test)
             local_auc = {s: roc_auc_score(y_test, p) for s, p in local.items()}
             order = sorted(local_auc, key=local_auc.get)
             median_site = order[len(order) // 2]

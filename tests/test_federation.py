@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
-from conftest import make_config
+from conftest import make_config, served_probabilities, unseen_hospital_rows
 
 from pipeline.config import load_config
 from pipeline.contract import load_contract
 from pipeline.errors import BudgetError, QuorumError
-from pipeline.extract import read_frame
 from pipeline.features import FeatureEncoder
 from pipeline.federation.runtime import SiteRuntime
 from pipeline.job import run_job
@@ -59,27 +56,9 @@ def test_logistic_job_registers_a_model_that_reloads_identically(
     assert set(result.per_site) == {s.name for s in cfg.sites}
 
     # Raw rows of a hospital the model never saw, in clinical units with nulls.
-    unseen_cfg, _ = synthesize(tmp_path / "unseen", sites=1, rows=500, seed=999)
-    unseen = read_frame(load_config(unseen_cfg).sites[0].path)
-    features = unseen[[f.name for f in result.model.contract.features]]
-    rows = tmp_path / "rows.parquet"
-    features.to_parquet(rows)
+    features, rows = unseen_hospital_rows(tmp_path, result.model.contract.feature_names)
+    got = served_probabilities(cfg.tracking_uri, rows)
     expected = result.model.predict_proba(features)
-    script = (
-        "import sys, mlflow, pandas as pd, numpy as np\n"
-        f"mlflow.set_tracking_uri({cfg.tracking_uri!r})\n"
-        f"mlflow.set_registry_uri({cfg.tracking_uri!r})\n"
-        "m = mlflow.pyfunc.load_model('models:/diabetes-risk/1')\n"
-        f"out = m.predict(pd.read_parquet({str(rows)!r}))\n"
-        f"np.save({str(tmp_path / 'p.npy')!r}, out['risk_probability'].to_numpy())\n"
-        "print(sorted(out.columns))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=180
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "risk_band" in done.stdout and "top_factors" in done.stdout
-    got = np.load(tmp_path / "p.npy")
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import pickle
 import struct
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,18 +18,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import xgboost as xgb
-from conftest import make_config
+from conftest import make_config, served_probabilities, unseen_hospital_rows
 from sklearn.metrics import roc_auc_score
 
+from pipeline import pooled
 from pipeline.config import FederationConfig, load_config
-from pipeline.contract import load_contract
-from pipeline.extract import read_frame
 from pipeline.features import FeatureEncoder
 from pipeline.federation import messages, runtime
+from pipeline.federation.runtime import SiteRuntime
 from pipeline.job import run_job
 from pipeline.models import collective, tree_training, trees
-from pipeline.models.tree_training import CollectiveError, agreed_booster, validation_mask
+from pipeline.models.tree_training import CollectiveError, agreed_booster, train_collective
 from pipeline.synth import synthesize
 
 pytestmark = pytest.mark.slow
@@ -50,69 +47,10 @@ def _pooled(cfg: FederationConfig):
     """The baseline the federation must match: the sites' train rows pooled (read here
     by the test, never by the job), the same split, validation rows, params and grid.
     Returns (booster, held-out raw rows, held-out labels)."""
-    contract = load_contract(cfg.contract)
-    encoder = FeatureEncoder(contract)
-    seed, test_fraction = cfg.training.seed, cfg.training.test_fraction
-    fit, valid, test = [], [], []
-    for site in cfg.sites:
-        df = read_frame(site.path, contract.arrow_schema)
-        keys = df[contract.key.name].astype(str)
-        h = pd.util.hash_pandas_object(keys, index=False, hash_key=f"{seed:016d}"[-16:])
-        is_test = (h.to_numpy() % 10_000) < int(test_fraction * 10_000)
-        T, y = encoder.tree_matrix(df), contract.labels(df).astype(np.float64)
-        T_train, y_train = T[~is_test], y[~is_test]
-        v = validation_mask(len(y_train), seed)
-        fit.append((T_train[~v], y_train[~v]))
-        valid.append((T_train[v], y_train[v]))
-        test.append((df[is_test].reset_index(drop=True), y[is_test]))
-    x = cfg.training.xgboost
-    y_all = np.concatenate([y for _, y in fit] + [y for _, y in valid])
-    params = trees.booster_params(
-        base_score=trees.global_base_score(int(y_all.sum()), len(y_all)),
-        max_depth=x.max_depth,
-        learning_rate=x.learning_rate,
-        seed=seed,
-    )
-    ref = trees.reference_matrix(contract, x.max_bin)
-    dtrain = trees.site_matrix(
-        np.vstack([a for a, _ in fit]), np.concatenate([b for _, b in fit]), ref, max_bin=x.max_bin
-    )
-    dvalid = trees.site_matrix(
-        np.vstack([a for a, _ in valid]),
-        np.concatenate([b for _, b in valid]),
-        dtrain,
-        max_bin=x.max_bin,
-    )
-    booster = xgb.train(
-        trees.training_params(params, x.max_bin),
-        dtrain,
-        num_boost_round=x.rounds,
-        evals=[(dvalid, "valid")],
-        early_stopping_rounds=x.early_stopping_rounds,
-        verbose_eval=False,
-    )
-    booster = booster[: booster.best_iteration + 1]
-    held_out = pd.concat([d for d, _ in test], ignore_index=True)
-    return booster, held_out, np.concatenate([y for _, y in test])
-
-
-def _served_probabilities(cfg: FederationConfig, rows: Path, out: Path) -> np.ndarray:
-    """The registered model, loaded by mlflow.pyfunc in a fresh interpreter."""
-    script = (
-        "import mlflow, pandas as pd, numpy as np\n"
-        f"mlflow.set_tracking_uri({cfg.tracking_uri!r}); "
-        f"mlflow.set_registry_uri({cfg.tracking_uri!r})\n"
-        "m = mlflow.pyfunc.load_model('models:/diabetes-risk/1')\n"
-        f"res = m.predict(pd.read_parquet({str(rows)!r}))\n"
-        f"np.save({str(out)!r}, res['risk_probability'].to_numpy())\n"
-        "print(sorted(res.columns)); print(res['top_factors'].iloc[0])\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "top_factors" in done.stdout and "risk_band" in done.stdout
-    return np.load(out)
+    contract, rows = pooled.site_rows(cfg)
+    booster = pooled.train_xgboost(contract, cfg, [(r.train_T, r.train_y) for r in rows])
+    held_out = pd.concat([r.test for r in rows], ignore_index=True)
+    return booster, held_out, np.concatenate([r.test_y for r in rows])
 
 
 @pytest.mark.parametrize("communicator", ["federated", "rabit"])
@@ -135,12 +73,8 @@ def test_xgboost_job_registers_a_served_model_matching_pooled_training(
     assert "feature_importance.json" in artifacts
 
     # Raw rows of a hospital the model never saw, in clinical units with nulls.
-    unseen_cfg, _ = synthesize(tmp_path / "unseen", sites=1, rows=400, seed=999)
-    unseen = read_frame(load_config(unseen_cfg).sites[0].path)
-    features = unseen[model.contract.feature_names]
-    rows = tmp_path / "rows.parquet"
-    features.to_parquet(rows)
-    served = _served_probabilities(cfg, rows, tmp_path / "p.npy")
+    features, rows = unseen_hospital_rows(tmp_path, model.contract.feature_names)
+    served = served_probabilities(cfg.tracking_uri, rows)
     np.testing.assert_allclose(served, model.predict_proba(features), rtol=0, atol=1e-9)
     contrib = model.contributions(features)
     assert list(contrib.columns) == model.contract.feature_names
@@ -219,6 +153,57 @@ def test_a_site_killed_mid_training_is_dropped_and_the_job_retries_without_it(
     for pid in training.server_pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_sites_stuck_in_a_broken_collective_get_fresh_actors_and_train_in_the_retry(
+    ray_session, small_federation: Path, tmp_path: Path
+) -> None:
+    """No grace period at all: every survivor is still inside the broken collective when
+    the watchdog looks, so each gets a fresh actor and its extract loaded again; only the
+    killed site leaves the job."""
+    cfg = _config(small_federation, tmp_path, communicator="rabit")
+    victim = cfg.sites[1].name
+    survivors = [s.name for s in cfg.sites if s.name != victim]
+    said, progress = _kill_during_training(ray_session, victim, after_s=3.0)
+    with SiteRuntime(cfg.sites, str(cfg.contract), "stuck", timeout_s=120) as runtime:
+        infos = runtime.call("load", 0.2, 0).ok
+
+        def params_for(sites: list[str]) -> dict:
+            positives = sum(infos[s].positives_train for s in sites)
+            return trees.booster_params(
+                base_score=trees.global_base_score(positives, sum(infos[s].n_train for s in sites))
+            )
+
+        reloaded: list[list[str]] = []
+
+        def reload(sites: list[str]) -> None:
+            reloaded.append(sites)
+            runtime.call("load", 0.2, 0, sites=sites)
+
+        result = train_collective(
+            runtime,
+            "stuck",
+            communicator="rabit",
+            quorum=2,
+            params_for=params_for,
+            train_kwargs={
+                "num_boost_round": 400,
+                "max_bin": 256,
+                "early_stopping_rounds": 400,
+                "valid_fraction": 0.1,
+                "seed": 0,
+            },
+            timeout_s=120,
+            say=progress,
+            grace_s=0.0,
+            reload=reload,
+        )
+        assert any(s.startswith("killed") for s in said), said
+        assert reloaded == [survivors]
+        assert any("fresh actors" in s for s in said), said
+        assert list(runtime.dropped) == [victim]
+        assert result.attempts == 2 and result.sites == survivors
+        assert set(result.lost) == {victim}
 
 
 def test_ranks_that_disagree_fail_the_job() -> None:

@@ -92,6 +92,7 @@ class SiteRuntime:
         self.num_cpus = num_cpus
         self.actors: dict[str, Any] = {}
         self.dropped: dict[str, str] = {}
+        self._restarts: dict[str, int] = {}
         self._owns_ray = False
 
     def __enter__(self) -> SiteRuntime:
@@ -102,26 +103,44 @@ class SiteRuntime:
         self.stop()
 
     def start(self) -> None:
+        resources = {s.resource: 1.0 for s in self.sites if s.resource}
+        self._owns_ray = ensure_ray(self.ray_address, self.num_cpus, resources or None)
+        for site in self.sites:
+            self.actors[site.name] = self._spawn(site, f"{self.job_id}:{site.name}")
+
+    def _spawn(self, site: SiteConfig, name: str) -> Any:
         import ray
 
         from pipeline.federation.site import SiteActor
 
-        resources = {s.resource: 1.0 for s in self.sites if s.resource}
-        self._owns_ray = ensure_ray(self.ray_address, self.num_cpus, resources or None)
-        remote = ray.remote(SiteActor)
+        options: dict[str, Any] = {
+            "name": name,
+            "num_cpus": 0,
+            "max_restarts": 0,
+            "max_concurrency": 1,
+        }
+        if site.resource:
+            options["resources"] = {site.resource: _RESOURCE_SHARE}
         pinned = {s.name: s.identity_key for s in self.sites if s.identity_key}
-        for site in self.sites:
-            options: dict[str, Any] = {
-                "name": f"{self.job_id}:{site.name}",
-                "num_cpus": 0,
-                "max_restarts": 0,
-                "max_concurrency": 1,
-            }
-            if site.resource:
-                options["resources"] = {site.resource: _RESOURCE_SHARE}
-            self.actors[site.name] = remote.options(**options).remote(
-                site.name, str(site.path), self.contract_path, site.policy.model_dump(), pinned
-            )
+        return (
+            ray.remote(SiteActor)
+            .options(**options)
+            .remote(site.name, str(site.path), self.contract_path, site.policy.model_dump(), pinned)
+        )
+
+    def restart(self, site: str) -> None:
+        """End a site's actor and start a fresh one in its place (same node constraint),
+        for a site that did nothing wrong but is stuck in a broken collective. The new
+        actor holds no state: the caller loads its extract again."""
+        if site in self.dropped:
+            raise ValueError(f"site {site} was dropped; it is not restarted")
+        _kill(self.actors[site])
+        self._restarts[site] = self._restarts.get(site, 0) + 1
+        name = f"{self.job_id}:restart{self._restarts[site]}:{site}"
+        self.actors[site] = self._spawn(self.site_config(site), name)
+
+    def site_config(self, site: str) -> SiteConfig:
+        return next(s for s in self.sites if s.name == site)
 
     def stop(self) -> None:
         import ray

@@ -147,16 +147,13 @@ class SiteActor:
     def load(self, test_fraction: float, seed: int) -> SiteInfo:
         """Read the extract and split it by a keyed hash of the patient key, so the split
         is stable across jobs and identical for every strategy."""
-        import pandas as pd
-
         from pipeline.extract import read_frame
         from pipeline.features import FeatureEncoder
+        from pipeline.splits import held_out_mask
 
         self._audit("load", None, test_fraction=test_fraction, seed=seed)
         df = read_frame(self.extract, self.contract.arrow_schema)
-        keys = df[self.contract.key.name].astype(str)
-        h = pd.util.hash_pandas_object(keys, index=False, hash_key=f"{seed:016d}"[-16:])
-        is_test = (h.to_numpy() % 10_000) < int(test_fraction * 10_000)
+        is_test = held_out_mask(df[self.contract.key.name], seed, test_fraction)
         enc = FeatureEncoder(self.contract)
         X, T, y = enc.transform(df), enc.tree_matrix(df), self.contract.labels(df)
         self._train = (X[~is_test], T[~is_test], y[~is_test])
@@ -287,8 +284,8 @@ class SiteActor:
         import shutil
         import tempfile
 
-        from pipeline.models.tree_training import validation_mask
         from pipeline.models.trees import train_worker
+        from pipeline.splits import validation_mask
 
         self._require_data()
         self._authorize(job_id, "xgboost", 0.0)

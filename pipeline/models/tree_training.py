@@ -26,12 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.errors import PipelineError, QuorumError
 from pipeline.federation.messages import check_reply
+from pipeline.splits import VALID_FRACTION
 
-VALID_FRACTION = 0.1
 MAX_ATTEMPTS = 2  # the first try and one retry without the lost sites
 GRACE_S = 20.0  # how long the others may take to notice a broken collective
 _TLS_KEYS = (
@@ -43,14 +41,6 @@ _TLS_KEYS = (
 
 class CollectiveError(PipelineError):
     """The XGBoost collective could not train a model."""
-
-
-def validation_mask(n: int, seed: int, fraction: float = VALID_FRACTION) -> np.ndarray:
-    """Which of a site's `n` training rows (in extract order) are its validation rows:
-    deterministic given the seed, so the same extract and config give the same model."""
-    if not 0 <= fraction < 1:
-        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
-    return np.random.default_rng([seed, 0x7EE5]).random(n) < fraction
 
 
 def resolve_communicator(name: str) -> str:
@@ -74,7 +64,8 @@ class Attempt:
     sites: list[str]
     boosters: dict[str, bytes] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
-    lost: dict[str, str] = field(default_factory=dict)  # died or stuck: dropped from the job
+    lost: dict[str, str] = field(default_factory=dict)  # the cause: dropped from the job
+    restarted: list[str] = field(default_factory=list)  # victims stuck after the break
     seconds: float = 0.0
     port: int | None = None  # the server's port (closed once the attempt returns)
     server_pid: int | None = None  # the server's process (ended once the attempt returns)
@@ -140,9 +131,11 @@ def run_attempt(
 ) -> Attempt:
     """Train once with `sites` as ranks 0..n-1; never hangs beyond `timeout_s` (+ grace).
 
-    A site whose actor dies, or that fails before the collective broke, or that is still
-    stuck when the watchdog gives up, is *lost* and dropped from the job (a stuck actor is
-    killed). Sites that only failed because the collective broke under them stay."""
+    A site whose actor dies or that fails before the collective broke is *lost*: the
+    cause, dropped from the job; so is every site still training when `timeout_s` passes
+    with nothing broken (a hang with no culprit fails the job cleanly). Sites that failed
+    because the collective broke under them stay; those still stuck in it when the grace
+    period ends get a fresh actor (`restarted`), whose extract the caller loads again."""
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
@@ -167,13 +160,13 @@ def run_attempt(
             left = deadline - time.monotonic()
             if left <= 0:
                 for site in pending.values():
-                    why = (
-                        "still in the collective after it broke"
-                        if broken
-                        else (f"no answer within {timeout_s:g} s")
-                    )
-                    attempt.failed[site] = why
-                    attempt.lost[site] = why
+                    if broken:
+                        attempt.failed[site] = "still in the collective after it broke"
+                        attempt.restarted.append(site)
+                    else:
+                        attempt.failed[site] = attempt.lost[site] = (
+                            f"no answer within {timeout_s:g} s"
+                        )
                 break
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=min(1.0, left))
             newly: dict[str, str] = {}
@@ -202,6 +195,8 @@ def run_attempt(
         attempt.seconds = time.monotonic() - start
     for site, reason in attempt.lost.items():
         runtime.drop(site, f"XGBoost collective: {reason}")
+    for site in attempt.restarted:
+        runtime.restart(site)
     return attempt
 
 
@@ -234,11 +229,13 @@ def train_collective(
     say: Callable[[str], None] = lambda _m: None,
     grace_s: float = GRACE_S,
     host: str = "127.0.0.1",
+    reload: Callable[[list[str]], None] = lambda _sites: None,
 ) -> CollectiveResult:
     """Run the collective over the active sites, retrying once without lost sites.
 
     `params_for(sites)` gives the XGBoost parameters for a set of sites (the base score
-    is the prevalence of exactly the sites that train)."""
+    is the prevalence of exactly the sites that train); `reload(sites)` loads the
+    extracts of sites whose actor was restarted."""
     lost: dict[str, str] = {}
     ports: list[int] = []
     pids: list[int] = []
@@ -274,6 +271,9 @@ def train_collective(
         say(f"xgboost attempt {n} failed ({detail})")
         if not attempt.lost:
             raise CollectiveError(f"XGBoost training failed at every site: {detail}")
+        if attempt.restarted:
+            say(f"xgboost: fresh actors for {attempt.restarted}, stuck in the broken collective")
+            reload(attempt.restarted)
         if len(runtime.active) < quorum:
             raise QuorumError(
                 f"XGBoost training: {len(runtime.active)} site(s) left after losing "
@@ -337,6 +337,9 @@ def train_federated_xgboost(runtime, cfg, contract, job_id, infos, tracker, say)
         timeout_s=x.timeout_s,
         say=say,
         host=host,
+        reload=lambda sites: runtime.call(
+            "load", cfg.training.test_fraction, cfg.training.seed, sites=sites
+        ),
     )
     model = TreeModel(contract, result.booster)
     booster = model.booster_

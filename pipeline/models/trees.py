@@ -32,6 +32,7 @@ AUC belongs to the federated evaluation, from sufficient statistics.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -225,7 +226,7 @@ def train_worker(
     ref_params: Mapping[str, Any],
     params: Mapping[str, Any],
     num_boost_round: int,
-    communicator_env: Mapping[str, Any],
+    communicator_env: Mapping[str, Any] | None,
     X_valid: np.ndarray | None = None,
     y_valid: np.ndarray | None = None,
     early_stopping_rounds: int | None = None,
@@ -245,8 +246,9 @@ def train_worker(
         XGBoost parameters with the global ``base_score`` (see :func:`booster_params`).
     num_boost_round : int
         Maximum number of boosting rounds.
-    communicator_env : mapping
-        ``FederatedServer.env(rank)`` or ``RabitServer.env(rank)``.
+    communicator_env : mapping or None
+        ``FederatedServer.env(rank)`` or ``RabitServer.env(rank)``; None trains alone,
+        in this process, on the same grid and parameters: the pooled baseline.
     X_valid, y_valid : arrays, optional
         The site's validation rows. Every worker must pass them, or none: the metric is
         reduced across workers (an empty array is fine for a site without any).
@@ -269,7 +271,12 @@ def train_worker(
     # grid rows alone, never merged with anything.
     ref = reference_matrix(**ref_params)
     nthread = int(full["nthread"])
-    with collective.CommunicatorContext(**communicator_env):
+    context = (
+        contextlib.nullcontext()
+        if communicator_env is None
+        else collective.CommunicatorContext(**communicator_env)
+    )
+    with context:
         dtrain = site_matrix(X, y, ref, max_bin=max_bin, nthread=nthread)
         _agree_on_grid(dtrain, grid)
         evals = []

@@ -1,0 +1,87 @@
+"""The pooled baseline: what training on every site's rows in one place would give.
+
+Only tests and benchmarks call this, to measure a federated job against the model pooling
+would have trained; they may read every extract. A federated job never does: its rows
+stay in the site actors. The splits, grid and parameters are the job's own, so the two
+models differ only by where the rows were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import FederationConfig
+from pipeline.contract import Contract, load_contract
+from pipeline.extract import read_frame
+from pipeline.features import FeatureEncoder
+from pipeline.splits import held_out_mask, validation_mask
+
+
+@dataclass(frozen=True)
+class SiteRows:
+    """One site's rows, split as its actor splits them."""
+
+    name: str
+    train_T: np.ndarray  # training rows as FeatureEncoder.tree_matrix
+    train_y: np.ndarray
+    test: pd.DataFrame  # held-out rows, raw contract columns
+    test_y: np.ndarray
+
+
+def site_rows(cfg: FederationConfig) -> tuple[Contract, list[SiteRows]]:
+    """Every site's training and held-out rows, read here in one process."""
+    contract = load_contract(cfg.contract)
+    encoder = FeatureEncoder(contract)
+    out = []
+    for site in cfg.sites:
+        df = read_frame(site.path, contract.arrow_schema)
+        is_test = held_out_mask(
+            df[contract.key.name], cfg.training.seed, cfg.training.test_fraction
+        )
+        T, y = encoder.tree_matrix(df), contract.labels(df).astype(np.float64)
+        out.append(
+            SiteRows(
+                site.name, T[~is_test], y[~is_test], df[is_test].reset_index(drop=True), y[is_test]
+            )
+        )
+    return contract, out
+
+
+def train_xgboost(
+    contract: Contract,
+    cfg: FederationConfig,
+    parts: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    nthread: int = 1,
+):  # -> xgboost.Booster
+    """XGBoost on the (tree matrix, labels) parts as one table, as a federated job trains:
+    the same parameters, contract grid, validation rows and early stopping."""
+    from pipeline.models import trees
+
+    x, seed = cfg.training.xgboost, cfg.training.seed
+    masks = [validation_mask(len(y), seed) for _, y in parts]
+    y_all = np.concatenate([y for _, y in parts])
+    params = trees.booster_params(
+        base_score=trees.global_base_score(int(y_all.sum()), len(y_all)),
+        max_depth=x.max_depth,
+        learning_rate=x.learning_rate,
+        seed=seed,
+        nthread=nthread,
+    )
+    pairs = list(zip(parts, masks, strict=True))
+    raw = trees.train_worker(
+        np.vstack([T[~m] for (T, _), m in pairs]),
+        np.concatenate([y[~m] for (_, y), m in pairs]),
+        X_valid=np.vstack([T[m] for (T, _), m in pairs]),
+        y_valid=np.concatenate([y[m] for (_, y), m in pairs]),
+        ref_params={"contract": contract, "max_bin": x.max_bin},
+        params=params,
+        num_boost_round=x.rounds,
+        communicator_env=None,
+        early_stopping_rounds=x.early_stopping_rounds,
+    )
+    return trees.load_booster(raw)

@@ -1,0 +1,28 @@
+"""How a site splits its rows: held-out test rows and, for early stopping, validation rows.
+
+Both are deterministic given the seed, so the same extracts and config give the same model,
+and every strategy (and every benchmark baseline) sees the same rows in each part.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+VALID_FRACTION = 0.1
+
+
+def held_out_mask(keys: pd.Series, seed: int, fraction: float) -> np.ndarray:
+    """Which rows are held out for testing: a keyed hash of the patient key, so a patient
+    stays on the same side across jobs and as new months of data arrive."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"test fraction must be in (0, 1), got {fraction}")
+    h = pd.util.hash_pandas_object(keys.astype(str), index=False, hash_key=f"{seed:016d}"[-16:])
+    return (h.to_numpy() % 10_000) < int(fraction * 10_000)
+
+
+def validation_mask(n: int, seed: int, fraction: float = VALID_FRACTION) -> np.ndarray:
+    """Which of a site's `n` training rows (in extract order) are its validation rows."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    return np.random.default_rng([seed, 0x7EE5]).random(n) < fraction
