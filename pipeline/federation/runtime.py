@@ -137,10 +137,7 @@ class SiteRuntime:
         _kill(self.actors[site])
         self._restarts[site] = self._restarts.get(site, 0) + 1
         name = f"{self.job_id}:restart{self._restarts[site]}:{site}"
-        self.actors[site] = self._spawn(self.site_config(site), name)
-
-    def site_config(self, site: str) -> SiteConfig:
-        return next(s for s in self.sites if s.name == site)
+        self.actors[site] = self._spawn(next(s for s in self.sites if s.name == site), name)
 
     def stop(self) -> None:
         import ray
@@ -207,7 +204,7 @@ class SiteRuntime:
                     out.ok[site] = reply if raw else check_reply(reply)
                 except RayTaskError as exc:
                     cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-                    out.failed[site] = _reason(cause)
+                    out.failed[site] = failure_reason(cause)
                 except RayActorError:
                     out.failed[site] = "the site's actor died"
                 except GetTimeoutError:
@@ -243,7 +240,10 @@ def _kill(actor: Any) -> None:
         ray.kill(actor)
 
 
-def _reason(exc: BaseException) -> str:
+def failure_reason(exc: BaseException) -> str:
+    """One line for a site's failure: the project's own message, or the exception's type
+    and first line (XGBoost's errors carry a native backtrace after it)."""
     if isinstance(exc, PipelineError):
         return str(exc)
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]

@@ -5,10 +5,11 @@ Every admitted site joins one XGBoost collective as a worker (see
 bin grid). The coordinator only starts the communicator's server, hands each site its
 rank, and watches: XGBoost's collective has no dropout handling (a dead worker leaves the
 others waiting forever), so the coordinator owns a watchdog. It waits with a deadline;
-when a site's actor dies, a site fails, or the deadline passes, it stops the server (which
-unblocks or strands the others), kills the actors still stuck, and, while the quorum
-holds, trains once more without the lost sites on a fresh server (and a fresh PKI), with
-a new world size and new ranks. The server is stopped in a ``finally`` on every path.
+when a site's actor dies or a site fails, it stops the server so the others fail too,
+gives them a grace period, replaces the actors of those still stuck with fresh ones (they
+did nothing wrong), and, while the quorum holds, trains once more without the lost sites
+on a fresh server (and a fresh PKI), with a new world size and new ranks. A deadline that
+passes with nothing broken fails the job. The server is stopped on every path.
 
 Communicators: ``federated`` (gRPC over mutual TLS, a per-job CA in a private temporary
 directory deleted after the attempt) or ``rabit`` (inside one trusted cluster). Both give
@@ -28,6 +29,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError, QuorumError
 from pipeline.federation.messages import check_reply
+from pipeline.federation.runtime import failure_reason
 from pipeline.splits import VALID_FRACTION
 
 MAX_ATTEMPTS = 2  # the first try and one retry without the lost sites
@@ -179,7 +181,7 @@ def run_attempt(
                     attempt.lost[site] = newly[site]
                 except RayTaskError as exc:
                     cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-                    newly[site] = _reason(cause)
+                    newly[site] = failure_reason(cause)
                     if not broken:  # failed first: the cause, not a victim
                         attempt.lost[site] = newly[site]
                 except TypeError as exc:
@@ -198,12 +200,6 @@ def run_attempt(
     for site in attempt.restarted:
         runtime.restart(site)
     return attempt
-
-
-def _reason(exc: BaseException) -> str:
-    # XGBoost's errors carry a native backtrace after the first line: keep only that line.
-    text = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 def agreed_booster(boosters: dict[str, bytes]) -> bytes:
