@@ -203,8 +203,7 @@ class SiteRuntime:
                     reply = ray.get(ref, timeout=1.0)
                     out.ok[site] = reply if raw else check_reply(reply)
                 except RayTaskError as exc:
-                    cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-                    out.failed[site] = failure_reason(cause)
+                    out.failed[site] = failure_reason(exc)
                 except RayActorError:
                     out.failed[site] = "the site's actor died"
                 except GetTimeoutError:
@@ -242,7 +241,11 @@ def _kill(actor: Any) -> None:
 
 def failure_reason(exc: BaseException) -> str:
     """One line for a site's failure: the project's own message, or the exception's type
-    and first line (XGBoost's errors carry a native backtrace after it)."""
+    and first line (XGBoost's errors carry a native backtrace after it). A Ray task error
+    is reported by the exception the site raised."""
+    cause = getattr(exc, "cause", None)  # RayTaskError wraps what the actor raised
+    if isinstance(cause, BaseException):
+        exc = cause
     if isinstance(exc, PipelineError):
         return str(exc)
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]

@@ -138,7 +138,7 @@ class _ServerProcess:
             env=env,
         )
         try:
-            status, value = self._read_report()
+            status, value = self._read_report(self._process.stdout)
         except BaseException:
             self.stop()
             raise
@@ -148,9 +148,8 @@ class _ServerProcess:
         self.port = int(value)
         return self
 
-    def _read_report(self) -> tuple[str, Any]:
-        assert self._process is not None and self._process.stdout is not None
-        out = self._process.stdout
+    def _read_report(self, out: Any) -> tuple[str, Any]:
+        """The child's one-line report (status, port or error), within start_timeout."""
         ready, _, _ = select.select([out], [], [], self.start_timeout)
         if not ready:
             raise RuntimeError(

@@ -180,8 +180,7 @@ def run_attempt(
                     newly[site] = "the site's actor died during XGBoost training"
                     attempt.lost[site] = newly[site]
                 except RayTaskError as exc:
-                    cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-                    newly[site] = failure_reason(cause)
+                    newly[site] = failure_reason(exc)
                     if not broken:  # failed first: the cause, not a victim
                         attempt.lost[site] = newly[site]
                 except TypeError as exc:
@@ -222,10 +221,10 @@ def train_collective(
     params_for: Callable[[list[str]], dict[str, Any]],
     train_kwargs: dict[str, Any],
     timeout_s: float,
+    reload: Callable[[list[str]], None],
     say: Callable[[str], None] = lambda _m: None,
     grace_s: float = GRACE_S,
     host: str = "127.0.0.1",
-    reload: Callable[[list[str]], None] = lambda _sites: None,
 ) -> CollectiveResult:
     """Run the collective over the active sites, retrying once without lost sites.
 
