@@ -34,9 +34,16 @@ def _numeric(values: pd.Series) -> np.ndarray:
 def _category_codes(feature: Feature, values: pd.Series) -> np.ndarray:
     """Index of each value in the contract's category list; -1 for missing or unknown."""
     cats = list(feature.categories or [])
+    kind = values.dtype.kind
+    if feature.dtype == "string" and pd.api.types.is_string_dtype(values.dtype):
+        return pd.Categorical(values, categories=cats).codes.astype(np.int64)
+    if feature.dtype != "string" and kind in "biuf":
+        # Integer-coded categories may arrive as floats (CSV, JSON): compare by value.
+        as_float = values.astype("float64")
+        return pd.Categorical(as_float, categories=[float(c) for c in cats]).codes.astype(np.int64)
+    # Mixed objects (a hand-built frame): element by element, the same rule.
     lookup = {c: i for i, c in enumerate(cats)}
     if feature.dtype != "string":
-        # Integer-coded categories may arrive as floats (CSV, JSON): compare by value.
         lookup.update({float(c): i for i, c in enumerate(cats)})
     return np.fromiter(
         (lookup.get(v, -1) if v is not None and v == v else -1 for v in values.to_numpy()),
@@ -85,7 +92,8 @@ class FeatureEncoder:
     def transform(self, df: pd.DataFrame) -> np.ndarray:
         """Encode raw contract columns (clinical units) into a float64 design matrix."""
         n = len(df)
-        out = np.zeros((n, self.n_features_out), dtype=np.float64)
+        # Filled column by column: column-major while filling, row-major when returned.
+        out = np.zeros((n, self.n_features_out), dtype=np.float64, order="F")
         j = 0
         for f in self.contract.features:
             values = df[f.name]
@@ -109,14 +117,14 @@ class FeatureEncoder:
             if f.nullable:
                 out[:, j] = missing.astype(np.float64)
                 j += 1
-        return out
+        return np.ascontiguousarray(out)
 
     def tree_matrix(self, df: pd.DataFrame) -> np.ndarray:
         """One column per contract feature for tree models: raw clinical values (NaN when
         missing), category index for categories, 0/1 for booleans. Trees need no scaling,
         and their bin grid comes from the contract's ranges
         (:func:`pipeline.models.trees.contract_grid`)."""
-        out = np.full((len(df), len(self.contract.features)), np.nan)
+        out = np.full((len(df), len(self.contract.features)), np.nan, order="F")
         for j, f in enumerate(self.contract.features):
             values = df[f.name]
             missing = missing_mask(f, values)
@@ -127,4 +135,4 @@ class FeatureEncoder:
             else:
                 x = _numeric(values.astype("float64") if values.dtype == bool else values)
                 out[:, j] = np.where(missing, np.nan, x)
-        return out
+        return np.ascontiguousarray(out)
