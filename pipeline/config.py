@@ -89,6 +89,12 @@ class XGBoostConfig(_Strict):
     early_stopping_rounds: int = Field(20, ge=1)
     timeout_s: float = Field(600.0, gt=0, description="watchdog deadline of one collective")
     max_bin: int = Field(256, ge=2, description="bins per numeric feature, over its range")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="threads of each site's worker; default: every core the site's "
+        "process may use (a hospital's own node)",
+    )
     server_host: str | None = Field(
         None,
         description="address the sites dial for the collective's server; default: "

@@ -14,15 +14,19 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.config import FederationConfig
-from pipeline.contract import load_contract
+from pipeline.contract import Contract, load_contract
 from pipeline.errors import BudgetError
 from pipeline.evaluation import Metrics, combine, plot_calibration, plot_roc, plot_sites
 from pipeline.federation.runtime import SiteRuntime
 from pipeline.validation import ValidationSummary, admit
+
+if TYPE_CHECKING:
+    from pipeline.registry import JobTracker
 
 Progress = Callable[[str], None]
 LOGISTIC_STRATEGIES = ("logistic", "dp-logistic", "dp-fedavg")
@@ -41,6 +45,18 @@ class StageClock:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What every training strategy of one job works with."""
+
+    runtime: SiteRuntime
+    cfg: FederationConfig
+    contract: Contract
+    job_id: str
+    tracker: JobTracker
+    say: Progress
 
 
 @dataclass(frozen=True)
@@ -65,15 +81,25 @@ def validate_sites(
     runtime: SiteRuntime,
     cfg: FederationConfig,
     on_site: Callable[[str], None] | None = None,
+    *,
+    prepare_for: str | None = None,
 ) -> dict[str, ValidationSummary]:
     """Validation runs inside each site; only redacted summaries come back.
-    `on_site(site)` is called as each site finishes, for a progress bar."""
+    `on_site(site)` is called as each site finishes, for a progress bar. With
+    `prepare_for` (the strategy a job will train), sites that pass keep the validated
+    rows split and encoded for the job's ``load``."""
     v = cfg.validation
+    t = cfg.training
+    prepare = None
+    if prepare_for is not None:
+        encoding = "tree" if prepare_for == "xgboost" else "linear"
+        prepare = {"test_fraction": t.test_fraction, "seed": t.seed, "encoding": encoding}
     replies = runtime.call(
         "validate",
         unknown_columns=v.unknown_columns,
         min_rows=v.min_rows,
         leakage_auc=v.leakage_auc,
+        prepare=prepare,
         drop_failed=False,
         on_reply=on_site,
     )
@@ -148,7 +174,7 @@ def run_job(
 
         with clock.stage("validation"):
             say("validating extracts at the sites")
-            summaries = validate_sites(runtime, cfg)
+            summaries = validate_sites(runtime, cfg, prepare_for=strategy)
             tracker.json({s: v.to_dict() for s, v in summaries.items()}, "validation.json")
             admitted, quarantined = admit(list(summaries.values()), cfg.quorum)
             for site, reasons in quarantined.items():
@@ -175,19 +201,8 @@ def run_job(
             say(f"privacy reserved: epsilon {planned['epsilon']:g} per site, sigma {sigma:.2f}")
 
         with clock.stage("training"):
-            model = train(
-                runtime,
-                cfg,
-                contract,
-                job_id,
-                strategy,
-                rounds,
-                sigma,
-                clip,
-                infos.ok,
-                tracker,
-                say,
-            )
+            ctx = JobContext(runtime, cfg, contract, job_id, tracker, say)
+            model = train(ctx, strategy, infos.ok, rounds=rounds, sigma=sigma, clip=clip)
 
         with clock.stage("evaluation"):
             say("evaluating on held-out rows at every site")
@@ -248,8 +263,19 @@ def reserve_privacy(
     return per_site
 
 
-def train(runtime, cfg, contract, job_id, strategy, rounds, sigma, clip, infos, tracker, say):  # noqa: ANN001, PLR0913
-    """Dispatch to the strategy's training; returns the in-memory global model."""
+def train(
+    ctx: JobContext,
+    strategy: str,
+    infos: dict[str, Any],
+    *,
+    rounds: int,
+    sigma: float,
+    clip: float,
+) -> Any:
+    """Dispatch to the strategy's training; returns the in-memory global model.
+
+    `infos` are the sites' ``load`` replies; `sigma` and `clip` the planned noise
+    multiplier and clipping norm of ``dp-fedavg``."""
     from pipeline.features import FeatureEncoder
     from pipeline.federation.coordinator import (
         GradientPlan,
@@ -260,11 +286,12 @@ def train(runtime, cfg, contract, job_id, strategy, rounds, sigma, clip, infos, 
     from pipeline.federation.strategy import FedAdam
     from pipeline.models.logistic import LogisticModel
 
+    runtime, cfg, contract, job_id, say = ctx.runtime, ctx.cfg, ctx.contract, ctx.job_id, ctx.say
     dim = FeatureEncoder(contract).n_features_out
     if strategy == "xgboost":
         from pipeline.models.tree_training import train_federated_xgboost
 
-        return train_federated_xgboost(runtime, cfg, contract, job_id, infos, tracker, say)
+        return train_federated_xgboost(ctx, infos)
     if strategy == "dp-logistic":
         say("one-shot DP logistic regression at each site")
         weights, _ = one_shot_average(
@@ -286,7 +313,7 @@ def train(runtime, cfg, contract, job_id, strategy, rounds, sigma, clip, infos, 
     def on_round(r: int, weights: np.ndarray, sites: list[str]) -> None:
         if r % 5 == 4 or r == rounds - 1:
             say(f"round {r + 1}/{rounds}: {len(sites)} sites")
-        tracker.metrics(
+        ctx.tracker.metrics(
             {"sites_in_round": len(sites), "weight_norm": float(np.linalg.norm(weights))}, step=r
         )
 
@@ -301,7 +328,7 @@ def train(runtime, cfg, contract, job_id, strategy, rounds, sigma, clip, infos, 
         on_round=on_round,
     )
     if secure is not None:
-        tracker.metrics({"secure_restarts": secure.restarts})
+        ctx.tracker.metrics({"secure_restarts": secure.restarts})
     return LogisticModel(contract, weights)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -171,6 +172,25 @@ def test_reply_size_does_not_grow_with_the_row_count(ray_session, tmp_path) -> N
     small_sizes, large_sizes = sizes[sites[0].name], sizes["large"]
     for a, b in zip(small_sizes, large_sizes, strict=True):
         assert abs(a - b) <= 64, (small_sizes, large_sizes)
+
+
+def test_a_job_trains_on_exactly_the_rows_that_passed_validation(ray_session, tmp_path):
+    """Rows prepared at validation are the ones loaded: a partition landing between the
+    two calls is not read; a later load without prepared rows reads the extract again."""
+    cfg = load_config(synthesize(tmp_path / "one", sites=1, rows=2_000, seed=7)[0])
+    site = cfg.sites[0]
+    with SiteRuntime([site], str(cfg.contract), "prepare-test") as runtime:
+        checked = runtime.call("validate", min_rows=100, prepare={"test_fraction": 0.2, "seed": 0})
+        summary = checked.ok[site.name].summary
+        assert summary["passed"], summary
+        first = sorted(Path(site.path).rglob("*.parquet"))[0]
+        late = Path(site.path) / "followup_month=2099-01" / first.name
+        late.parent.mkdir()
+        shutil.copy(first, late)
+        prepared = runtime.call("load", 0.2, 0)
+        reread = runtime.call("load", 0.2, 0)
+    assert prepared.ok[site.name].rows == summary["rows"]
+    assert reread.ok[site.name].rows > summary["rows"]
 
 
 def test_same_seed_gives_the_same_model_with_privacy_off(ray_session, four_sites, tmp_path):

@@ -8,6 +8,7 @@ the methods that need them so a site that only validates does not pay for XGBoos
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -61,6 +62,37 @@ def eval_stats(site: str, y: np.ndarray, p: np.ndarray) -> EvalStats:
     )
 
 
+class _Rows:
+    """One side of a site's split: its rows and labels, encoded for a kind of model when
+    a request first needs it (a job trains one kind, and encoding costs more than
+    reading the extract)."""
+
+    def __init__(self, frame: Any, y: np.ndarray, contract: Any) -> None:
+        self.frame, self.y, self._contract = frame, y, contract
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @functools.cached_property
+    def linear(self) -> np.ndarray:
+        """:meth:`FeatureEncoder.transform`: the design matrix of the logistic models."""
+        from pipeline.features import FeatureEncoder
+
+        return FeatureEncoder(self._contract).transform(self.frame)
+
+    @functools.cached_property
+    def tree(self) -> np.ndarray:
+        """:meth:`FeatureEncoder.tree_matrix`: raw clinical values for XGBoost."""
+        from pipeline.features import FeatureEncoder
+
+        return FeatureEncoder(self._contract).tree_matrix(self.frame)
+
+    def encoded(self, kind: str) -> np.ndarray:
+        if kind not in ("linear", "tree"):
+            raise ValueError(f"unknown encoding {kind!r}")
+        return getattr(self, kind)
+
+
 class SiteActor:
     """One hospital. Create with ``ray.remote(SiteActor).options(...).remote(...)``.
 
@@ -87,12 +119,17 @@ class SiteActor:
         policy: dict,
         pinned: dict[str, str] | None = None,
     ) -> None:
+        # Set before any OpenMP runtime loads in this process (XGBoost's is loaded in
+        # xgb_train): a worker blocked in a collective allreduce must sleep, not spin
+        # its threads on cores that other sites' workers on the same node need.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.site = site
         self.extract = Path(extract)
         self.contract = load_contract(contract_path)
         self.policy = SitePolicy.model_validate(policy)
-        self._train: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        self._test: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._train: _Rows | None = None
+        self._test: _Rows | None = None
+        self._prepared: tuple[tuple[float, int], tuple[_Rows, _Rows]] | None = None
         self._jobs: dict[str, dict[str, Any]] = {}
         self._keys: dict[str, Any] = {}
         self.pinned = {k: bytes.fromhex(v) for k, v in (pinned or {}).items()}
@@ -129,12 +166,24 @@ class SiteActor:
 
     # -- validation and loading ---------------------------------------------------------
     def validate(
-        self, unknown_columns: str = "fail", min_rows: int = 100, leakage_auc: float = 0.98
+        self,
+        unknown_columns: str = "fail",
+        min_rows: int = 100,
+        leakage_auc: float = 0.98,
+        prepare: dict[str, Any] | None = None,
     ) -> ValidationReply:
-        from pipeline.validation import validate_extract
+        """Validate the extract here; only the redacted summary leaves.
+
+        With `prepare` (the job's ``test_fraction``, ``seed`` and ``encoding``: "linear"
+        or "tree"), a site whose extract passed also splits and encodes the rows it has
+        just validated, keeping them for the job's ``load``: the extract is read once,
+        and the job trains on exactly the rows that passed even if a file changes in
+        between. Nothing more is returned."""
+        from pipeline.validation import validate_table
 
         self._audit("validate", None)
-        summary = validate_extract(
+        self._prepared = None
+        summary, table = validate_table(
             self.extract,
             self.contract,
             site=self.site,
@@ -142,30 +191,51 @@ class SiteActor:
             min_rows=min_rows,
             leakage_auc=leakage_auc,
         )
+        if prepare is not None and table is not None:
+            key = (float(prepare["test_fraction"]), int(prepare["seed"]))
+            try:
+                split = self._split(table.to_pandas(), *key)
+                for rows in split:
+                    rows.encoded(prepare.get("encoding", "linear"))
+                self._prepared = (key, split)
+            except Exception:  # noqa: BLE001 - load reads again and reports the error
+                self._prepared = None
         return ValidationReply(site=self.site, summary=summary.to_dict())
 
     def load(self, test_fraction: float, seed: int) -> SiteInfo:
-        """Read the extract and split it by a keyed hash of the patient key, so the split
-        is stable across jobs and identical for every strategy."""
+        """Split the extract by a keyed hash of the patient key, so the split is stable
+        across jobs and identical for every strategy (rows prepared by ``validate`` for
+        the same split are used as they are)."""
         from pipeline.extract import read_frame
-        from pipeline.features import FeatureEncoder
-        from pipeline.splits import held_out_mask
 
         self._audit("load", None, test_fraction=test_fraction, seed=seed)
-        df = read_frame(self.extract, self.contract.arrow_schema)
-        is_test = held_out_mask(df[self.contract.key.name], seed, test_fraction)
-        enc = FeatureEncoder(self.contract)
-        X, T, y = enc.transform(df), enc.tree_matrix(df), self.contract.labels(df)
-        self._train = (X[~is_test], T[~is_test], y[~is_test])
-        self._test = (X[is_test], T[is_test], y[is_test])
-        if len(self._train[2]) == 0 or len(self._test[2]) == 0:
+        prepared, self._prepared = self._prepared, None
+        key = (float(test_fraction), int(seed))
+        if prepared is not None and prepared[0] == key:
+            self._train, self._test = prepared[1]
+        else:
+            df = read_frame(self.extract, self.contract.arrow_schema)
+            self._train, self._test = self._split(df, *key)
+        n_train, n_test = len(self._train), len(self._test)
+        if n_train == 0 or n_test == 0:
             raise DataError(f"site {self.site}: too few rows to split into train and test")
         return SiteInfo(
             site=self.site,
-            rows=len(df),
-            n_train=int((~is_test).sum()),
-            n_test=int(is_test.sum()),
-            positives_train=int(y[~is_test].sum()),
+            rows=n_train + n_test,
+            n_train=n_train,
+            n_test=n_test,
+            positives_train=int(self._train.y.sum()),
+        )
+
+    def _split(self, df: Any, test_fraction: float, seed: int) -> tuple[_Rows, _Rows]:
+        """(train, test) rows, not yet encoded."""
+        from pipeline.splits import held_out_mask
+
+        is_test = held_out_mask(df[self.contract.key.name], seed, test_fraction)
+        y = self.contract.labels(df)
+        return (
+            _Rows(df[~is_test], y[~is_test], self.contract),
+            _Rows(df[is_test], y[is_test], self.contract),
         )
 
     def _require_data(self) -> None:
@@ -201,7 +271,7 @@ class SiteActor:
                     f"site {self.site}: job {job_id} asked for more rounds "
                     f"than it declared ({rounds})"
                 )
-            X, _, y = self._train  # type: ignore[misc]
+            X, y = self._train.linear, self._train.y  # type: ignore[union-attr]
             Xb = np.hstack([X, np.ones((len(X), 1))])
             per_example = Xb * (sigmoid(Xb @ weights) - y)[:, None]
             if noise_multiplier > 0:
@@ -218,7 +288,7 @@ class SiteActor:
                 noise_multiplier=noise_multiplier,
             )
         vector = job["round_vector"][1]
-        n = len(self._train[2])  # type: ignore[index]
+        n = len(self._train)  # type: ignore[arg-type]
         if secure is None:
             return ModelUpdate(site=self.site, vector=vector, n=n)
         return self._masked(job_id, np.append(vector, n), secure)
@@ -236,7 +306,7 @@ class SiteActor:
         job = self._authorize(job_id, "dp-logistic", epsilon)
         if job["releases"] >= 1:
             raise BudgetError(f"site {self.site}: job {job_id} already released its model")
-        X, _, y = self._train  # type: ignore[misc]
+        X, y = self._train.linear, self._train.y  # type: ignore[union-attr]
         data_norm = FeatureEncoder(self.contract).data_norm
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)  # sklearn lbfgs iterations
@@ -253,7 +323,7 @@ class SiteActor:
         from sklearn.linear_model import LogisticRegression
 
         self._require_data()
-        X, _, y = self._train  # type: ignore[misc]
+        X, y = self._train.linear, self._train.y  # type: ignore[union-attr]
         model = LogisticRegression(max_iter=2000).fit(X, y)
         self._audit("fit_local_logistic", None)
         return ModelUpdate(
@@ -295,7 +365,7 @@ class SiteActor:
             communicator=str(env.get("dmlc_communicator", "")),
             rounds=num_boost_round,
         )
-        X, y = self._train[1], self._train[2]  # type: ignore[index]
+        X, y = self._train.tree, self._train.y  # type: ignore[union-attr]
         valid = validation_mask(len(y), seed, valid_fraction)
         tls_dir = tempfile.mkdtemp(prefix="xgb-tls-")  # mode 0700
         try:
@@ -352,29 +422,30 @@ class SiteActor:
     def evaluate(self, model: dict, split: str = "test") -> EvalStats:
         """Metric sufficient statistics of a global model on this site's held-out rows."""
         self._require_data()
-        X, T, y = self._test if split == "test" else self._train  # type: ignore[misc]
+        rows = self._test if split == "test" else self._train
         self._audit("evaluate", None, kind=model["kind"], split=split)
-        return eval_stats(self.site, y, self._predict(model, X, T))
+        return eval_stats(self.site, rows.y, self._predict(model, rows))  # type: ignore[union-attr]
 
     def evaluate_pair(self, model_a: dict, model_b: dict, bins: int = 100) -> JointStats:
         """Joint (label, bin a, bin b) counts of two models on the held-out rows."""
         self._require_data()
         from pipeline.evaluation import joint_counts
 
-        X, T, y = self._test  # type: ignore[misc]
-        counts = joint_counts(y, self._predict(model_a, X, T), self._predict(model_b, X, T), bins)
+        rows = self._test
+        p_a, p_b = self._predict(model_a, rows), self._predict(model_b, rows)  # type: ignore[arg-type]
+        counts = joint_counts(rows.y, p_a, p_b, bins)  # type: ignore[union-attr]
         self._audit("evaluate_pair", None, kind_a=model_a["kind"], kind_b=model_b["kind"])
         return JointStats(site=self.site, counts=counts)
 
     @staticmethod
-    def _predict(model: dict, X: np.ndarray, T: np.ndarray) -> np.ndarray:
+    def _predict(model: dict, rows: _Rows) -> np.ndarray:
         if model["kind"] == "logistic":
             w = np.asarray(model["weights"])
-            return sigmoid(X @ w[:-1] + w[-1])
+            return sigmoid(rows.linear @ w[:-1] + w[-1])
         if model["kind"] == "xgboost":
             import xgboost as xgb
 
             booster = xgb.Booster()
             booster.load_model(bytearray(model["booster"]))
-            return booster.inplace_predict(T)
+            return booster.inplace_predict(rows.tree)
         raise ValueError(f"unknown model kind {model['kind']!r}")

@@ -25,12 +25,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import PipelineError, QuorumError
 from pipeline.federation.messages import check_reply
 from pipeline.federation.runtime import failure_reason
 from pipeline.splits import VALID_FRACTION
+
+if TYPE_CHECKING:
+    from pipeline.job import JobContext
+    from pipeline.models.tree_model import TreeModel
 
 MAX_ATTEMPTS = 2  # the first try and one retry without the lost sites
 GRACE_S = 20.0  # how long the others may take to notice a broken collective
@@ -280,13 +284,15 @@ def train_collective(
     )
 
 
-def train_federated_xgboost(runtime, cfg, contract, job_id, infos, tracker, say):  # noqa: ANN001, PLR0913
-    """The ``xgboost`` strategy of :func:`pipeline.job.train`; returns a TreeModel.
+def train_federated_xgboost(ctx: JobContext, infos: dict[str, Any]) -> TreeModel:
+    """The ``xgboost`` strategy of :func:`pipeline.job.train`.
 
     Global quantities come from aggregates only: the base score is the prevalence over
     the training sites' label counts (`infos`: their ``load`` replies, by site)."""
     from pipeline.models import trees
     from pipeline.models.tree_model import TreeModel
+
+    runtime, cfg, contract, tracker, say = ctx.runtime, ctx.cfg, ctx.contract, ctx.tracker, ctx.say
 
     x = cfg.training.xgboost
     communicator = resolve_communicator(x.communicator)
@@ -300,7 +306,7 @@ def train_federated_xgboost(runtime, cfg, contract, job_id, infos, tracker, say)
             max_depth=x.max_depth,
             learning_rate=x.learning_rate,
             seed=cfg.training.seed,
-            nthread=1,
+            nthread=x.threads,
         )
 
     tracker.params(
@@ -311,6 +317,7 @@ def train_federated_xgboost(runtime, cfg, contract, job_id, infos, tracker, say)
             "xgboost_learning_rate": x.learning_rate,
             "xgboost_early_stopping_rounds": x.early_stopping_rounds,
             "xgboost_max_bin": x.max_bin,
+            "xgboost_threads_per_site": x.threads or "all cores of the site",
             "xgboost_timeout_s": x.timeout_s,
             "xgboost_server_host": host,
             "xgboost_valid_fraction": VALID_FRACTION,
@@ -318,7 +325,7 @@ def train_federated_xgboost(runtime, cfg, contract, job_id, infos, tracker, say)
     )
     result = train_collective(
         runtime,
-        job_id,
+        ctx.job_id,
         communicator=communicator,
         quorum=cfg.quorum,
         params_for=params_for,

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -180,19 +181,30 @@ def booster_params(
     min_child_weight: float = 1.0,
     reg_lambda: float = 1.0,
     seed: int = 0,
-    nthread: int = 1,
+    nthread: int | None = None,
 ) -> dict[str, Any]:
-    """The XGBoost parameters of a federated job, as :func:`train_worker` expects them."""
-    return {
+    """The XGBoost parameters of a federated job, as :func:`train_worker` expects them.
+
+    Without `nthread` each worker uses every core its process may run on: a hospital's
+    worker owns its node, and the largest site is the one every round waits for."""
+    params = {
         "base_score": base_score,
         "max_depth": max_depth,
         "learning_rate": learning_rate,
         "min_child_weight": min_child_weight,
         "reg_lambda": reg_lambda,
         "seed": seed,
-        "nthread": nthread,
         "eval_metric": "logloss",
     }
+    return params if nthread is None else {**params, "nthread": nthread}
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, as a container or Ray sets it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def training_params(params: Mapping[str, Any], max_bin: int = MAX_BIN) -> dict[str, Any]:
@@ -215,7 +227,8 @@ def training_params(params: Mapping[str, Any], max_bin: int = MAX_BIN) -> dict[s
             f"eval_metric {inexact}: in a collective only {sorted(_EXACT_METRICS)} are the "
             "pooled value (AUC is reduced from per-site parts, not over all rows)"
         )
-    return {"nthread": 1, "eval_metric": "logloss", **params, **_FORCED, "max_bin": max_bin}
+    defaults = {"nthread": available_cores(), "eval_metric": "logloss"}
+    return {**defaults, **params, **_FORCED, "max_bin": max_bin}
 
 
 # -- the site's side -------------------------------------------------------------------
