@@ -193,13 +193,18 @@ class SiteActor:
         )
         if prepare is not None and table is not None:
             key = (float(prepare["test_fraction"]), int(prepare["seed"]))
+            encoding = prepare.get("encoding", "linear")
             try:
                 split = self._split(table.to_pandas(), *key)
                 for rows in split:
-                    rows.encoded(prepare.get("encoding", "linear"))
+                    rows.encoded(encoding)
                 self._prepared = (key, split)
             except Exception:  # noqa: BLE001 - load reads again and reports the error
                 self._prepared = None
+            if encoding == "tree":
+                # Imported now, not in xgb_train, where every rank of the collective
+                # would wait for the slowest site's import.
+                import pipeline.models.trees  # noqa: F401
         return ValidationReply(site=self.site, summary=summary.to_dict())
 
     def load(self, test_fraction: float, seed: int) -> SiteInfo:
