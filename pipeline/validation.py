@@ -730,34 +730,11 @@ def _run_gx(
     return result, docs_error
 
 
-def validate_extract(
-    path: str | Path,
-    contract: Contract,
-    *,
-    site: str,
-    unknown_columns: UnknownColumns = "fail",
-    min_rows: int = 100,
-    leakage_auc: float = 0.98,
-    docs_dir: Path | None = None,
-    write_docs: bool = True,
-) -> ValidationSummary:
+def validate_extract(path: str | Path, contract: Contract, **options: Any) -> ValidationSummary:
     """Validate one site's extract against `contract`; never raises for bad data.
 
-    The full Great Expectations result and its Data Docs are written to `docs_dir`
-    (default: ``<extract>.validation`` beside the extract) for the site's staff, unless
-    `write_docs` is false; the returned summary holds only allow-listed, row-free fields.
-    """
-    summary, _ = validate_table(
-        path,
-        contract,
-        site=site,
-        unknown_columns=unknown_columns,
-        min_rows=min_rows,
-        leakage_auc=leakage_auc,
-        docs_dir=docs_dir,
-        write_docs=write_docs,
-    )
-    return summary
+    The options and what is written are those of :func:`validate_table`."""
+    return validate_table(path, contract, **options)[0]
 
 
 def validate_table(
@@ -771,10 +748,14 @@ def validate_table(
     docs_dir: Path | None = None,
     write_docs: bool = True,
 ) -> tuple[ValidationSummary, pa.Table | None]:
-    """:func:`validate_extract`, plus the table it validated when every check passed.
+    """Validate one site's extract; the summary, and the table when every check passed.
 
-    A site that trains right after validating uses this table, so the rows it trains on
-    are the rows that passed (a file replaced in between is not read) and are read once.
+    Never raises for bad data. The full Great Expectations result and its Data Docs are
+    written to `docs_dir` (default: ``<extract>.validation`` beside the extract) for the
+    site's staff, unless `write_docs` is false; the summary holds only allow-listed,
+    row-free fields. A site that trains right after validating uses the table, so the
+    rows it trains on are the rows that passed (a file replaced in between is not read)
+    and are read once.
     """
     if unknown_columns not in ("warn", "fail"):
         raise ValueError("unknown_columns must be 'warn' or 'fail'")
