@@ -13,12 +13,12 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.config import SitePolicy
-from pipeline.contract import load_contract
+from pipeline.contract import Contract, load_contract
 from pipeline.errors import BudgetError, DataError
 from pipeline.federation.messages import (
     BoosterReply,
@@ -30,6 +30,9 @@ from pipeline.federation.messages import (
     SiteInfo,
     ValidationReply,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 N_SCORE_BINS = 1000
 N_CALIBRATION_BINS = 10
@@ -67,7 +70,7 @@ class _Rows:
     a request first needs it (a job trains one kind, and encoding costs more than
     reading the extract)."""
 
-    def __init__(self, frame: Any, y: np.ndarray, contract: Any) -> None:
+    def __init__(self, frame: pd.DataFrame, y: np.ndarray, contract: Contract) -> None:
         self.frame, self.y, self._contract = frame, y, contract
 
     def __len__(self) -> int:
@@ -232,7 +235,7 @@ class SiteActor:
             positives_train=int(self._train.y.sum()),
         )
 
-    def _split(self, df: Any, test_fraction: float, seed: int) -> tuple[_Rows, _Rows]:
+    def _split(self, df: pd.DataFrame, test_fraction: float, seed: int) -> tuple[_Rows, _Rows]:
         """(train, test) rows, not yet encoded."""
         from pipeline.splits import held_out_mask
 
