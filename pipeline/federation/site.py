@@ -8,8 +8,11 @@ the methods that need them so a site that only validates does not pay for XGBoos
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -33,6 +36,8 @@ from pipeline.federation.messages import (
 
 if TYPE_CHECKING:
     import pandas as pd
+
+log = logging.getLogger(__name__)
 
 N_SCORE_BINS = 1000
 N_CALIBRATION_BINS = 10
@@ -376,6 +381,7 @@ class SiteActor:
         X, y = self._train.tree, self._train.y  # type: ignore[union-attr]
         valid = validation_mask(len(y), seed, valid_fraction)
         tls_dir = tempfile.mkdtemp(prefix="xgb-tls-")  # mode 0700
+        console = io.StringIO()
         try:
             env = dict(env)
             for key, pem in (tls_files or {}).items():
@@ -384,19 +390,24 @@ class SiteActor:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(pem)
                 env[key] = str(path)
-            raw = train_worker(
-                X[~valid],
-                y[~valid].astype(np.float64),
-                X_valid=X[valid],
-                y_valid=y[valid].astype(np.float64),
-                ref_params={"contract": self.contract, "max_bin": max_bin},
-                params=params,
-                num_boost_round=num_boost_round,
-                communicator_env=env,
-                early_stopping_rounds=early_stopping_rounds,
-            )
+            # XGBoost's native console lines ("Task 3 got rank 3" from every rabit
+            # worker) would reach the coordinator's terminal through Ray: kept at debug.
+            with contextlib.redirect_stdout(console):
+                raw = train_worker(
+                    X[~valid],
+                    y[~valid].astype(np.float64),
+                    X_valid=X[valid],
+                    y_valid=y[valid].astype(np.float64),
+                    ref_params={"contract": self.contract, "max_bin": max_bin},
+                    params=params,
+                    num_boost_round=num_boost_round,
+                    communicator_env=env,
+                    early_stopping_rounds=early_stopping_rounds,
+                )
         finally:
             shutil.rmtree(tls_dir, ignore_errors=True)
+            for line in console.getvalue().splitlines():
+                log.debug("site %s, xgboost: %s", self.site, line)
         return BoosterReply(site=self.site, booster=raw)
 
     # -- secure aggregation ------------------------------------------------------------
