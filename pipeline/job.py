@@ -157,6 +157,7 @@ def run_job(
             ray_address=ray_address or cfg.ray.address,
             num_cpus=cfg.ray.num_cpus,
         ) as runtime,
+        _collective_ahead(strategy),
     ):
         clock.seconds["start"] = time.perf_counter() - started
         tracker.tags({"job_id": job_id, "strategy": strategy, "federation": cfg.federation})
@@ -241,6 +242,15 @@ def run_job(
             model=model,
             seconds=dict(clock.seconds),
         )
+
+
+def _collective_ahead(strategy: str) -> contextlib.AbstractContextManager[int | None]:
+    """For trees, the collective server's interpreter starts while the sites validate."""
+    if strategy != "xgboost":
+        return contextlib.nullcontext()
+    from pipeline.models.collective import spare_interpreter
+
+    return spare_interpreter()
 
 
 def reserve_privacy(

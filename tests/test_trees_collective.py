@@ -396,6 +396,19 @@ def test_servers_end_and_free_their_port(federated_job: Job, rabit_job: Job) -> 
             os.kill(job.server_pid, 0)
 
 
+def test_a_server_starts_in_the_spare_interpreter_and_an_unused_spare_ends() -> None:
+    with (
+        collective.spare_interpreter() as spare,
+        collective.RabitServer(2, host="127.0.0.1") as server,
+    ):
+        assert server.pid == spare
+        assert collective.is_listening("127.0.0.1", server.port)
+    with collective.spare_interpreter() as unused:
+        os.kill(unused, 0)  # alive while its job runs
+    with pytest.raises(ProcessLookupError):
+        os.kill(unused, 0)
+
+
 @pytest.mark.slow
 def test_federated_server_refuses_workers_without_a_job_certificate(
     federated_job: Job, rabit_job: Job

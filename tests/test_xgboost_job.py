@@ -120,13 +120,14 @@ def test_a_site_killed_mid_training_is_dropped_and_the_job_retries_without_it(
     ray_session, small_federation: Path, tmp_path: Path, communicator: str
 ) -> None:
     timeout_s = 120.0
-    # Many rounds without early stopping: the collective is still busy when the kill lands.
+    # Many rounds without early stopping: the collective (its server started ahead, its
+    # sites' XGBoost imported while they validated) is still busy when the kill lands.
     cfg = _config(
         small_federation,
         tmp_path,
         communicator=communicator,
-        rounds=400,
-        early_stopping_rounds=400,
+        rounds=2000,
+        early_stopping_rounds=2000,
         timeout_s=timeout_s,
     )
     victim = cfg.sites[1].name
