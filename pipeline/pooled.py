@@ -56,10 +56,11 @@ def train_xgboost(
     cfg: FederationConfig,
     parts: Sequence[tuple[np.ndarray, np.ndarray]],
     *,
-    nthread: int = 1,
+    nthread: int | None = None,
 ):  # -> xgboost.Booster
     """XGBoost on the (tree matrix, labels) parts as one table, as a federated job trains:
-    the same parameters, contract grid, validation rows and early stopping."""
+    the same parameters, contract grid, validation rows and early stopping, and by
+    default, like a site's worker, every core this process may use."""
     from pipeline.models import trees
 
     x, seed = cfg.training.xgboost, cfg.training.seed
