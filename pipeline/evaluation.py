@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -110,12 +111,18 @@ def paired_bootstrap_auc(
     return float(point), float(low), float(high)
 
 
-def plot_roc(metrics: dict[str, Metrics], path: Path) -> Path:
+def pyplot() -> Any:
+    """Matplotlib's pyplot on the file-only Agg backend (jobs run without a display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_roc(metrics: dict[str, Metrics], path: Path) -> Path:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, m in metrics.items():
         ax.plot(*m.roc, label=f"{name} (AUC {m.auc:.3f})")
@@ -129,11 +136,7 @@ def plot_roc(metrics: dict[str, Metrics], path: Path) -> Path:
 
 
 def plot_calibration(metrics: dict[str, Metrics], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, m in metrics.items():
         pred, true, count = m.calibration
@@ -149,11 +152,7 @@ def plot_calibration(metrics: dict[str, Metrics], path: Path) -> Path:
 
 
 def plot_sites(per_site: dict[str, Metrics], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(per_site)
     fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(names)), 3.5))
     ax.bar(names, [per_site[n].auc for n in names], color="tab:blue")

@@ -9,6 +9,7 @@ how a hospital's actor lands on the hospital's node.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -109,10 +110,6 @@ class SiteRuntime:
             self.actors[site.name] = self._spawn(site, f"{self.job_id}:{site.name}")
 
     def _spawn(self, site: SiteConfig, name: str) -> Any:
-        import ray
-
-        from pipeline.federation.site import SiteActor
-
         options: dict[str, Any] = {
             "name": name,
             "num_cpus": 0,
@@ -123,7 +120,7 @@ class SiteRuntime:
             options["resources"] = {site.resource: _RESOURCE_SHARE}
         pinned = {s.name: s.identity_key for s in self.sites if s.identity_key}
         return (
-            ray.remote(SiteActor)
+            _site_actor_class()
             .options(**options)
             .remote(site.name, str(site.path), self.contract_path, site.policy.model_dump(), pinned)
         )
@@ -229,6 +226,18 @@ class SiteRuntime:
                 f"{stage}: only {len(self.active)} site(s) left, quorum is {quorum} "
                 f"(dropped: {lost})"
             )
+
+
+@functools.cache
+def _site_actor_class() -> Any:
+    """The site actor as a Ray actor class, made once per process: Ray exports a class
+    (hashing its disassembled code, 80 ms) each time one is made, and once per Ray
+    session for a class it has seen."""
+    import ray
+
+    from pipeline.federation.site import SiteActor
+
+    return ray.remote(SiteActor)
 
 
 def _kill(actor: Any) -> None:

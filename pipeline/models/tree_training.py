@@ -389,11 +389,9 @@ def train_federated_xgboost(ctx: JobContext, infos: dict[str, Any]) -> TreeModel
 
 def plot_importance(importance: dict[str, float], path: Path) -> Path:
     """Horizontal bars of global feature importance (average gain per split)."""
-    import matplotlib
+    from pipeline.evaluation import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     items = sorted(importance.items(), key=lambda kv: kv[1])
     fig, ax = plt.subplots(figsize=(6, max(3, 0.3 * len(items))))
     ax.barh([k for k, _ in items], [v for _, v in items], color="tab:green")
