@@ -7,10 +7,13 @@ calls last, after every stage completed.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,8 @@ os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 CHALLENGER = "challenger"
+
+log = logging.getLogger(__name__)
 
 
 def artifact_root(tracking_uri: str) -> str | None:
@@ -115,10 +120,14 @@ class JobTracker:
 
         # MLflow warns that a Python-object model is pickled (this one holds only paths) and
         # that no signature was inferred (the contract checks input instead): both known.
-        quiet = logging.getLogger("mlflow")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)
-        with tempfile.TemporaryDirectory() as tmp:
+        # It also prints its registry steps straight to stderr, between the job's own
+        # progress lines; they go to this module's debug log (the job reports the version).
+        printed = io.StringIO()
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            _mlflow_level(logging.ERROR),
+            contextlib.redirect_stderr(printed),
+        ):
             spec = Path(tmp) / "model.json"
             spec.write_text(json.dumps(model.to_dict()))
             artifacts = {"contract": contract_path, "model": str(spec)}
@@ -133,12 +142,24 @@ class JobTracker:
                 registered_model_name=model_name,
                 pip_requirements=_requirements(),
             )
-        quiet.setLevel(level)
+        for line in printed.getvalue().splitlines():
+            log.debug("mlflow: %s", line)
         version = str(info.registered_model_version)
         client = mlflow.MlflowClient()
         client.set_registered_model_alias(model_name, CHALLENGER, version)
         self.model_version = version
         return version
+
+
+@contextlib.contextmanager
+def _mlflow_level(level: int) -> Iterator[None]:
+    logger = logging.getLogger("mlflow")
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def _requirements() -> list[str]:
