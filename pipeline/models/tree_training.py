@@ -235,49 +235,56 @@ def train_collective(
     `params_for(sites)` gives the XGBoost parameters for a set of sites (the base score
     is the prevalence of exactly the sites that train); `reload(sites)` loads the
     extracts of sites whose actor was restarted."""
+    from pipeline.models.collective import spare_interpreter
+
     lost: dict[str, str] = {}
     ports: list[int] = []
     pids: list[int] = []
-    for n in range(1, MAX_ATTEMPTS + 1):
-        runtime.require_quorum(quorum, "XGBoost training")
-        sites = list(runtime.active)
-        say(f"xgboost attempt {n}: {len(sites)} sites as ranks, {communicator} communicator")
-        attempt = run_attempt(
-            runtime,
-            job_id,
-            sites,
-            communicator,
-            {**train_kwargs, "params": params_for(sites)},
-            timeout_s=timeout_s,
-            grace_s=grace_s,
-            host=host,
-        )
-        lost.update(attempt.lost)
-        ports += [attempt.port] if attempt.port is not None else []
-        pids += [attempt.server_pid] if attempt.server_pid is not None else []
-        if not attempt.failed:
-            return CollectiveResult(
-                booster=agreed_booster(attempt.boosters),
-                sites=sites,
-                communicator=communicator,
-                attempts=n,
-                lost=lost,
-                seconds=attempt.seconds,
-                ports=tuple(ports),
-                server_pids=tuple(pids),
+    with contextlib.ExitStack() as spares:
+        for n in range(1, MAX_ATTEMPTS + 1):
+            runtime.require_quorum(quorum, "XGBoost training")
+            sites = list(runtime.active)
+            say(f"xgboost attempt {n}: {len(sites)} sites as ranks, {communicator} communicator")
+            attempt = run_attempt(
+                runtime,
+                job_id,
+                sites,
+                communicator,
+                {**train_kwargs, "params": params_for(sites)},
+                timeout_s=timeout_s,
+                grace_s=grace_s,
+                host=host,
             )
-        detail = "; ".join(f"{s}: {r}" for s, r in attempt.failed.items())
-        say(f"xgboost attempt {n} failed ({detail})")
-        if not attempt.lost:
-            raise CollectiveError(f"XGBoost training failed at every site: {detail}")
-        if attempt.restarted:
-            say(f"xgboost: fresh actors for {attempt.restarted}, stuck in the broken collective")
-            reload(attempt.restarted)
-        if len(runtime.active) < quorum:
-            raise QuorumError(
-                f"XGBoost training: {len(runtime.active)} site(s) left after losing "
-                f"{sorted(attempt.lost)}, quorum is {quorum} ({detail})"
-            )
+            lost.update(attempt.lost)
+            ports += [attempt.port] if attempt.port is not None else []
+            pids += [attempt.server_pid] if attempt.server_pid is not None else []
+            if not attempt.failed:
+                return CollectiveResult(
+                    booster=agreed_booster(attempt.boosters),
+                    sites=sites,
+                    communicator=communicator,
+                    attempts=n,
+                    lost=lost,
+                    seconds=attempt.seconds,
+                    ports=tuple(ports),
+                    server_pids=tuple(pids),
+                )
+            detail = "; ".join(f"{s}: {r}" for s, r in attempt.failed.items())
+            say(f"xgboost attempt {n} failed ({detail})")
+            if not attempt.lost:
+                raise CollectiveError(f"XGBoost training failed at every site: {detail}")
+            if len(runtime.active) < quorum:
+                raise QuorumError(
+                    f"XGBoost training: {len(runtime.active)} site(s) left after losing "
+                    f"{sorted(attempt.lost)}, quorum is {quorum} ({detail})"
+                )
+            if n < MAX_ATTEMPTS:
+                # The retry's server interpreter starts while restarted sites reload.
+                spares.enter_context(spare_interpreter())
+            if attempt.restarted:
+                stuck = attempt.restarted
+                say(f"xgboost: fresh actors for {stuck}, stuck in the broken collective")
+                reload(stuck)
     raise CollectiveError(
         f"XGBoost training failed after {MAX_ATTEMPTS} attempts; lost sites: "
         + "; ".join(f"{s}: {r}" for s, r in lost.items())
