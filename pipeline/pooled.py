@@ -18,7 +18,7 @@ from pipeline.config import FederationConfig
 from pipeline.contract import Contract, load_contract
 from pipeline.extract import read_frame
 from pipeline.features import FeatureEncoder
-from pipeline.splits import held_out_mask, validation_mask
+from pipeline.splits import train_test, validation_mask
 
 
 @dataclass(frozen=True)
@@ -39,13 +39,16 @@ def site_rows(cfg: FederationConfig) -> tuple[Contract, list[SiteRows]]:
     out = []
     for site in cfg.sites:
         df = read_frame(site.path, contract.arrow_schema)
-        is_test = held_out_mask(
-            df[contract.key.name], cfg.training.seed, cfg.training.test_fraction
+        (train, train_y), (test, test_y) = train_test(
+            df, contract, cfg.training.seed, cfg.training.test_fraction
         )
-        T, y = encoder.tree_matrix(df), contract.labels(df).astype(np.float64)
         out.append(
             SiteRows(
-                site.name, T[~is_test], y[~is_test], df[is_test].reset_index(drop=True), y[is_test]
+                site.name,
+                encoder.tree_matrix(train),
+                train_y.astype(np.float64),
+                test.reset_index(drop=True),
+                test_y.astype(np.float64),
             )
         )
     return contract, out

@@ -6,10 +6,16 @@ and every strategy (and every benchmark baseline) sees the same rows in each par
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 
+if TYPE_CHECKING:  # pragma: no cover
+    from pipeline.contract import Contract
+
 VALID_FRACTION = 0.1
+Part = tuple[pd.DataFrame, np.ndarray]  # rows (raw contract columns) and their labels
 
 
 def held_out_mask(keys: pd.Series, seed: int, fraction: float) -> np.ndarray:
@@ -19,6 +25,16 @@ def held_out_mask(keys: pd.Series, seed: int, fraction: float) -> np.ndarray:
         raise ValueError(f"test fraction must be in (0, 1), got {fraction}")
     h = pd.util.hash_pandas_object(keys.astype(str), index=False, hash_key=f"{seed:016d}"[-16:])
     return (h.to_numpy() % 10_000) < int(fraction * 10_000)
+
+
+def train_test(
+    df: pd.DataFrame, contract: Contract, seed: int, fraction: float
+) -> tuple[Part, Part]:
+    """A site's (train, held-out) rows and labels, by :func:`held_out_mask`: what the
+    site's actor trains and evaluates on, and what a pooled baseline pools."""
+    is_test = held_out_mask(df[contract.key.name], seed, fraction)
+    y = contract.labels(df)
+    return (df[~is_test], y[~is_test]), (df[is_test], y[is_test])
 
 
 def validation_mask(n: int, seed: int, fraction: float = VALID_FRACTION) -> np.ndarray:

@@ -242,14 +242,10 @@ class SiteActor:
 
     def _split(self, df: pd.DataFrame, test_fraction: float, seed: int) -> tuple[_Rows, _Rows]:
         """(train, test) rows, not yet encoded."""
-        from pipeline.splits import held_out_mask
+        from pipeline.splits import train_test
 
-        is_test = held_out_mask(df[self.contract.key.name], seed, test_fraction)
-        y = self.contract.labels(df)
-        return (
-            _Rows(df[~is_test], y[~is_test], self.contract),
-            _Rows(df[is_test], y[is_test], self.contract),
-        )
+        train, test = train_test(df, self.contract, seed, test_fraction)
+        return _Rows(*train, self.contract), _Rows(*test, self.contract)
 
     def _require_data(self) -> None:
         if self._train is None:
