@@ -22,7 +22,14 @@ import numpy as np
 from pipeline.config import FederationConfig
 from pipeline.contract import Contract, load_contract
 from pipeline.errors import BudgetError
-from pipeline.evaluation import Metrics, combine, plot_calibration, plot_roc, plot_sites
+from pipeline.evaluation import (
+    Metrics,
+    combine,
+    plot_calibration,
+    plot_roc,
+    plot_sites,
+    pyplot,
+)
 from pipeline.federation.runtime import SiteRuntime
 from pipeline.validation import ValidationSummary, admit
 
@@ -273,8 +280,6 @@ def _ahead(strategy: str) -> Iterator[Callable[[], None]]:
 
 def _import_ahead(trees: bool) -> None:
     """Import ahead of need; a failure shows where the module is used, not here."""
-    from pipeline.evaluation import pyplot
-
     with contextlib.suppress(Exception):
         pyplot()
         if trees:
