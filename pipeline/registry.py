@@ -8,7 +8,6 @@ calls last, after every stage completed.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
@@ -16,6 +15,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from pipeline.console import printed_to_debug
 
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -122,11 +123,10 @@ class JobTracker:
         # that no signature was inferred (the contract checks input instead): both known.
         # It also prints its registry steps straight to stderr, between the job's own
         # progress lines; they go to this module's debug log (the job reports the version).
-        printed = io.StringIO()
         with (
             tempfile.TemporaryDirectory() as tmp,
             _mlflow_level(logging.ERROR),
-            contextlib.redirect_stderr(printed),
+            printed_to_debug(log, "mlflow", "stderr"),
         ):
             spec = Path(tmp) / "model.json"
             spec.write_text(json.dumps(model.to_dict()))
@@ -142,8 +142,6 @@ class JobTracker:
                 registered_model_name=model_name,
                 pip_requirements=_requirements(),
             )
-        for line in printed.getvalue().splitlines():
-            log.debug("mlflow: %s", line)
         version = str(info.registered_model_version)
         client = mlflow.MlflowClient()
         client.set_registered_model_alias(model_name, CHALLENGER, version)

@@ -8,9 +8,7 @@ the methods that need them so a site that only validates does not pay for XGBoos
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import json
 import logging
 import os
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.config import SitePolicy
+from pipeline.console import printed_to_debug
 from pipeline.contract import Contract, load_contract
 from pipeline.errors import BudgetError, DataError
 from pipeline.federation.messages import (
@@ -377,7 +376,6 @@ class SiteActor:
         X, y = self._train.tree, self._train.y  # type: ignore[union-attr]
         valid = validation_mask(len(y), seed, valid_fraction)
         tls_dir = tempfile.mkdtemp(prefix="xgb-tls-")  # mode 0700
-        console = io.StringIO()
         try:
             env = dict(env)
             for key, pem in (tls_files or {}).items():
@@ -386,9 +384,7 @@ class SiteActor:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(pem)
                 env[key] = str(path)
-            # XGBoost's native console lines ("Task 3 got rank 3" from every rabit
-            # worker) would reach the coordinator's terminal through Ray: kept at debug.
-            with contextlib.redirect_stdout(console):
+            with printed_to_debug(log, f"site {self.site}, xgboost"):
                 raw = train_worker(
                     X[~valid],
                     y[~valid].astype(np.float64),
@@ -402,8 +398,6 @@ class SiteActor:
                 )
         finally:
             shutil.rmtree(tls_dir, ignore_errors=True)
-            for line in console.getvalue().splitlines():
-                log.debug("site %s, xgboost: %s", self.site, line)
         return BoosterReply(site=self.site, booster=raw)
 
     # -- secure aggregation ------------------------------------------------------------
