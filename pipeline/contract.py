@@ -62,6 +62,7 @@ class Feature(_Strict):
     max_missing_rate: float = Field(0.0, ge=0.0, le=1.0)
     missing_codes: list[float] = Field(default_factory=list)
     plausible_median: tuple[float, float] | None = None
+    display_name: str | None = None
     description: str = ""
 
     @model_validator(mode="after")
@@ -81,6 +82,11 @@ class Feature(_Strict):
         if not self.nullable and self.max_missing_rate > 0:
             raise ValueError(f"feature {self.name!r}: max_missing_rate > 0 needs nullable: true")
         return self
+
+    @property
+    def label(self) -> str:
+        """The name a clinician reads (the contract's ``display_name``, else the column)."""
+        return self.display_name or self.name.replace("_", " ")
 
     @property
     def arrow_type(self) -> pa.DataType:
@@ -150,6 +156,62 @@ class SourceSpec(_Strict):
     label_from: LabelRule | None = None
 
 
+class RiskBand(_Strict):
+    """One band of predicted risk: probabilities below ``upper`` (and at or above the band
+    before it) are this band. What it means is the contract's, so a task brings its own."""
+
+    name: str
+    upper: float = Field(gt=0, le=1.0)
+    meaning: str = ""
+
+
+DEFAULT_RISK_BANDS = (
+    RiskBand(name="low", upper=0.10, meaning="below 10 %: routine care"),
+    RiskBand(name="moderate", upper=0.25, meaning="10-25 %: lifestyle advice, recheck sooner"),
+    RiskBand(name="high", upper=1.0, meaning="25 % or more: act on the risk"),
+)
+
+
+class Subgroup(_Strict):
+    """Patients reported on separately (fairness and transport checks): one group per
+    category of a categorical ``column``, or one per band between consecutive ``edges`` of
+    a numeric one (the last band includes its upper edge)."""
+
+    name: str
+    column: str
+    edges: list[float] | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    def group_names(self, feature: Feature) -> list[str]:
+        if self.edges is not None:
+            e = self.edges
+            last = len(e) - 2
+            return [
+                f"{self.name} {e[i]:g} to {'' if i == last else '<'}{e[i + 1]:g}"
+                for i in range(len(e) - 1)
+            ]
+        cats = [str(c) for c in feature.categories or []]
+        return [f"{self.name} {self.labels.get(c, c)}" for c in cats]
+
+    def masks(self, feature: Feature, values: pd.Series) -> list[np.ndarray]:
+        """One boolean mask per group, in :meth:`group_names` order; a missing value is in
+        no group."""
+        if self.edges is not None:
+            x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+            e = self.edges
+            out = []
+            for i in range(len(e) - 1):
+                upper = x <= e[i + 1] if i == len(e) - 2 else x < e[i + 1]
+                with np.errstate(invalid="ignore"):
+                    out.append((x >= e[i]) & upper)
+            return out
+        cats = list(feature.categories or [])
+        if feature.dtype == "string":
+            return [(values == c).to_numpy(dtype=bool, na_value=False) for c in cats]
+        x = pd.to_numeric(values, errors="coerce")
+        return [(x == float(c)).to_numpy(dtype=bool, na_value=False) for c in cats]
+
+
 class Contract(_Strict):
     """A parsed, checked data contract. Build it with :func:`load_contract`."""
 
@@ -164,6 +226,8 @@ class Contract(_Strict):
     identifiers_denylist: list[str] = Field(default_factory=list)
     source: SourceSpec | None = None
     features: list[Feature]
+    risk_bands: list[RiskBand] = Field(default_factory=lambda: list(DEFAULT_RISK_BANDS))
+    subgroups: list[Subgroup] = Field(default_factory=list)
     path: str | None = None
 
     @model_validator(mode="after")
@@ -178,6 +242,20 @@ class Contract(_Strict):
         for rule in self.cohort.exclude:
             if rule.column not in names:
                 raise ValueError(f"cohort rule names unknown column {rule.column!r}")
+        uppers = [b.upper for b in self.risk_bands]
+        if not uppers or uppers != sorted(set(uppers)) or uppers[-1] != 1.0:
+            raise ValueError("risk_bands: upper bounds must increase and the last must be 1.0")
+        features = {f.name: f for f in self.features}
+        for group in self.subgroups:
+            f = features.get(group.column)
+            if f is None:
+                raise ValueError(f"subgroup {group.name!r} names unknown feature {group.column!r}")
+            if group.edges is None and f.kind != "categorical":
+                raise ValueError(f"subgroup {group.name!r}: a {f.kind} column needs edges")
+            if group.edges is not None and (
+                len(group.edges) < 2 or group.edges != sorted(set(group.edges))
+            ):
+                raise ValueError(f"subgroup {group.name!r}: edges must increase")
         return self
 
     # -- columns -----------------------------------------------------------------------
@@ -208,6 +286,28 @@ class Contract(_Strict):
         fields += [pa.field(f.name, f.arrow_type, nullable=f.nullable) for f in self.features]
         fields.append(pa.field(self.label.name, _ARROW_TYPES[self.label.dtype], nullable=False))
         return pa.schema(fields)
+
+    def risk_band(self, p: np.ndarray) -> np.ndarray:
+        """The band name of each probability."""
+        uppers = np.array([b.upper for b in self.risk_bands])
+        names = np.array([b.name for b in self.risk_bands])
+        idx = np.searchsorted(uppers, np.asarray(p, dtype=float), side="right")
+        return names[idx.clip(max=len(names) - 1)]
+
+    def subgroup_masks(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Every declared subgroup's rows: group name -> boolean mask."""
+        out: dict[str, np.ndarray] = {}
+        for group in self.subgroups:
+            f = self.feature(group.column)
+            for name, mask in zip(
+                group.group_names(f), group.masks(f, df[group.column]), strict=True
+            ):
+                out[name] = mask
+        return out
+
+    @property
+    def subgroup_names(self) -> list[str]:
+        return [n for g in self.subgroups for n in g.group_names(self.feature(g.column))]
 
     # -- cohort ------------------------------------------------------------------------
     def cohort_violations(self, df: pd.DataFrame) -> np.ndarray:

@@ -22,6 +22,8 @@ os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 CHALLENGER = "challenger"
+CHAMPION = "champion"
+PREVIOUS_CHAMPION = "previous-champion"
 
 log = logging.getLogger(__name__)
 
@@ -174,3 +176,33 @@ def _requirements() -> list[str]:
         "xgboost",
     ]
     return [f"{n}=={version(n)}" for n in names]
+
+
+def registry_client(tracking_uri: str) -> Any:
+    """An MLflow client on the federation's tracking and registry store."""
+    import mlflow
+
+    use_tracking(tracking_uri)
+    return mlflow.MlflowClient(tracking_uri, tracking_uri)
+
+
+def alias_version(client: Any, model_name: str, alias: str) -> str | None:
+    """The version an alias points at, or None when the alias (or the model) is unset."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def move_champion(client: Any, model_name: str, version: str) -> str | None:
+    """Make `version` the champion; the champion it replaces becomes `previous-champion`
+    (so a rollback is one alias move). Returns the replaced version, if any."""
+    former = alias_version(client, model_name, CHAMPION)
+    if former == str(version):
+        return former
+    if former is not None:
+        client.set_registered_model_alias(model_name, PREVIOUS_CHAMPION, former)
+    client.set_registered_model_alias(model_name, CHAMPION, str(version))
+    return former
