@@ -3,6 +3,7 @@ package, and turns the project's errors into a readable message and an exit code
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable
@@ -29,8 +30,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(log_path=False)
+err_console = Console(stderr=True, log_path=False)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="federation config YAML")]
 
@@ -99,11 +100,16 @@ def validate(
 ) -> None:
     """Validate every site's extract inside the site; exit 0 when the quorum holds."""
     from pipeline.config import load_config
+    from pipeline.console import stdout_to_stderr
     from pipeline.report import print_validation, site_progress
     from pipeline.validation_job import run_validation
 
     cfg = load_config(config)
-    with site_progress(console, "validating at the sites", len(cfg.sites)) as advance:
+    out = err_console if as_json else console  # under --json, stdout holds the JSON alone
+    with (
+        stdout_to_stderr() if as_json else contextlib.nullcontext(),
+        site_progress(out, "validating at the sites", len(cfg.sites)) as advance,
+    ):
         summaries, admitted, quarantined = run_validation(
             cfg, ray_address=ray_address, on_site=advance
         )
@@ -119,7 +125,7 @@ def validate(
             f"{cfg.quorum} needed"
         )
         raise typer.Exit(1)
-    console.print(f"[green]quorum met:[/] {len(admitted)} of {len(cfg.sites)} sites admitted")
+    out.print(f"[green]quorum met:[/] {len(admitted)} of {len(cfg.sites)} sites admitted")
 
 
 @app.command()
@@ -132,21 +138,24 @@ def train(
     rounds: Annotated[int | None, typer.Option(min=1, help="training rounds")] = None,
     ray_address: Annotated[str | None, typer.Option(help="join this Ray cluster")] = None,
 ) -> None:
-    """Train a global model across the sites, track it in MLflow and register it."""
+    """Train a global model across the sites, track it in MLflow, register it as the
+    challenger and let the promotion gate decide whether it becomes the champion."""
     from pipeline.config import STRATEGIES, load_config
     from pipeline.job import run_job
-    from pipeline.report import print_job
+    from pipeline.report import job_progress, print_job
 
     if model is not None and model not in STRATEGIES:
         raise typer.BadParameter(f"--model must be one of {', '.join(STRATEGIES)}")
     cfg = load_config(config)
-    result = run_job(
-        cfg,
-        strategy=model,
-        rounds=rounds,
-        ray_address=ray_address,
-        progress=lambda msg: console.log(msg),
-    )
+    with job_progress(console) as (say, on_round):
+        result = run_job(
+            cfg,
+            strategy=model,
+            rounds=rounds,
+            ray_address=ray_address,
+            progress=say,
+            on_round=on_round,
+        )
     print_job(console, result)
 
 
@@ -158,6 +167,61 @@ def budget(config: ConfigOpt) -> None:
     from pipeline.report import print_budget
 
     print_budget(console, load_config(config))
+
+
+@app.command()
+@_friendly
+def models(
+    config: ConfigOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="print the versions as JSON")] = False,
+) -> None:
+    """Registered versions with their aliases, strategy, epsilon, sites, AUC and
+    calibration, newest first."""
+    from pipeline.config import load_config
+    from pipeline.registry import list_versions, registry_client
+    from pipeline.report import print_models
+
+    cfg = load_config(config)
+    rows = list_versions(registry_client(cfg.tracking_uri), cfg.mlflow.model_name)
+    if as_json:
+        import json
+
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        print_models(console, cfg.mlflow.model_name, rows)
+
+
+@app.command()
+@_friendly
+def promote(
+    config: ConfigOpt,
+    version: Annotated[str, typer.Option(help="the version to make the champion")],
+    reason: Annotated[str, typer.Option(help="why, for the record (required)")],
+) -> None:
+    """Make a version the champion by hand, past the gate; recorded as such."""
+    from pipeline.config import load_config
+    from pipeline.promotion import promote as promote_version
+
+    cfg = load_config(config)
+    former = promote_version(cfg, version, reason)
+    console.print(
+        f"version [bold]{version}[/] is the champion (promoted by hand)"
+        + (f"; version {former} is previous-champion" if former and former != version else "")
+    )
+
+
+@app.command()
+@_friendly
+def rollback(config: ConfigOpt) -> None:
+    """Move the champion back to the previous champion."""
+    from pipeline.config import load_config
+    from pipeline.promotion import rollback as roll_back
+
+    restored, demoted = roll_back(load_config(config))
+    console.print(
+        f"version [bold]{restored}[/] is the champion again"
+        + (f"; version {demoted} is previous-champion" if demoted else "")
+    )
 
 
 @app.command()

@@ -5,6 +5,7 @@ with its data."""
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -112,6 +113,36 @@ class TrainingConfig(_Strict):
     xgboost: XGBoostConfig = Field(default_factory=XGBoostConfig)
 
 
+class GateConfig(_Strict):
+    """The promotion gate: when a challenger becomes the champion."""
+
+    auc_margin: float = Field(
+        0.005, ge=0, description="how much lower than the champion's AUC is still accepted"
+    )
+    auc_floor: float = Field(0.70, ge=0, le=1, description="AUC a first champion must reach")
+    calibration_slope: tuple[float, float] = (0.8, 1.2)
+    calibration_intercept: float = Field(
+        0.2, ge=0, description="largest |calibration-in-the-large|, log-odds"
+    )
+
+    @field_validator("calibration_slope")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError("calibration_slope must be [low, high] with 0 < low <= high")
+        return v
+
+    def policy(self):  # -> pipeline.gate.GatePolicy
+        from pipeline.gate import GatePolicy
+
+        return GatePolicy(
+            auc_margin=self.auc_margin,
+            auc_floor=self.auc_floor,
+            slope_range=self.calibration_slope,
+            intercept_max=self.calibration_intercept,
+        )
+
+
 class RayConfig(_Strict):
     address: str | None = None
     num_cpus: int | None = None
@@ -128,6 +159,7 @@ class FederationConfig(_Strict):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     path: Path | None = None
 
@@ -156,8 +188,14 @@ class FederationConfig(_Strict):
 
     @property
     def tracking_uri(self) -> str:
-        """Default: the local store `mlruns/mlflow.db` in the working directory."""
-        return self.mlflow.tracking_uri or f"sqlite:///{Path('mlruns').resolve()}/mlflow.db"
+        """The config's ``mlflow.tracking_uri``, else ``MLFLOW_TRACKING_URI`` (the team's
+        server, as every MLflow tool reads it), else the local store
+        ``mlruns/mlflow.db`` in the working directory."""
+        return (
+            self.mlflow.tracking_uri
+            or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{Path('mlruns').resolve()}/mlflow.db"
+        )
 
 
 def load_config(path: str | Path) -> FederationConfig:

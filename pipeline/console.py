@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import sys
 from collections.abc import Iterator
 from typing import Literal
 
@@ -28,3 +30,24 @@ def printed_to_debug(
     finally:
         for line in printed.getvalue().splitlines():
             log.debug("%s: %s", label, line)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Inside the block, everything written to standard output goes to standard error:
+    Python's prints, native libraries' and the lines Ray forwards from its workers (at the
+    file-descriptor level, since those do not go through ``sys.stdout``). For commands
+    whose standard output is data (``--json``): only what is written after the block
+    reaches it."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    previous = sys.stdout
+    try:
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stdout = previous
+        os.dup2(saved, 1)
+        os.close(saved)

@@ -28,6 +28,19 @@ def list_partitions(path: str | Path) -> list[str]:
     return files
 
 
+def partition_values(path: str | Path, key: str) -> tuple[str, ...]:
+    """The sorted values of hive partition `key` (``key=value`` folders) among an
+    extract's files; empty for a single file or an unpartitioned folder."""
+    root = Path(path)
+    values = set()
+    for f in list_partitions(root):
+        for part in Path(f).relative_to(root).parts[:-1] if root.is_dir() else ():
+            name, sep, value = part.partition("=")
+            if sep and name == key:
+                values.add(value)
+    return tuple(sorted(values))
+
+
 def read_table(path: str | Path, schema: pa.Schema | None = None) -> pa.Table:
     """The extract as one Arrow table (hive partition keys are not columns).
 

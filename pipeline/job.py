@@ -20,69 +20,51 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.config import FederationConfig
-from pipeline.contract import Contract, load_contract
+from pipeline.context import JobContext, Progress, RoundProgress, StageClock
+from pipeline.contract import load_contract
 from pipeline.errors import BudgetError
 from pipeline.evaluation import (
+    Evaluation,
     Metrics,
-    combine,
+    Suppressed,
     plot_calibration,
     plot_roc,
     plot_sites,
+    plot_subgroups,
     pyplot,
 )
 from pipeline.federation.runtime import SiteRuntime
 from pipeline.validation import ValidationSummary, admit
 
 if TYPE_CHECKING:
-    from pipeline.registry import JobTracker
+    from pipeline.gate import Decision
 
-Progress = Callable[[str], None]
 LOGISTIC_STRATEGIES = ("logistic", "dp-logistic", "dp-fedavg")
-
-
-@dataclass
-class StageClock:
-    """Wall seconds per stage of one job, in order: where an operator sees its time go."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-
-@dataclass(frozen=True)
-class JobContext:
-    """What every training strategy of one job works with."""
-
-    runtime: SiteRuntime
-    cfg: FederationConfig
-    contract: Contract
-    job_id: str
-    tracker: JobTracker
-    say: Progress
 
 
 @dataclass(frozen=True)
 class JobResult:
-    """What a completed job produced (a failed job raises instead)."""
+    """What a completed job produced (a failed job raises instead).
+
+    ``evaluation`` is the job's model on the held-out rows; ``champion_evaluation`` the
+    champion of the time on the same rows (None without a comparable champion);
+    ``per_site`` each site's own AUC (:class:`Suppressed` for a small site)."""
 
     job_id: str
     strategy: str
     run_id: str
     model_version: str | None
     metrics: Metrics
-    per_site: dict[str, Metrics]
+    per_site: dict[str, float | Suppressed]
     admitted: list[str]
     quarantined: dict[str, list[str]]
     dropped: dict[str, str]
     privacy: dict[str, tuple[float, float]] = field(default_factory=dict)
     model: object = None
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
+    evaluation: Evaluation | None = None
+    champion_evaluation: Evaluation | None = None
+    decision: Decision | None = None
 
 
 def validate_sites(
@@ -145,10 +127,22 @@ def run_job(
     rounds: int | None = None,
     ray_address: str | None = None,
     progress: Progress | None = None,
+    on_round: RoundProgress | None = None,
     register: bool = True,
 ) -> JobResult:
     """Run one federated training job. Raises a PipelineError when it cannot complete;
-    the MLflow run is then marked FAILED with the reason and nothing is registered."""
+    the MLflow run is then marked FAILED with the reason and nothing is registered.
+
+    With `register`, the model is registered as the challenger and the promotion gate
+    decides, from an evaluation of it and the champion on the same held-out rows,
+    whether it becomes the champion. `progress(msg)` hears each stage, `on_round(done,
+    total)` each training round."""
+    from pipeline.promotion import (
+        Champion,
+        current_champion,
+        models_to_evaluate,
+        register_and_gate,
+    )
     from pipeline.registry import JobTracker
 
     strategy = strategy or cfg.training.model
@@ -170,6 +164,7 @@ def run_job(
             num_cpus=cfg.ray.num_cpus,
         ) as runtime,
         _ahead(strategy) as ready,
+        tempfile.TemporaryDirectory(prefix="champion-") as workdir,
     ):
         clock.seconds["start"] = time.perf_counter() - started
         tracker.tags({"job_id": job_id, "strategy": strategy, "federation": cfg.federation})
@@ -214,47 +209,100 @@ def run_job(
             )
             say(f"privacy reserved: epsilon {planned['epsilon']:g} per site, sigma {sigma:.2f}")
 
+        ctx = JobContext(runtime, cfg, contract, job_id, tracker, say, on_round)
         with clock.stage("training"):
-            ctx = JobContext(runtime, cfg, contract, job_id, tracker, say)
             model = train(ctx, strategy, infos.ok, rounds=rounds, sigma=sigma, clip=clip)
 
         with clock.stage("evaluation"):
-            say("evaluating on held-out rows at every site")
-            evals = runtime.call("evaluate", model.site_payload())
-            runtime.require_quorum(cfg.quorum, "evaluation")
-            metrics = combine(evals.ok.values())
-            per_site = {s: combine([e]) for s, e in evals.ok.items()}
-            tracker.metrics(metrics.as_dict("test_"))
-            for site, m in per_site.items():
-                tracker.metrics({f"site_auc.{site}": m.auc})
+            # Without registration there is no decision to make: the model alone.
+            champion = current_champion(cfg, contract, Path(workdir)) if register else Champion()
+            against = f" and champion {champion.version}" if champion.payload else ""
+            say(f"evaluating the model{against} on held-out rows at every site (secure sum)")
+            evaluations = evaluate(ctx, models_to_evaluate(model, champion))
+            challenger = evaluations["challenger"]
             tracker.tags({"dropped_sites": ",".join(sorted(runtime.dropped)) or "none"})
             tracker.json(runtime.dropped, "dropped_sites.json")
             tracker.json(
                 {s: {"epsilon": e, "delta": d} for s, (e, d) in spend.items()},
                 "privacy_spend.json",
             )
-            _log_plots(tracker, strategy, metrics, per_site)
 
-        version = None
+        version, decision = None, None
         if register:
             with clock.stage("registration"):
-                version = tracker.register(model, str(cfg.contract), cfg.mlflow.model_name)
-            say(f"registered {cfg.mlflow.model_name} version {version}")
+                version, decision = register_and_gate(
+                    ctx,
+                    model,
+                    evaluations,
+                    champion,
+                    summaries,
+                    strategy=strategy,
+                    tags=_version_tags(ctx, strategy, planned, challenger, infos.ok),
+                )
+            say(f"registered {cfg.mlflow.model_name} version {version}: {decision.summary()}")
         tracker.metrics({f"seconds.{stage}": s for stage, s in clock.seconds.items()})
         return JobResult(
             job_id=job_id,
             strategy=strategy,
             run_id=tracker.run_id or "",
             model_version=version,
-            metrics=metrics,
-            per_site=per_site,
+            metrics=challenger.overall,
+            per_site=dict(challenger.sites),
             admitted=admitted,
             quarantined=quarantined,
             dropped=dict(runtime.dropped),
             privacy=spend,
             model=model,
             seconds=dict(clock.seconds),
+            evaluation=challenger,
+            champion_evaluation=evaluations.get("champion"),
+            decision=decision,
         )
+
+
+def evaluate(ctx: JobContext, models: dict[str, dict]) -> dict[str, Evaluation]:
+    """Evaluate `models` (name -> site payload) on the sites' held-out rows through the
+    secure sum, and log the metrics, the evaluation and its plots on the run."""
+    from pipeline.federation.secure_eval import evaluate_models
+
+    runtime, tracker = ctx.runtime, ctx.tracker
+    evaluations = evaluate_models(
+        runtime, ctx.contract, models, eval_id=f"{ctx.job_id}:eval", quorum=ctx.cfg.quorum
+    )
+    runtime.require_quorum(ctx.cfg.quorum, "evaluation")
+    for name, ev in evaluations.items():
+        prefix = "test_" if name == "challenger" else f"{name}_test_"
+        tracker.metrics({k: v for k, v in ev.overall.as_dict(prefix).items() if np.isfinite(v)})
+    challenger = evaluations["challenger"]
+    for site, auc in challenger.sites.items():
+        if not isinstance(auc, Suppressed):
+            tracker.metrics({f"site_auc.{site}": auc})
+    for group, m in challenger.subgroups.items():
+        if not isinstance(m, Suppressed):
+            key = group.replace(" ", "_").replace("<", "lt")
+            tracker.metrics({f"group_auc.{key}": m.auc})
+    tracker.json({n: ev.to_dict() for n, ev in evaluations.items()}, "evaluation.json")
+    _log_plots(tracker, evaluations)
+    return evaluations
+
+
+def _version_tags(
+    ctx: JobContext, strategy: str, planned: dict, ev: Evaluation, infos: dict[str, Any]
+) -> dict[str, str]:
+    """What ``pipeline models`` lists for a version without opening its run."""
+    months = sorted({m for i in infos.values() for m in i.partitions})
+    m = ev.overall
+    return {
+        "strategy": strategy,
+        "job_id": ctx.job_id,
+        "epsilon": f"{planned.get('epsilon', 0.0):g}",
+        "delta": f"{planned.get('delta', 0.0):g}",
+        "sites": ",".join(sorted(ev.sites)),
+        "test_auc": f"{m.auc:.4f}",
+        "calibration_slope": f"{m.calibration_slope:.3f}",
+        "calibration_intercept": f"{m.calibration_intercept:+.3f}",
+        "data_window": f"{months[0]}..{months[-1]}" if months else "",
+    }
 
 
 @contextlib.contextmanager
@@ -355,8 +403,8 @@ def train(
         secure = open_secure_session(runtime, job_id, cfg.quorum)
 
     def on_round(r: int, weights: np.ndarray, sites: list[str]) -> None:
-        if r % 5 == 4 or r == rounds - 1:
-            say(f"round {r + 1}/{rounds}: {len(sites)} sites")
+        if ctx.on_round is not None:
+            ctx.on_round(r + 1, rounds)
         ctx.tracker.metrics(
             {"sites_in_round": len(sites), "weight_norm": float(np.linalg.norm(weights))}, step=r
         )
@@ -376,11 +424,14 @@ def train(
     return LogisticModel(contract, weights)
 
 
-def _log_plots(tracker, strategy: str, metrics: Metrics, per_site: dict[str, Metrics]) -> None:  # noqa: ANN001
+def _log_plots(tracker, evaluations: dict[str, Evaluation]) -> None:  # noqa: ANN001
+    challenger = evaluations["challenger"]
+    overall = {name: ev.overall for name, ev in evaluations.items()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        tracker.artifact(plot_roc({strategy: metrics}, tmp_path / "roc.png"), "plots")
+        tracker.artifact(plot_roc(overall, tmp_path / "roc.png"), "plots")
+        tracker.artifact(plot_calibration(overall, tmp_path / "calibration.png"), "plots")
+        tracker.artifact(plot_sites(challenger.sites, tmp_path / "per_site_auc.png"), "plots")
         tracker.artifact(
-            plot_calibration({strategy: metrics}, tmp_path / "calibration.png"), "plots"
+            plot_subgroups(challenger.subgroups, tmp_path / "subgroup_auc.png"), "plots"
         )
-        tracker.artifact(plot_sites(per_site, tmp_path / "per_site_auc.png"), "plots")

@@ -13,10 +13,17 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.console import printed_to_debug
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.contract import Contract
+    from pipeline.gate import Decision
 
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -115,8 +122,15 @@ class JobTracker:
         mlflow.log_artifact(str(path), folder)
 
     # -- registry ----------------------------------------------------------------------
-    def register(self, model: Any, contract_path: str, model_name: str) -> str:
-        """Log the pyfunc risk model and register it as a new version, aliased challenger."""
+    def register(
+        self,
+        model: Any,
+        contract_path: str,
+        model_name: str,
+        tags: dict[str, str] | None = None,
+    ) -> str:
+        """Log the pyfunc risk model and register it as a new version, aliased challenger,
+        with `tags` on the version (what ``pipeline models`` lists without opening runs)."""
         import mlflow
 
         from pipeline.serving import RiskModel
@@ -146,6 +160,8 @@ class JobTracker:
             )
         version = str(info.registered_model_version)
         client = mlflow.MlflowClient()
+        for key, value in (tags or {}).items():
+            client.set_model_version_tag(model_name, version, key, str(value))
         client.set_registered_model_alias(model_name, CHALLENGER, version)
         self.model_version = version
         return version
@@ -206,3 +222,142 @@ def move_champion(client: Any, model_name: str, version: str) -> str | None:
         client.set_registered_model_alias(model_name, PREVIOUS_CHAMPION, former)
     client.set_registered_model_alias(model_name, CHAMPION, str(version))
     return former
+
+
+class RegistryError(PipelineError):
+    """A registry request that cannot be done (unknown version, no previous champion)."""
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A registered version loaded for evaluation in a job (not for serving)."""
+
+    version: str
+    run_id: str
+    model: Any  # LogisticModel or TreeModel
+    contract: Contract
+
+
+def load_version(client: Any, model_name: str, version: str, workdir: Path) -> RegisteredModel:
+    """A version's model object, built from its logged artifacts with the project's own
+    code (not the copy bundled with the model: loading that through pyfunc would put a
+    second ``pipeline`` package on this process's path)."""
+    import mlflow
+    import yaml
+
+    from pipeline.contract import load_contract
+    from pipeline.serving import build_model
+
+    mv = client.get_model_version(model_name, version)
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{model_name}/{version}", dst_path=str(workdir)
+        )
+    )
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    artifacts = {k: str(local / v["path"]) for k, v in flavor["artifacts"].items()}
+    contract = load_contract(artifacts["contract"])
+    spec = json.loads(Path(artifacts["model"]).read_text())
+    return RegisteredModel(
+        str(version), mv.run_id, build_model(contract, spec, artifacts), contract
+    )
+
+
+def apply_decision(client: Any, model_name: str, version: str, decision: Decision) -> str | None:
+    """Record the gate's decision as tags on the version and, when it promotes, move the
+    champion alias (the replaced champion becomes previous-champion). Returns the
+    replaced champion's version, if any."""
+    tags = {"gate.decision": decision.outcome, "gate.summary": decision.summary()[:5000]}
+    for c in decision.criteria:
+        tags[f"gate.{c.name}"] = f"{'pass' if c.passed else 'FAIL'}: {c.value} (rule: {c.rule})"
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    if decision.promote:
+        return move_champion(client, model_name, version)
+    return None
+
+
+def promote_by_hand(
+    client: Any, model_name: str, version: str, *, reason: str, by: str
+) -> str | None:
+    """Make `version` the champion past the gate, recorded as such on the version and its
+    run (who, when, why). Returns the replaced champion's version, if any."""
+    if not reason.strip():
+        raise RegistryError("a promotion by hand needs a reason")
+    mv = _version(client, model_name, version)
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    record = {"promotion": "manual", "promotion.by": by, "promotion.at": when}
+    record["promotion.reason"] = reason[:5000]
+    for key, value in record.items():
+        client.set_model_version_tag(model_name, str(version), key, value)
+        client.set_tag(mv.run_id, key, value)
+    return move_champion(client, model_name, str(version))
+
+
+def rollback(client: Any, model_name: str) -> tuple[str, str | None]:
+    """Move `champion` back to `previous-champion`; the demoted champion becomes the
+    previous one, so a second rollback undoes the first. Returns (restored, demoted)."""
+    previous = alias_version(client, model_name, PREVIOUS_CHAMPION)
+    if previous is None:
+        raise RegistryError(f"{model_name} has no {PREVIOUS_CHAMPION} to roll back to")
+    demoted = move_champion(client, model_name, previous)
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    client.set_model_version_tag(model_name, previous, "rollback.restored_at", when)
+    if demoted is not None:
+        client.set_model_version_tag(model_name, demoted, "rollback.demoted_at", when)
+    return previous, demoted
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """One registered version as ``pipeline models`` lists it."""
+
+    version: str
+    aliases: list[str]
+    created: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "aliases": self.aliases,
+            "created": self.created,
+            **{k: self.tags[k] for k in sorted(self.tags)},
+        }
+
+
+def list_versions(client: Any, model_name: str) -> list[VersionRow]:
+    """Every version of `model_name`, newest first, with its aliases and tags."""
+    from mlflow.exceptions import MlflowException
+
+    versions = client.search_model_versions(f"name='{model_name}'")
+    if not versions:
+        return []
+    try:
+        aliases = dict(client.get_registered_model(model_name).aliases or {})
+    except MlflowException:
+        aliases = {}
+    by_version: dict[str, list[str]] = {}
+    for alias, version in aliases.items():
+        by_version.setdefault(str(version), []).append(alias)
+    rows = []
+    for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC)
+        rows.append(
+            VersionRow(
+                version=str(mv.version),
+                aliases=sorted(by_version.get(str(mv.version), [])),
+                created=created.isoformat(timespec="seconds"),
+                tags=dict(mv.tags or {}),
+            )
+        )
+    return rows
+
+
+def _version(client: Any, model_name: str, version: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(model_name, str(version))
+    except MlflowException:
+        raise RegistryError(f"{model_name} has no version {version}") from None

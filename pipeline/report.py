@@ -54,28 +54,118 @@ def print_validation(console: Console, summaries: dict) -> None:
 
 
 def print_job(console: Console, result) -> None:  # noqa: ANN001
+    """The job's model on the held-out rows (overall, by site, by subgroup) and, when it
+    was registered, the gate's decision with each criterion."""
+    from pipeline.evaluation import Suppressed
+
     m = result.metrics
-    table = Table(title=f"job {result.job_id} ({result.strategy})")
-    table.add_column("site")
-    table.add_column("held-out rows", justify="right")
-    table.add_column("AUC", justify="right")
-    table.add_column("epsilon spent", justify="right")
-    for site, sm in result.per_site.items():
+    table = Table(title=f"job {result.job_id} ({result.strategy}): held-out rows")
+    for col in ("site / group", "AUC", "calibration slope", "epsilon spent"):
+        table.add_column(col, justify="left" if col == "site / group" else "right")
+    for site, auc in result.per_site.items():
         eps = result.privacy.get(site, (0.0, 0.0))[0]
-        table.add_row(site, f"{sm.n:,}", f"{sm.auc:.3f}", f"{eps:g}")
-    table.add_row("[bold]all sites", f"[bold]{m.n:,}", f"[bold]{m.auc:.3f}", "")
+        shown = "suppressed" if isinstance(auc, Suppressed) else f"{auc:.3f}"
+        table.add_row(site, shown, "", f"{eps:g}")
+    if result.evaluation is not None:
+        for group, g in result.evaluation.subgroups.items():
+            if isinstance(g, Suppressed):
+                table.add_row(f"[dim]{group}", "suppressed", "", "")
+            else:
+                table.add_row(f"[dim]{group}", f"{g.auc:.3f}", f"{g.calibration_slope:.2f}", "")
+    table.add_row(
+        "[bold]all patients", f"[bold]{m.auc:.3f}", f"[bold]{m.calibration_slope:.2f}", ""
+    )
     console.print(table)
     console.print(
-        f"log loss {m.log_loss:.4f} · Brier {m.brier:.4f} · prevalence {m.prevalence:.3f} · "
-        f"mean predicted {m.mean_predicted:.3f}"
+        f"{m.n:,} patients · AUPRC {m.auprc:.3f} · Brier {m.brier:.4f} · log loss "
+        f"{m.log_loss:.4f} · calibration-in-the-large {m.calibration_intercept:+.3f} · "
+        f"O/E {m.oe_ratio:.2f}"
     )
     for site, why in result.dropped.items():
         console.print(f"[yellow]dropped[/] {site}: {why}")
     if result.model_version:
         console.print(
-            f"registered version [bold]{result.model_version}[/] (alias challenger), "
-            f"MLflow run {result.run_id}"
+            f"registered version [bold]{result.model_version}[/], MLflow run {result.run_id}"
         )
+    if result.decision is not None:
+        print_decision(console, result.decision, result.model_version)
+
+
+def print_decision(console: Console, decision, version: str | None) -> None:  # noqa: ANN001
+    colour = "green" if decision.promote else "yellow"
+    verdict = "is the new champion" if decision.promote else "stays challenger"
+    console.print(f"[bold {colour}]gate: version {version} {verdict}[/]")
+    for c in decision.criteria:
+        mark = "[green]pass[/]" if c.passed else "[red]FAIL[/]"
+        console.print(f"  {mark} {c.name}: {c.value}  [dim](rule: {c.rule})[/]")
+
+
+def print_models(console: Console, model_name: str, rows) -> None:  # noqa: ANN001
+    """`pipeline models`: every version with its aliases and what it was judged on."""
+    table = Table(title=f"registered versions of {model_name}")
+    for col in (
+        "version",
+        "aliases",
+        "strategy",
+        "epsilon",
+        "sites",
+        "AUC",
+        "cal. slope",
+        "cal. intercept",
+        "gate",
+        "created",
+    ):
+        table.add_column(col, justify="right" if col in ("version", "epsilon", "AUC") else "left")
+    for r in rows:
+        t = r.tags
+        gate = t.get("gate.decision", "-")
+        if t.get("promotion") == "manual":
+            gate += " (promoted by hand)"
+        aliases = ", ".join(f"[bold]{a}[/]" if a == "champion" else a for a in r.aliases)
+        table.add_row(
+            r.version,
+            aliases or "-",
+            t.get("strategy", "-"),
+            t.get("epsilon", "-"),
+            str(len(t["sites"].split(","))) if t.get("sites") else "-",
+            t.get("test_auc", "-"),
+            t.get("calibration_slope", "-"),
+            t.get("calibration_intercept", "-"),
+            gate,
+            r.created.replace("T", " ").removesuffix("+00:00"),
+        )
+    console.print(table)
+
+
+@contextlib.contextmanager
+def job_progress(
+    console: Console,
+) -> Iterator[tuple[Callable[[str], None], Callable[[int, int], None]]]:
+    """(say, on_round) for a job: stage messages as timed lines, training rounds as one
+    progress bar (made when the first round ends)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn("training rounds"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    task: list = []
+
+    def on_round(done: int, total: int) -> None:
+        if not task:
+            bar.start()
+            task.append(bar.add_task("rounds", total=total))
+        bar.update(task[0], completed=done)
+        if done >= total:
+            bar.stop()
+
+    try:
+        yield (lambda msg: console.log(msg)), on_round
+    finally:
+        bar.stop()
 
 
 def print_budget(console: Console, cfg) -> None:  # noqa: ANN001

@@ -450,15 +450,14 @@ def _physical_type_results(
         good = got == fld.type or pa.types.is_null(got)
         if good:
             ok.add(fld.name)
-        results.append(
-            ExpectationResult(
-                PHYSICAL_TYPE,
-                fld.name,
-                good,
-                rule=f"physical type {fld.type}"
-                + ("" if good else f" (the file has {got}; rule: column type)"),
-            )
-        )
+        rule = f"physical type {fld.type}"
+        if not good:
+            rule += f" (the file has {got}; rule: column type"
+            if fld.name == contract.label.name:
+                lab = contract.label
+                rule += f"; the label is coded {lab.positive} = positive, {lab.negative} = negative"
+            rule += ")"
+        results.append(ExpectationResult(PHYSICAL_TYPE, fld.name, good, rule=rule))
     return results, ok
 
 
@@ -646,12 +645,14 @@ def _leak_scores(values: pd.Series, y: np.ndarray) -> list[float]:
 
 
 def _leakage_results(
-    df: pd.DataFrame, contract: Contract, threshold: float
+    df: pd.DataFrame, contract: Contract, threshold: float, typed: set[str]
 ) -> list[ExpectationResult]:
     """Columns that predict the label almost perfectly on their own. Only the column and the
-    rule are reported, never the AUC or anything it was computed from."""
+    rule are reported, never the AUC or anything it was computed from. A label of the
+    wrong physical type (text such as "yes"/"no") is that check's finding, with its column
+    and rule; there is no label to test leakage against."""
     label = contract.label.name
-    if label not in df.columns:
+    if label not in df.columns or label not in typed:
         return []
     lab = df[label]
     y = lab.to_numpy(dtype=np.float64, na_value=np.nan) == contract.label.positive
@@ -789,7 +790,7 @@ def validate_table(
             results += _summarize_gx(gx_result)
             if docs_error:
                 warns.append(docs_error)
-            results += _leakage_results(df, contract, leakage_auc)
+            results += _leakage_results(df, contract, leakage_auc, ok_types)
     except Exception as exc:  # noqa: BLE001 - a broken extract must not stop the site
         errors.append(f"{path}: validation could not run ({type(exc).__name__})")
     passed = not errors and all(r.success for r in results)

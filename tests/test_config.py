@@ -50,3 +50,16 @@ def test_unknown_keys_are_refused(tmp_path: Path) -> None:
     path.write_text("sites:\n  - {name: a, path: x, colour: red}\n")
     with pytest.raises(ConfigError, match="colour"):
         load_config(path)
+
+
+def test_the_tracking_uri_is_the_config_then_the_environment_then_mlruns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "fed.yaml"
+    path.write_text("sites:\n  - {name: a, path: a}\n")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert load_config(path).tracking_uri.endswith("/mlruns/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert load_config(path).tracking_uri == "http://tracking.example:5000"
+    path.write_text("sites:\n  - {name: a, path: a}\nmlflow: {tracking_uri: sqlite:///x.db}\n")
+    assert load_config(path).tracking_uri == "sqlite:///x.db"

@@ -31,20 +31,20 @@ def four_sites(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return config
 
 
-def _kill_site_when(ray, site: str, trigger: str) -> tuple[list[str], callable]:
-    """A progress callback that kills `site`'s actor the first time `trigger` is said."""
+def _kill_site_at_round(ray, site: str, at: int) -> tuple[list[str], callable]:
+    """An `on_round` callback that kills `site`'s actor once round `at` has ended."""
     said: list[str] = []
 
-    def progress(msg: str) -> None:
-        said.append(msg)
-        if trigger in msg and not any("killed" in s for s in said):
+    def on_round(done: int, total: int) -> None:
+        said.append(f"round {done}/{total}")
+        if done == at and not any("killed" in s for s in said):
             for actor in ray.util.list_named_actors(all_namespaces=True):
                 name = actor["name"] if isinstance(actor, dict) else actor
                 if name.endswith(f":{site}"):
                     ray.kill(ray.get_actor(name, namespace=actor.get("namespace")))
                     said.append(f"killed {name}")
 
-    return said, progress
+    return said, on_round
 
 
 def test_logistic_job_registers_a_model_that_reloads_identically(
@@ -66,8 +66,8 @@ def test_logistic_job_registers_a_model_that_reloads_identically(
 def test_killed_site_is_dropped_and_the_job_finishes(ray_session, four_sites, tmp_path) -> None:
     cfg = load_config(make_config(four_sites, tmp_path, min_sites=2, training={"rounds": 10}))
     victim = cfg.sites[1].name
-    said, progress = _kill_site_when(ray_session, victim, "round 5/")
-    result = run_job(cfg, strategy="dp-fedavg", progress=progress)
+    said, on_round = _kill_site_at_round(ray_session, victim, 5)
+    result = run_job(cfg, strategy="dp-fedavg", on_round=on_round)
     assert any(s.startswith("killed") for s in said)
     assert victim in result.dropped
     assert victim not in result.per_site
@@ -79,9 +79,9 @@ def test_killed_site_is_dropped_and_the_job_finishes(ray_session, four_sites, tm
 
 def test_unmet_quorum_fails_cleanly_and_registers_nothing(ray_session, four_sites, tmp_path):
     cfg = load_config(make_config(four_sites, tmp_path, min_sites=4))
-    said, progress = _kill_site_when(ray_session, cfg.sites[0].name, "round 5/")
+    said, on_round = _kill_site_at_round(ray_session, cfg.sites[0].name, 5)
     with pytest.raises(QuorumError, match="quorum is 4"):
-        run_job(cfg, strategy="logistic", progress=progress)
+        run_job(cfg, strategy="logistic", on_round=on_round)
     client = mlflow.MlflowClient(cfg.tracking_uri)
     runs = client.search_runs(client.get_experiment_by_name("tests").experiment_id)
     assert [r.info.status for r in runs] == ["FAILED"]

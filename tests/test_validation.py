@@ -134,6 +134,25 @@ def test_corruption_is_rejected(
     assert ValidationSummary.from_dict(summary.to_dict()) == summary
 
 
+def test_a_text_label_is_named_with_its_rule_not_a_crash(
+    victim: Path, contract: Contract, tmp_path: Path
+) -> None:
+    """A label written as "yes"/"no" fails the label column's type rule, said as such;
+    validation itself runs to the end (no "could not run" error)."""
+    import pyarrow.compute as pc
+
+    table = read_table(victim)
+    words = pc.if_else(pc.equal(table["diabetes_5y"], 1), "yes", "no")
+    path = write(set_values(table, "diabetes_5y", words), tmp_path / "extract")
+    summary = _validate(path, contract)
+    assert not summary.passed
+    assert summary.errors == ()
+    assert summary.reasons() == [
+        "diabetes_5y: physical type int8 (the file has string; rule: column type; "
+        "the label is coded 1 = positive, 0 = negative)"
+    ]
+
+
 def test_unknown_columns_can_be_allowed(victim: Path, contract: Contract, tmp_path: Path) -> None:
     table = read_table(victim).append_column("clinic_code", pa.array(["a"] * len_(victim)))
     path = write(table, tmp_path / "extract")

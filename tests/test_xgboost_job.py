@@ -115,15 +115,22 @@ def _kill_during_training(ray, site: str, after_s: float):
     return said, progress
 
 
+@pytest.fixture(scope="module")
+def four_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four sites: one can be lost and three remain, as the secure evaluation needs."""
+    config, _ = synthesize(tmp_path_factory.mktemp("fed4x"), sites=4, rows=6000, seed=13)
+    return config
+
+
 @pytest.mark.parametrize("communicator", ["federated", "rabit"])
 def test_a_site_killed_mid_training_is_dropped_and_the_job_retries_without_it(
-    ray_session, small_federation: Path, tmp_path: Path, communicator: str
+    ray_session, four_small: Path, tmp_path: Path, communicator: str
 ) -> None:
     timeout_s = 120.0
     # Many rounds without early stopping: the collective (its server started ahead, its
     # sites' XGBoost imported while they validated) is still busy when the kill lands.
     cfg = _config(
-        small_federation,
+        four_small,
         tmp_path,
         communicator=communicator,
         rounds=2000,
@@ -257,7 +264,7 @@ def test_a_value_planted_at_one_site_reaches_no_split_and_no_reply(
     assert not result.dropped and not result.quarantined
     kinds = {type(r) for r in replies}
     assert {messages.ValidationReply, messages.SiteInfo, messages.BoosterReply} <= kinds
-    assert messages.EvalStats in kinds
+    assert messages.MaskedEvaluation in kinds and messages.EvalStats not in kinds
     booster = result.model.booster_
     grid = trees.contract_grid(result.model.contract, cfg.training.xgboost.max_bin)
     assert booster.attr(trees.GRID_ATTR) == trees.grid_digest(grid)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from pipeline.errors import QuorumError
 from pipeline.federation.aggregate import mean_gradient, weighted_average
-from pipeline.federation.runtime import SiteRuntime
+from pipeline.federation.runtime import Replies, SiteRuntime
 from pipeline.federation.strategy import ServerOptimizer
 
 log = logging.getLogger(__name__)
@@ -62,20 +63,25 @@ def open_secure_session(runtime: SiteRuntime, job_id: str, quorum: int) -> Secur
     return session
 
 
-def _secure_sum(
+def secure_sum_round(
     runtime: SiteRuntime,
     session: SecureSession,
     round_: int,
     quorum: int,
-    call: Callable[[dict | None], dict],
-) -> tuple[np.ndarray, list[str]]:
-    """One secure-sum round; restarts with fresh masks without any site that dropped."""
+    call: Callable[[dict | None], Replies],
+    *,
+    stage: str | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """One secure-sum round: `call(secure)` asks the sites for masked replies; returns
+    the unmasked sum and the replies it summed, by site. Restarts with fresh masks
+    without any site that dropped."""
     from pipeline.federation.secure_sum import VerifiedRoster, unmask_sum, verify_roster
 
     attempt = 0
     while True:
         runtime.require_quorum(
-            max(quorum, 3), f"round {round_}: secure aggregation needs at least 3 sites;"
+            max(quorum, 3),
+            f"{stage or f'round {round_}'}: secure aggregation needs at least 3 sites;",
         )
         sites = runtime.active
         roster = [session.roster[s] for s in sites]
@@ -86,7 +92,7 @@ def _secure_sum(
         replies = call(secure)
         if not replies.failed and set(replies.ok) == set(sites):
             masked = {s: r.masked for s, r in replies.ok.items()}
-            return unmask_sum(masked, verified), sites
+            return unmask_sum(masked, verified), replies.ok
         session.restarts += 1
         attempt += 1
         log.warning("round %d: restarting without %s", round_, sorted(replies.failed))
@@ -115,7 +121,7 @@ def gradient_rounds(
     }
     for round_ in range(plan.rounds):
         if secure is not None:
-            total, sites = _secure_sum(
+            total, summed = secure_sum_round(
                 runtime,
                 secure,
                 round_,
@@ -124,6 +130,7 @@ def gradient_rounds(
                     "logistic_gradient", job_id, w, round_=r, secure=sec, **kwargs
                 ),
             )
+            sites = list(summed)
             grad_sum, count = total[:-1], total[-1]
             gradient = grad_sum / max(count, 1.0)
         else:

@@ -21,6 +21,7 @@ class SiteInfo:
     n_train: int
     n_test: int
     positives_train: int
+    partitions: tuple[str, ...] = ()  # the extract's partition values (follow-up months)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,17 @@ class EvalStats:
 
 
 @dataclass(frozen=True)
+class MaskedEvaluation:
+    """Evaluation statistics of one or more models, masked for the secure sum, and each
+    model's AUC on this site's own held-out rows (None where the site has fewer than 11
+    patients in a class: suppressed at the site)."""
+
+    site: str
+    masked: np.ndarray
+    auc: dict[str, float | None]
+
+
+@dataclass(frozen=True)
 class JointStats:
     """Row counts by (label, risk bin of model a, risk bin of model b): a fixed-size table
     that lets two models be compared with a paired bootstrap without any row leaving."""
@@ -95,6 +107,7 @@ ALLOWED_REPLIES = (
     MaskedUpdate,
     PublicKeyReply,
     EvalStats,
+    MaskedEvaluation,
     JointStats,
     BoosterReply,
 )

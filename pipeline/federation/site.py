@@ -26,6 +26,7 @@ from pipeline.federation.messages import (
     BoosterReply,
     EvalStats,
     JointStats,
+    MaskedEvaluation,
     MaskedUpdate,
     ModelUpdate,
     PublicKeyReply,
@@ -237,7 +238,16 @@ class SiteActor:
             n_train=n_train,
             n_test=n_test,
             positives_train=int(self._train.y.sum()),
+            partitions=self._partitions(),
         )
+
+    def _partitions(self) -> tuple[str, ...]:
+        """The values of the contract's partition key among the extract's files (the
+        follow-up months it holds): file names, not rows."""
+        from pipeline.extract import partition_values
+
+        key = self.contract.cohort.partition
+        return partition_values(self.extract, key) if key else ()
 
     def _split(self, df: pd.DataFrame, test_fraction: float, seed: int) -> tuple[_Rows, _Rows]:
         """(train, test) rows, not yet encoded."""
@@ -428,8 +438,32 @@ class SiteActor:
         return MaskedUpdate(site=self.site, masked=masked)
 
     # -- evaluation --------------------------------------------------------------------
+    def evaluate_models(
+        self, eval_id: str, models: dict[str, dict], *, secure: dict
+    ) -> MaskedEvaluation:
+        """Evaluation statistics of every model in `models` (name -> payload) on this
+        site's held-out rows, for the whole cohort and each of the contract's subgroups,
+        masked for the secure sum (keys from ``public_key(eval_id)``): the coordinator sees
+        only the pooled statistics. Each model's own AUC here is released as a number
+        only when both classes hold at least 11 patients."""
+        from pipeline.evaluation import site_auc, stats_vector
+
+        self._require_data()
+        rows = self._test
+        groups = list(self.contract.subgroup_masks(rows.frame).values())  # type: ignore[union-attr]
+        vectors, aucs = [], {}
+        for name, model in models.items():
+            p = self._predict(model, rows)  # type: ignore[arg-type]
+            vectors.append(stats_vector(rows.y, p, groups))  # type: ignore[union-attr]
+            aucs[name] = site_auc(rows.y, p)  # type: ignore[union-attr]
+        self._audit("evaluate_models", eval_id, models=",".join(models))
+        masked = self._masked(eval_id, np.concatenate(vectors), secure)
+        return MaskedEvaluation(site=self.site, masked=masked.masked, auc=aucs)
+
     def evaluate(self, model: dict, split: str = "test") -> EvalStats:
-        """Metric sufficient statistics of a global model on this site's held-out rows."""
+        """Plain per-site score histograms of a model, for benchmarks that compare a
+        site's own model with the federation's (a job evaluates with
+        :meth:`evaluate_models`, whose statistics only the secure sum reveals)."""
         self._require_data()
         rows = self._test if split == "test" else self._train
         self._audit("evaluate", None, kind=model["kind"], split=split)

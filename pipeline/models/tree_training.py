@@ -33,7 +33,7 @@ from pipeline.federation.runtime import failure_reason
 from pipeline.splits import VALID_FRACTION
 
 if TYPE_CHECKING:
-    from pipeline.job import JobContext
+    from pipeline.context import JobContext
     from pipeline.models.tree_model import TreeModel
 
 MAX_ATTEMPTS = 2  # the first try and one retry without the lost sites

@@ -1,0 +1,122 @@
+"""Champion and challenger on real Ray and MLflow: the gate promotes a better model and
+keeps a worse one with the failed criterion named, previous-champion follows, a failed
+job moves nothing, rollback and promotion by hand are one command each, and every
+registered version has a model card."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import make_config
+
+from pipeline.config import load_config
+from pipeline.errors import BudgetError
+from pipeline.job import run_job
+from pipeline.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, alias_version
+from pipeline.synth import synthesize
+
+pytestmark = pytest.mark.slow
+PIPELINE = str(Path(sys.executable).parent / "pipeline")
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [PIPELINE, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
+def _aliases(client, name: str = "diabetes-risk") -> dict[str, str | None]:
+    return {a: alias_version(client, name, a) for a in (CHAMPION, PREVIOUS_CHAMPION, CHALLENGER)}
+
+
+def test_the_gate_promotes_better_models_keeps_worse_ones_and_rollback_restores(
+    ray_session, tmp_path: Path
+) -> None:
+    base, _ = synthesize(tmp_path / "data", sites=4, rows=8000, seed=21)
+    config = make_config(base, tmp_path, training={"rounds": 60})
+    cfg = load_config(config)
+    client = mlflow.MlflowClient(cfg.tracking_uri, cfg.tracking_uri)
+
+    # 1. The first model, trained from the CLI: above the floor and calibrated.
+    train = _cli("train", "--config", str(config), "--model", "logistic", cwd=tmp_path)
+    assert "gate: version 1 is the new champion" in train.stdout
+    assert "auc_floor" in train.stdout
+    assert "training rounds" in train.stdout and "60/60" in train.stdout
+    assert "round 5/" not in train.stdout  # one bar, not a line every five rounds
+    assert ".py:" not in train.stdout  # no source path at the end of progress lines
+    assert _aliases(client) == {CHAMPION: "1", PREVIOUS_CHAMPION: None, CHALLENGER: "1"}
+    first_auc = client.get_run(client.get_model_version("diabetes-risk", "1").run_id).data
+    first_auc = first_auc.metrics["test_auc"]
+
+    # 2. A clearly worse challenger (one round of training) stays challenger.
+    worse = run_job(cfg, strategy="logistic", rounds=1)
+    assert worse.model_version == "2" and not worse.decision.promote
+    assert "auc" in {c.name for c in worse.decision.failed()}
+    # Judged against the champion on the very rows the champion was first evaluated on.
+    assert worse.champion_evaluation.overall.auc == pytest.approx(first_auc, abs=1e-9)
+    tags = client.get_model_version("diabetes-risk", "2").tags
+    assert tags["gate.decision"] == "kept" and tags["gate.auc"].startswith("FAIL")
+    assert _aliases(client) == {CHAMPION: "1", PREVIOUS_CHAMPION: None, CHALLENGER: "2"}
+
+    # 3. A better one becomes champion; the former champion is previous-champion.
+    better = run_job(cfg, strategy="xgboost")
+    assert better.decision.promote, better.decision.summary()
+    assert better.metrics.auc > better.champion_evaluation.overall.auc
+    assert _aliases(client) == {CHAMPION: "3", PREVIOUS_CHAMPION: "1", CHALLENGER: "3"}
+    run = client.get_run(better.run_id)
+    assert run.data.tags["gate.decision"] == "promoted"
+    gate = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/gate.json"))
+    assert {c["name"] for c in gate["criteria"]} == {
+        "auc",
+        "calibration_slope",
+        "calibration_intercept",
+        "validation",
+        "privacy_budget",
+    }
+    card = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/model_card.md")
+    for section in ("Intended use", "Data window", "sex female", "age 65 to 90", "Risk bands"):
+        assert section in card, section
+    assert "**promoted** (compared with champion version 1)" in card
+    assert "gradient and hessian histograms" in card  # what the aggregator sees, for trees
+
+    # 4. A failed job registers nothing and moves no alias.
+    over = load_config(make_config(base, tmp_path, privacy={"epsilon_budget": 0.5}))
+    with pytest.raises(BudgetError):
+        run_job(over, strategy="dp-fedavg")
+    assert len(client.search_model_versions("name='diabetes-risk'")) == 3
+    assert _aliases(client) == {CHAMPION: "3", PREVIOUS_CHAMPION: "1", CHALLENGER: "3"}
+
+    # 5. Rollback: the former champion is back, in one command.
+    back = _cli("rollback", "--config", str(config), cwd=tmp_path)
+    assert "version 1 is the champion again" in back.stdout
+    assert _aliases(client)[CHAMPION] == "1" and _aliases(client)[PREVIOUS_CHAMPION] == "3"
+
+    # 6. Promotion by hand, past the gate, recorded as such; the listing shows it all.
+    _cli("promote", "--config", str(config), "--version", "2", "--reason", "audit", cwd=tmp_path)
+    assert _aliases(client)[CHAMPION] == "2"
+    tags = client.get_model_version("diabetes-risk", "2").tags
+    assert tags["promotion"] == "manual" and tags["promotion.reason"] == "audit"
+    listed = json.loads(_cli("models", "--config", str(config), "--json", cwd=tmp_path).stdout)
+    assert [v["version"] for v in listed] == ["3", "2", "1"]
+    by_version = {v["version"]: v for v in listed}
+    assert by_version["2"]["aliases"] == [CHAMPION]
+    assert by_version["1"]["aliases"] == [PREVIOUS_CHAMPION]
+    assert by_version["3"]["aliases"] == [CHALLENGER]
+    assert (
+        by_version["3"]["strategy"] == "xgboost" and by_version["3"]["gate.decision"] == "promoted"
+    )
+    table = _cli("models", "--config", str(config), cwd=tmp_path).stdout
+    assert "champion" in table and "promoted by hand" in table
