@@ -68,7 +68,6 @@ def _print_registry(console: Console, cfg) -> None:  # noqa: ANN001
     if champion is None:
         console.print("[yellow]no version passed the promotion gate: there is no champion[/]")
     else:
-        console.print(
-            f"champion: [bold]{name} version {champion}[/]; its model card is the run's "
-            f"model_card.md (`pipeline models --config {cfg.path}`)"
-        )
+        run = client.get_run(client.get_model_version(name, champion).run_id)
+        card = f"{run.info.artifact_uri}/model_card.md".removeprefix("file://")
+        console.print(f"champion: [bold]{name} version {champion}[/]; model card: {card}")

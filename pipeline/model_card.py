@@ -210,10 +210,11 @@ def _privacy(p: dict, strategy: str) -> list[str]:
         f"- **What the aggregator sees:** {sees}.",
         "- **Evaluation:** sites send masked statistics; only their sum over sites is "
         "decoded. No row and no single site's histogram leaves a site.",
-        f"- **Secure aggregation of training updates:** {p.get('secure_aggregation', '?')}",
-        "",
     ]
-    return out
+    if strategy in ("logistic", "dp-fedavg"):
+        on = str(p.get("secure_aggregation", "")).lower() == "true"
+        out.append(f"- **Secure aggregation of training updates:** {'on' if on else 'off'}")
+    return [*out, ""]
 
 
 def _limitations(contract: Contract) -> list[str]:
