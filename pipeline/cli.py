@@ -55,16 +55,44 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 def synth(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("data/synthetic"),
     sites: Annotated[int, typer.Option(min=1, help="number of hospitals")] = 4,
-    rows: Annotated[int, typer.Option(min=100, help="rows over all hospitals")] = 20_000,
+    rows: Annotated[
+        int | None,
+        typer.Option(
+            min=100,
+            help="rows over all hospitals [default: 20000; with --append: an average month]",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     months: Annotated[int, typer.Option(min=1, help="follow-up-close months")] = 12,
     until: Annotated[str, typer.Option(help="last follow-up-close month, YYYY-MM")] = "2026-09",
+    append: Annotated[
+        bool, typer.Option("--append", help="add one month of newly closed follow-ups to OUT")
+    ] = False,
+    month: Annotated[
+        str | None, typer.Option(help="with --append: the month, YYYY-MM [default: the next]")
+    ] = None,
+    drift_site: Annotated[
+        str | None,
+        typer.Option(help="with --append: this site's new patients are older and heavier"),
+    ] = None,
 ) -> None:
-    """Write synthetic hospital extracts and a federation config pointing at them."""
+    """Write synthetic hospital extracts and a federation config pointing at them, or
+    (--append) a new month of them."""
     from pipeline.report import print_sites
-    from pipeline.synth import synthesize
+    from pipeline.synth import append_month, synthesize
 
-    config, written = synthesize(out, sites=sites, rows=rows, seed=seed, months=months, until=until)
+    if append:
+        config = out / "federation.yaml"
+        added, written = append_month(config, rows=rows, month=month, drift_site=drift_site)
+        print_sites(console, written, config)
+        console.print(
+            f"appended follow-up month {added}"
+            + (f" (drift at {drift_site})" if drift_site else "")
+        )
+        return
+    config, written = synthesize(
+        out, sites=sites, rows=rows or 20_000, seed=seed, months=months, until=until
+    )
     print_sites(console, written, config)
 
 
@@ -157,6 +185,61 @@ def train(
             on_round=on_round,
         )
     print_job(console, result)
+
+
+def _retrain_help() -> str:
+    from pipeline.retrain import EXIT_CODES
+
+    codes = "\n\n".join(
+        f"{code}: {status}: {what}" for code, (status, what) in sorted(EXIT_CODES.items())
+    )
+    return (
+        "Scheduled retraining: train on newly closed follow-up months, measure drift, let "
+        "the gate decide, write an audit record. For a scheduler: one run at a time, and "
+        "exit codes to act on:\n\n" + codes
+    )
+
+
+@app.command(help=_retrain_help())
+def retrain(
+    config: ConfigOpt,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="strategy to retrain (repeat); default: retrain.strategies"),
+    ] = None,
+    ray_address: Annotated[str | None, typer.Option(help="join this Ray cluster")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the audit record")] = False,
+) -> None:
+    from pipeline.config import STRATEGIES, load_config
+    from pipeline.console import stdout_to_stderr
+    from pipeline.report import job_progress
+    from pipeline.retrain import BAD_INPUT, TRAINED, run_retrain
+
+    for m in model or []:
+        if m not in STRATEGIES:
+            raise typer.BadParameter(f"--model must be one of {', '.join(STRATEGIES)}")
+    try:
+        cfg = load_config(config)
+    except PipelineError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(BAD_INPUT) from None
+    out = err_console if as_json else console
+    with (
+        stdout_to_stderr() if as_json else contextlib.nullcontext(),
+        job_progress(out) as (say, on_round),
+    ):
+        result = run_retrain(
+            cfg, strategies=model, ray_address=ray_address, progress=say, on_round=on_round
+        )
+    if as_json:
+        import json
+
+        print(json.dumps(result.record, indent=2, default=str))
+    colour = "green" if result.code == TRAINED else "yellow"
+    out.print(
+        f"[bold {colour}]{result.status}[/] (exit {result.code}): {result.message}", highlight=False
+    )
+    raise typer.Exit(result.code)
 
 
 @app.command()

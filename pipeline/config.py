@@ -143,6 +143,14 @@ class GateConfig(_Strict):
         )
 
 
+class RetrainConfig(_Strict):
+    """Scheduled retraining (``pipeline retrain``)."""
+
+    strategies: list[Literal["logistic", "dp-logistic", "dp-fedavg", "xgboost"]] = Field(
+        default_factory=list, description="strategies to retrain; default: training.model"
+    )
+
+
 class RayConfig(_Strict):
     address: str | None = None
     num_cpus: int | None = None
@@ -160,6 +168,7 @@ class FederationConfig(_Strict):
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     path: Path | None = None
 

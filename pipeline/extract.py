@@ -6,6 +6,7 @@ what is wrong, so one broken extract is reported, not raised through the whole j
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -15,39 +16,66 @@ import pyarrow.dataset as ds
 from pipeline.errors import DataError
 
 
-def list_partitions(path: str | Path) -> list[str]:
-    """Parquet files of an extract (a file, or a hive-partitioned folder), sorted."""
+@dataclass(frozen=True)
+class Window:
+    """The partitions a job reads: those whose hive partition `key` (``key=value``
+    folders) is before `before`. Partitions are follow-up-close months (YYYY-MM), which
+    sort as strings, so "before the current month" means "closed"."""
+
+    key: str
+    before: str
+
+    def admits(self, relative: Path) -> bool:
+        value = _value(relative, self.key)
+        return value is None or value < self.before
+
+
+def current_month() -> str:
+    """This month (UTC) as YYYY-MM: partitions of earlier months are closed."""
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y-%m")
+
+
+def list_partitions(path: str | Path, window: Window | None = None) -> list[str]:
+    """Parquet files of an extract (a file, or a hive-partitioned folder), sorted; with
+    `window`, only the files of partitions inside it."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: extract not found")
     if path.is_file():
         return [str(path)]
-    files = sorted(str(p) for p in path.rglob("*.parquet"))
+    files = sorted(
+        str(p)
+        for p in path.rglob("*.parquet")
+        if window is None or window.admits(p.relative_to(path))
+    )
     if not files:
-        raise DataError(f"{path}: no Parquet files in the extract folder")
+        within = f" before {window.key}={window.before}" if window else ""
+        raise DataError(f"{path}: no Parquet files in the extract folder{within}")
     return files
 
 
-def partition_values(path: str | Path, key: str) -> tuple[str, ...]:
+def partition_values(path: str | Path, key: str, window: Window | None = None) -> tuple[str, ...]:
     """The sorted values of hive partition `key` (``key=value`` folders) among an
-    extract's files; empty for a single file or an unpartitioned folder."""
+    extract's files (inside `window`); empty for a single file or an unpartitioned folder."""
     root = Path(path)
-    values = set()
-    for f in list_partitions(root):
-        for part in Path(f).relative_to(root).parts[:-1] if root.is_dir() else ():
-            name, sep, value = part.partition("=")
-            if sep and name == key:
-                values.add(value)
-    return tuple(sorted(values))
+    if not root.is_dir():
+        return ()
+    values = {_value(Path(f).relative_to(root), key) for f in list_partitions(root, window)}
+    return tuple(sorted(v for v in values if v is not None))
 
 
-def read_table(path: str | Path, schema: pa.Schema | None = None) -> pa.Table:
-    """The extract as one Arrow table (hive partition keys are not columns).
+def read_table(
+    path: str | Path, schema: pa.Schema | None = None, window: Window | None = None
+) -> pa.Table:
+    """The extract as one Arrow table (hive partition keys are not columns); with
+    `window`, only the partitions inside it.
 
     With `schema`, each file's physical type is checked per column so a file whose column
     has the wrong type is named, not silently cast.
     """
-    files = list_partitions(path)
+    files = list_partitions(path, window)
     tables = []
     for f in files:
         try:
@@ -67,7 +95,7 @@ def read_table(path: str | Path, schema: pa.Schema | None = None) -> pa.Table:
     return table
 
 
-def partition_columns(path: str | Path) -> dict[str, list[str]]:
+def partition_columns(path: str | Path, window: Window | None = None) -> dict[str, list[str]]:
     """Column names of each Parquet file of an extract (from the file footers only).
 
     Reading the partitions as one table fills a column that one file lacks with nulls, so
@@ -76,14 +104,49 @@ def partition_columns(path: str | Path) -> dict[str, list[str]]:
 
     root = Path(path)
     out = {}
-    for f in list_partitions(root):
+    for f in list_partitions(root, window):
         name = str(Path(f).relative_to(root)) if root.is_dir() else Path(f).name
         out[name] = pq.read_schema(f).names
     return out
 
 
-def read_frame(path: str | Path, schema: pa.Schema | None = None) -> pd.DataFrame:
-    return read_table(path, schema).to_pandas()
+def read_months(
+    path: str | Path, key: str, values: set[str] | list[str], schema: pa.Schema | None = None
+) -> pd.DataFrame:
+    """The rows of the partitions whose `key` is one of `values` (possibly none: an empty
+    frame with the schema's columns)."""
+    root, wanted = Path(path), set(values)
+    files = [
+        f
+        for f in list_partitions(root)
+        if root.is_dir() and _value(Path(f).relative_to(root), key) in wanted
+    ]
+    if not files:
+        return pd.DataFrame({n: [] for n in (schema.names if schema is not None else [])})
+    tables = []
+    for f in files:
+        try:
+            table = ds.dataset(f, format="parquet").to_table()
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+            raise DataError(f"{f}: not a readable Parquet file ({_short(exc)})") from exc
+        if schema is not None:
+            _check_types(f, table.schema, schema)
+        tables.append(table)
+    return pa.concat_tables(tables, promote_options="default").to_pandas()
+
+
+def _value(relative: Path, key: str) -> str | None:
+    for part in relative.parts[:-1]:
+        name, sep, value = part.partition("=")
+        if sep and name == key:
+            return value
+    return None
+
+
+def read_frame(
+    path: str | Path, schema: pa.Schema | None = None, window: Window | None = None
+) -> pd.DataFrame:
+    return read_table(path, schema, window).to_pandas()
 
 
 def _check_types(file: str, actual: pa.Schema, expected: pa.Schema) -> None:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from pipeline.gate import Decision
 
 LOGISTIC_STRATEGIES = ("logistic", "dp-logistic", "dp-fedavg")
+AfterLoad = Callable[[JobContext, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class JobResult:
     evaluation: Evaluation | None = None
     champion_evaluation: Evaluation | None = None
     decision: Decision | None = None
+    partitions: dict[str, tuple[str, ...]] = field(default_factory=dict)  # months read
 
 
 def validate_sites(
@@ -129,6 +131,8 @@ def run_job(
     progress: Progress | None = None,
     on_round: RoundProgress | None = None,
     register: bool = True,
+    runtime: SiteRuntime | None = None,
+    after_load: AfterLoad | None = None,
 ) -> JobResult:
     """Run one federated training job. Raises a PipelineError when it cannot complete;
     the MLflow run is then marked FAILED with the reason and nothing is registered.
@@ -136,7 +140,12 @@ def run_job(
     With `register`, the model is registered as the challenger and the promotion gate
     decides, from an evaluation of it and the champion on the same held-out rows,
     whether it becomes the champion. `progress(msg)` hears each stage, `on_round(done,
-    total)` each training round."""
+    total)` each training round. Sites read only partitions whose follow-up closed
+    before this month.
+
+    A caller that already holds the sites' actors (a scheduled retraining) passes its
+    `runtime`, and `after_load(ctx, infos)` runs a stage of its own once the sites have
+    loaded their rows (before any privacy is reserved)."""
     from pipeline.promotion import (
         Champion,
         current_champion,
@@ -153,19 +162,12 @@ def run_job(
     tracker = JobTracker(cfg.tracking_uri, cfg.mlflow.experiment or cfg.federation, job_id)
     clock = StageClock()
     started = time.perf_counter()
-    with (
-        tracker,
-        SiteRuntime(
-            cfg.sites,
-            str(cfg.contract),
-            job_id,
-            timeout_s=cfg.training.round_timeout_s,
-            ray_address=ray_address or cfg.ray.address,
-            num_cpus=cfg.ray.num_cpus,
-        ) as runtime,
-        _ahead(strategy) as ready,
-        tempfile.TemporaryDirectory(prefix="champion-") as workdir,
-    ):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(tracker)
+        if runtime is None:
+            runtime = stack.enter_context(site_runtime(cfg, job_id, ray_address))
+        ready = stack.enter_context(_ahead(strategy))
+        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="champion-"))
         clock.seconds["start"] = time.perf_counter() - started
         tracker.tags({"job_id": job_id, "strategy": strategy, "federation": cfg.federation})
         tracker.params(
@@ -195,10 +197,14 @@ def run_job(
             runtime.require_quorum(cfg.quorum, "loading extracts")
             tracker.json({s: vars(i) for s, i in infos.ok.items()}, "sites.json")
 
+        ctx = JobContext(runtime, cfg, contract, job_id, tracker, say, on_round)
+        if after_load is not None:
+            after_load(ctx, infos.ok)
+
         planned, sigma, clip = plan_privacy(cfg, strategy, rounds)
         spend: dict[str, tuple[float, float]] = {}
         if planned:
-            spend = reserve_privacy(cfg, job_id, strategy, runtime.active, planned)
+            spend = reserve_privacy(cfg, job_id, strategy, runtime, planned)
             tracker.params(
                 {
                     "epsilon_per_site": planned["epsilon"],
@@ -209,7 +215,6 @@ def run_job(
             )
             say(f"privacy reserved: epsilon {planned['epsilon']:g} per site, sigma {sigma:.2f}")
 
-        ctx = JobContext(runtime, cfg, contract, job_id, tracker, say, on_round)
         with clock.stage("training"):
             model = train(ctx, strategy, infos.ok, rounds=rounds, sigma=sigma, clip=clip)
 
@@ -257,7 +262,23 @@ def run_job(
             evaluation=challenger,
             champion_evaluation=evaluations.get("champion"),
             decision=decision,
+            partitions={s: i.partitions for s, i in infos.ok.items()},
         )
+
+
+def site_runtime(cfg: FederationConfig, job_id: str, ray_address: str | None = None) -> SiteRuntime:
+    """The sites' actors for a job, reading only partitions whose follow-up has closed."""
+    from pipeline.extract import current_month
+
+    return SiteRuntime(
+        cfg.sites,
+        str(cfg.contract),
+        job_id,
+        timeout_s=cfg.training.round_timeout_s,
+        ray_address=ray_address or cfg.ray.address,
+        num_cpus=cfg.ray.num_cpus,
+        before_month=current_month(),
+    )
 
 
 def evaluate(ctx: JobContext, models: dict[str, dict]) -> dict[str, Evaluation]:
@@ -336,21 +357,45 @@ def _import_ahead(trees: bool) -> None:
 
 
 def reserve_privacy(
-    cfg: FederationConfig, job_id: str, strategy: str, sites: list[str], planned: dict
+    cfg: FederationConfig,
+    job_id: str,
+    strategy: str,
+    runtime: SiteRuntime,
+    planned: dict,
 ) -> dict[str, tuple[float, float]]:
-    """Write the job's planned spend for every admitted site before any noise exists; the
-    ledger refuses the whole job if any site would exceed its budget."""
+    """Write the job's planned spend for every taking-part site before any noise exists.
+
+    A site whose budget (or own per-job limit) cannot pay for the job is left out with
+    that reason while the quorum holds; otherwise the job is refused with a
+    :class:`BudgetError` before any noise is drawn. The ledger checks again in the same
+    transaction that writes, so a concurrent spend cannot slip between check and write."""
     from pipeline.privacy.ledger import PrivacyLedger
 
-    for site in sites:
-        limit = cfg.site(site).policy.max_epsilon_per_job
-        if planned["epsilon"] > limit + 1e-12:
-            raise BudgetError(
-                f"site {site} allows at most epsilon {limit:g} per job; "
-                f"the job plans {planned['epsilon']:g}"
-            )
-    per_site = {s: (planned["epsilon"], planned["delta"]) for s in sites}
     ledger = PrivacyLedger(cfg.privacy.ledger)
+    eps = planned["epsilon"]
+    short: dict[str, str] = {}
+    for site in runtime.active:
+        limit = cfg.site(site).policy.max_epsilon_per_job
+        left = ledger.remaining(site, cfg.site_budget(site))
+        if eps > limit + 1e-12:
+            short[site] = (
+                f"site {site} allows at most epsilon {limit:g} per job; the job plans {eps:g}"
+            )
+        elif eps > left + 1e-12:
+            short[site] = (
+                f"site {site}'s privacy budget is exhausted: {left:g} of "
+                f"{cfg.site_budget(site):g} left, the job plans {eps:g}"
+            )
+    if len(runtime.active) - len(short) < cfg.quorum:
+        raise BudgetError(
+            f"job {job_id!r} refused before any noise was drawn: only "
+            f"{len(runtime.active) - len(short)} site(s) can pay for it, the quorum is "
+            f"{cfg.quorum}; " + "; ".join(short.values())
+        )
+    for site, why in short.items():
+        runtime.drop(site, f"left out: {why}")
+    sites = runtime.active
+    per_site = {s: (eps, planned["delta"]) for s in sites}
     ledger.reserve(job_id, per_site, {s: cfg.site_budget(s) for s in sites}, mechanism=strategy)
     return per_site
 

@@ -23,7 +23,7 @@ pressure digit preference, glucose rounding). Everything is drawn from one seed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 
@@ -35,6 +35,7 @@ import yaml
 
 from pipeline.config import DEFAULT_CONTRACT
 from pipeline.contract import Contract, load_contract
+from pipeline.errors import DataError
 
 HOSPITALS = [
     "northgate",
@@ -74,6 +75,7 @@ class SiteProfile:
     missing: dict[str, float]
     bp_rounding: float
     glucose_decimals: int
+    bmi_shift: float = 0.0  # kg/m2 added to every patient's BMI (a heavier population)
 
 
 def site_names(n: int) -> list[str]:
@@ -129,6 +131,7 @@ def _patients(p: SiteProfile, n: int, rng: np.random.Generator) -> dict[str, np.
     activity = rng.choice(3, size=n, p=[0.30, 0.40, 0.30])
 
     bmi = np.exp(rng.normal(np.log(27.5), 0.19, n)) - 2.0 * asian + 0.8 * (activity == 0)
+    bmi = bmi + p.bmi_shift
     bmi = np.clip(bmi + 1.5 * (race == 1) * female, 14, 68)
     waist = np.clip(28 + 2.35 * bmi + 7 * ~female + rng.normal(0, 6, n), 52, 175)
     sbp = np.clip(
@@ -370,3 +373,63 @@ def month_of(d: date, follow_up_months: int) -> str:
     """The YYYY-MM in which follow-up from index date `d` closes."""
     y, m = _add_months(d.year, d.month, follow_up_months)
     return f"{y:04d}-{m:02d}"
+
+
+# An older, heavier population at one site: what ageing catchments and obesity trends do.
+DRIFT_AGE_YEARS = 15.0
+DRIFT_BMI = 4.0
+
+
+def append_month(
+    config: str | Path,
+    *,
+    rows: int | None = None,
+    month: str | None = None,
+    drift_site: str | None = None,
+) -> tuple[str, list[SiteSummary]]:
+    """Append one month of newly closed follow-ups to a synthetic federation made by
+    :func:`synthesize`: a new ``followup_month=<month>`` partition at every site.
+
+    `month` defaults to the month after the newest one present; `rows` (over all sites,
+    split as the sites' sizes are) to the federation's average month. `drift_site` draws
+    that site's new patients from an older, heavier population (+15 years of mean age,
+    +4 kg/m2 BMI). The same federation, month and options give the same files. Returns
+    the month and what was written per site."""
+    from pipeline.config import load_config
+    from pipeline.extract import partition_values, read_table
+
+    cfg = load_config(config)
+    contract = load_contract(cfg.contract)
+    key = contract.cohort.partition
+    names = [s.name for s in cfg.sites]
+    if key is None or names != site_names(len(names)):
+        raise DataError(
+            f"{config}: appending a month needs a synthetic federation made by "
+            "`pipeline synth` (its sites and partitions)"
+        )
+    months = sorted({m for s in cfg.sites for m in partition_values(s.path, key)})
+    if month is None:
+        y, m = (int(x) for x in months[-1].split("-"))
+        month = "{:04d}-{:02d}".format(*_add_months(y, m, 1))
+    if month in months:
+        raise DataError(f"{config}: the sites already hold {key}={month}; nothing appended")
+    if rows is None:
+        total = sum(read_table(s.path).num_rows for s in cfg.sites)
+        rows = max(100 * len(names), total // max(len(months), 1))
+    if drift_site is not None and drift_site not in names:
+        raise DataError(f"--drift-site {drift_site!r} is not a site of {config} ({names})")
+    seed = cfg.training.seed
+    profiles = site_profiles(len(names), rows, np.random.default_rng(seed))
+    y, m = (int(x) for x in month.split("-"))
+    site_rngs = np.random.default_rng([seed, y, m]).spawn(len(profiles))
+    written = []
+    for profile, site_rng, site in zip(profiles, site_rngs, cfg.sites, strict=True):
+        if profile.name == drift_site:
+            profile = replace(
+                profile, age_mean=profile.age_mean + DRIFT_AGE_YEARS, bmi_shift=DRIFT_BMI
+            )
+        table, month_idx = generate_site(profile, contract, [(y, m)], site_rng)
+        write_site(table, month_idx, [(y, m)], site.path, key)
+        positives = int(pa.compute.sum(table[contract.label.name]).as_py())
+        written.append(SiteSummary(profile.name, site.path, table.num_rows, positives))
+    return month, written

@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from pipeline.contract import Contract, Feature
 from pipeline.errors import DataError, QuorumError
-from pipeline.extract import partition_columns, read_table
+from pipeline.extract import Window, partition_columns, read_table
 
 if TYPE_CHECKING:  # pragma: no cover
     import great_expectations as gx
@@ -505,14 +505,14 @@ def _column_name_results(
 
 
 def _partition_column_results(
-    path: Path, columns: Sequence[str], contract: Contract
+    path: Path, columns: Sequence[str], contract: Contract, window: Window | None
 ) -> list[ExpectationResult]:
     """A contract column that some partition files hold and others lack: named per file
     (the merged table would show it only as nulls)."""
     required = [c for c in contract.column_names if c in set(columns)]
     where = f"contract {contract.name} v{contract.version}"
     results = []
-    for file, names in partition_columns(path).items():
+    for file, names in partition_columns(path, window).items():
         for col in required:
             if col not in names:
                 results.append(
@@ -748,6 +748,7 @@ def validate_table(
     leakage_auc: float = 0.98,
     docs_dir: Path | None = None,
     write_docs: bool = True,
+    window: Window | None = None,
 ) -> tuple[ValidationSummary, pa.Table | None]:
     """Validate one site's extract; the summary, and the table when every check passed.
 
@@ -762,7 +763,7 @@ def validate_table(
         raise ValueError("unknown_columns must be 'warn' or 'fail'")
     path = Path(path)
     try:
-        table = _read(path, contract)
+        table = _read(path, contract, window)
     except DataError as exc:
         unreadable = ExpectationResult(
             READABLE, None, False, rule="a readable Parquet extract with at least one row"
@@ -775,7 +776,7 @@ def validate_table(
     results, ok_types = _physical_type_results(table, contract)
     names, warns = _column_name_results(table.column_names, contract, unknown_columns)
     results += names
-    results += _partition_column_results(path, table.column_names, contract)
+    results += _partition_column_results(path, table.column_names, contract, window)
     docs = None
     if write_docs:
         docs = default_docs_dir(path) if docs_dir is None else Path(docs_dir)
@@ -805,15 +806,15 @@ def validate_table(
     return summary, (table if passed else None)
 
 
-def _read(path: Path, contract: Contract) -> pa.Table:
+def _read(path: Path, contract: Contract, window: Window | None) -> pa.Table:
     """The extract's table; on failure the most specific error (per file and column)."""
     try:
-        return read_table(path)
+        return read_table(path, window=window)
     except DataError:
         # Partitions that disagree on a type: re-read per file with the contract's schema
         # so the message names the file and column; otherwise keep the first error.
         try:
-            read_table(path, contract.arrow_schema)
+            read_table(path, contract.arrow_schema, window)
         except DataError as specific:
             raise specific from None
         except Exception:  # noqa: BLE001 - keep the first error

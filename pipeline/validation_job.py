@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 from pipeline.config import FederationConfig
 from pipeline.errors import QuorumError
-from pipeline.federation.runtime import SiteRuntime
 from pipeline.validation import ValidationSummary, admit
 
 
@@ -19,17 +18,10 @@ def run_validation(
 ) -> tuple[dict[str, ValidationSummary], list[str], dict[str, list[str]]]:
     """Redacted summaries per site, the admitted sites, and the quarantined ones.
     `on_site(site)` is called as each site finishes."""
-    from pipeline.job import validate_sites
+    from pipeline.job import site_runtime, validate_sites
 
     job_id = f"validate-{uuid.uuid4().hex[:10]}"
-    with SiteRuntime(
-        cfg.sites,
-        str(cfg.contract),
-        job_id,
-        timeout_s=cfg.training.round_timeout_s,
-        ray_address=ray_address or cfg.ray.address,
-        num_cpus=cfg.ray.num_cpus,
-    ) as runtime:
+    with site_runtime(cfg, job_id, ray_address) as runtime:
         summaries = validate_sites(runtime, cfg, on_site)
     try:
         admitted, quarantined = admit(list(summaries.values()), cfg.quorum)

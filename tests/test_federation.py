@@ -184,7 +184,7 @@ def test_a_job_trains_on_exactly_the_rows_that_passed_validation(ray_session, tm
         summary = checked.ok[site.name].summary
         assert summary["passed"], summary
         first = sorted(Path(site.path).rglob("*.parquet"))[0]
-        late = Path(site.path) / "followup_month=2099-01" / first.name
+        late = Path(site.path) / "followup_month=2026-10" / first.name
         late.parent.mkdir()
         shutil.copy(first, late)
         prepared = runtime.call("load", 0.2, 0)

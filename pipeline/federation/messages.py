@@ -84,6 +84,27 @@ class MaskedEvaluation:
 
 
 @dataclass(frozen=True)
+class PartitionList:
+    """The partition values (follow-up months) of a site's extract: those closed (before
+    the month the coordinator named) and those still open; and the node it runs on."""
+
+    site: str
+    closed: tuple[str, ...]
+    open: tuple[str, ...]
+    node: str
+
+
+@dataclass(frozen=True)
+class DriftReply:
+    """Drift of the site's newest months against its reference months: masked histograms
+    for the secure sum, and the site's own PSI per feature (None: suppressed)."""
+
+    site: str
+    masked: np.ndarray
+    psi: dict[str, float | None]
+
+
+@dataclass(frozen=True)
 class JointStats:
     """Row counts by (label, risk bin of model a, risk bin of model b): a fixed-size table
     that lets two models be compared with a paired bootstrap without any row leaving."""
@@ -108,6 +129,8 @@ ALLOWED_REPLIES = (
     PublicKeyReply,
     EvalStats,
     MaskedEvaluation,
+    PartitionList,
+    DriftReply,
     JointStats,
     BoosterReply,
 )

@@ -40,6 +40,8 @@ def ensure_ray(
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Inside a Ray Job (`ray job submit`) the driver is told its cluster by RAY_ADDRESS.
+    address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
         ray.init(address=address, **kwargs)
@@ -73,6 +75,8 @@ class SiteRuntime:
         Names the actors, so two jobs never share one.
     timeout_s : float
         Upper bound on every wait for a site.
+    before_month : str, optional
+        Sites read only partitions of follow-up months before this one (YYYY-MM).
     """
 
     def __init__(
@@ -84,8 +88,10 @@ class SiteRuntime:
         timeout_s: float = 120.0,
         ray_address: str | None = None,
         num_cpus: int | None = None,
+        before_month: str | None = None,
     ) -> None:
         self.sites = list(sites)
+        self.before_month = before_month
         self.contract_path = contract_path
         self.job_id = job_id
         self.timeout_s = timeout_s
@@ -122,7 +128,14 @@ class SiteRuntime:
         return (
             _site_actor_class()
             .options(**options)
-            .remote(site.name, str(site.path), self.contract_path, site.policy.model_dump(), pinned)
+            .remote(
+                site.name,
+                str(site.path),
+                self.contract_path,
+                site.policy.model_dump(),
+                pinned,
+                self.before_month,
+            )
         )
 
     def restart(self, site: str) -> None:

@@ -22,13 +22,16 @@ from pipeline.config import SitePolicy
 from pipeline.console import printed_to_debug
 from pipeline.contract import Contract, load_contract
 from pipeline.errors import BudgetError, DataError
+from pipeline.extract import Window
 from pipeline.federation.messages import (
     BoosterReply,
+    DriftReply,
     EvalStats,
     JointStats,
     MaskedEvaluation,
     MaskedUpdate,
     ModelUpdate,
+    PartitionList,
     PublicKeyReply,
     SiteInfo,
     ValidationReply,
@@ -117,6 +120,9 @@ class SiteActor:
     pinned : dict
         Site name -> pinned Ed25519 identity key (hex) of every site, from the site's own
         copy of the federation config; secure-aggregation keys are checked against it.
+    before_month : str, optional
+        Read only the partitions of follow-up months before this one (YYYY-MM): the
+        cohorts whose follow-up has closed. None: every partition.
     """
 
     def __init__(
@@ -126,6 +132,7 @@ class SiteActor:
         contract_path: str,
         policy: dict,
         pinned: dict[str, str] | None = None,
+        before_month: str | None = None,
     ) -> None:
         # Set before any OpenMP runtime loads in this process (XGBoost's is loaded in
         # xgb_train): a worker blocked in a collective allreduce must sleep, not spin
@@ -141,6 +148,8 @@ class SiteActor:
         self._jobs: dict[str, dict[str, Any]] = {}
         self._keys: dict[str, Any] = {}
         self.pinned = {k: bytes.fromhex(v) for k, v in (pinned or {}).items()}
+        key = self.contract.cohort.partition
+        self.window = Window(key, before_month) if key and before_month else None
 
     # -- bookkeeping -------------------------------------------------------------------
     def _audit(self, request: str, job_id: str | None, **params: Any) -> None:
@@ -198,6 +207,7 @@ class SiteActor:
             unknown_columns=unknown_columns,
             min_rows=min_rows,
             leakage_auc=leakage_auc,
+            window=self.window,
         )
         if prepare is not None and table is not None:
             key = (float(prepare["test_fraction"]), int(prepare["seed"]))
@@ -227,7 +237,7 @@ class SiteActor:
         if prepared is not None and prepared[0] == key:
             self._train, self._test = prepared[1]
         else:
-            df = read_frame(self.extract, self.contract.arrow_schema)
+            df = read_frame(self.extract, self.contract.arrow_schema, self.window)
             self._train, self._test = self._split(df, *key)
         n_train, n_test = len(self._train), len(self._test)
         if n_train == 0 or n_test == 0:
@@ -247,7 +257,7 @@ class SiteActor:
         from pipeline.extract import partition_values
 
         key = self.contract.cohort.partition
-        return partition_values(self.extract, key) if key else ()
+        return partition_values(self.extract, key, self.window) if key else ()
 
     def _split(self, df: pd.DataFrame, test_fraction: float, seed: int) -> tuple[_Rows, _Rows]:
         """(train, test) rows, not yet encoded."""
@@ -255,6 +265,43 @@ class SiteActor:
 
         train, test = train_test(df, self.contract, seed, test_fraction)
         return _Rows(*train, self.contract), _Rows(*test, self.contract)
+
+    def partitions(self, before_month: str) -> PartitionList:
+        """The extract's follow-up months: closed (before `before_month`) and open. File
+        names only: nothing is read."""
+        from pipeline.extract import partition_values
+
+        self._audit("partitions", None, before=before_month)
+        key = self.contract.cohort.partition
+        values = partition_values(self.extract, key) if key else ()
+        return PartitionList(
+            site=self.site,
+            closed=tuple(v for v in values if v < before_month),
+            open=tuple(v for v in values if v >= before_month),
+            node=self.node_id(),
+        )
+
+    def drift(
+        self, drift_id: str, *, reference: list[str], current: list[str], secure: dict
+    ) -> DriftReply:
+        """Per-feature histograms of the rows in the `reference` months and in the
+        `current` (new) months, masked for the secure sum under keys of `drift_id`, and
+        this site's own PSI per feature (suppressed where a bin cannot hold 11 patients of
+        each). Only those leave the site."""
+        from pipeline.drift import histogram_vector, psi_by_feature
+        from pipeline.extract import read_months
+
+        key = self.contract.cohort.partition
+        if not key:
+            raise DataError(f"site {self.site}: the contract has no partition key to compare")
+        schema = self.contract.arrow_schema
+        ref = histogram_vector(read_months(self.extract, key, reference, schema), self.contract)
+        cur = histogram_vector(read_months(self.extract, key, current, schema), self.contract)
+        self._audit("drift", drift_id, reference=len(reference), current=len(current))
+        masked = self._masked(drift_id, np.concatenate([ref, cur]), secure)
+        return DriftReply(
+            site=self.site, masked=masked.masked, psi=psi_by_feature(ref, cur, self.contract)
+        )
 
     def _require_data(self) -> None:
         if self._train is None:

@@ -1,0 +1,344 @@
+"""Scheduled retraining: the job a scheduler runs unattended (cron, a Kubernetes CronJob,
+a Ray Job).
+
+Hospitals keep closing 5-year follow-ups, so every month brings newly labelled patients
+(one new ``followup_month`` partition per site). One run:
+
+1. takes the federation's retraining lock (an OS file lock beside the ledger: a second
+   run is refused, and a killed run's lock goes with its process);
+2. asks each site which follow-up months it holds that have closed, and compares them
+   with the months already trained on (the last completed retraining, else the
+   champion's data window): nothing new means nothing is trained, spent or registered;
+3. otherwise trains each configured strategy with the job's own stages (validation,
+   privacy reservation, training, the shared champion/challenger evaluation, the gate),
+   measuring drift once the sites have loaded: PSI per feature and site of the new months
+   against the champion's training months, from securely summed histograms;
+4. appends an audit record (JSON lines beside the ledger, and on every run it made).
+
+Its outcome is an exit code a scheduler can act on (:data:`EXIT_CODES`). It calls the
+job's stages; it does not copy them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import FederationConfig
+from pipeline.context import Progress, RoundProgress
+from pipeline.errors import BudgetError, PipelineError, QuorumError
+
+TRAINED, NOTHING_NEW, BAD_INPUT, QUORUM_LOST, BUDGET_EXHAUSTED, LOCKED = 0, 3, 2, 4, 5, 6
+# exit code -> (status, what it means); quoted by `pipeline retrain --help` and the README.
+EXIT_CODES = {
+    TRAINED: ("trained", "new months trained on; each model promoted or kept by the gate"),
+    NOTHING_NEW: ("nothing new", "every closed follow-up month was already trained on"),
+    BAD_INPUT: ("bad input", "bad input or config; the message names the file, field or rule"),
+    QUORUM_LOST: ("quorum lost", "too few sites could take part"),
+    BUDGET_EXHAUSTED: ("budget exhausted", "too few sites have privacy budget for the job"),
+    LOCKED: ("locked", "another retraining run of this federation is in progress"),
+}
+
+
+class LockedError(PipelineError):
+    """Another retraining run of the federation holds its lock."""
+
+
+def lock_path(cfg: FederationConfig) -> Path:
+    return cfg.privacy.ledger.parent / "retrain.lock"
+
+
+def audit_path(cfg: FederationConfig) -> Path:
+    return cfg.privacy.ledger.parent / "retrain_audit.jsonl"
+
+
+class RetrainLock:
+    """One retraining run at a time per federation.
+
+    An exclusive ``flock`` on a file beside the ledger (portalocker): the operating system
+    releases it when the holding process ends in any way, SIGKILL included, so a stale
+    lock never blocks the schedule; the file keeps who held it last, for the message."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: Any = None
+
+    def __enter__(self) -> RetrainLock:
+        import portalocker
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = self.path.open("a+")
+        try:
+            portalocker.lock(fh, portalocker.LOCK_EX | portalocker.LOCK_NB)
+        except portalocker.LockException:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown holder"
+            fh.close()
+            raise LockedError(
+                f"another retraining run holds {self.path} ({holder}); this run did nothing"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import portalocker
+
+        if self._fh is not None:
+            portalocker.unlock(self._fh)
+            self._fh.close()
+            self._fh = None
+
+
+@dataclass
+class RetrainResult:
+    """What one run did: its exit code, a line for the operator and the audit record."""
+
+    code: int
+    message: str
+    record: dict[str, Any] = field(default_factory=dict)
+    jobs: list[Any] = field(default_factory=list)  # the JobResults of the strategies trained
+
+    @property
+    def status(self) -> str:
+        return EXIT_CODES[self.code][0]
+
+
+def seen_partitions(cfg: FederationConfig) -> dict[str, list[str]]:
+    """Months already dealt with, per site: the closed months every site held at the
+    newest completed retraining (a site quarantined then does not retrigger training
+    every night; `pipeline train` takes it back once its data is fixed), else the
+    champion's data window, else none."""
+    last = last_trained_record(cfg)
+    if last is not None:
+        return {s: list(v["closed"]) for s, v in last["sites"].items()}
+    return champion_partitions(cfg)
+
+
+def last_trained_record(cfg: FederationConfig) -> dict[str, Any] | None:
+    path = audit_path(cfg)
+    if not path.exists():
+        return None
+    last = None
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill mid-write
+        if record.get("exit_code") == TRAINED:
+            last = record
+    return last
+
+
+def champion_partitions(cfg: FederationConfig) -> dict[str, list[str]]:
+    """The months each site contributed to the champion's training (its run's
+    ``sites.json``); empty without a champion."""
+    import mlflow
+
+    from pipeline.registry import CHAMPION, alias_version, registry_client
+
+    client = registry_client(cfg.tracking_uri)
+    version = alias_version(client, cfg.mlflow.model_name, CHAMPION)
+    if version is None:
+        return {}
+    run = client.get_run(client.get_model_version(cfg.mlflow.model_name, version).run_id)
+    try:
+        sites = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/sites.json"))
+    except Exception:  # noqa: BLE001 - a champion without the record: treat all as new
+        return {}
+    return {s: list(info.get("partitions", [])) for s, info in sites.items()}
+
+
+def run_retrain(
+    cfg: FederationConfig,
+    *,
+    strategies: list[str] | None = None,
+    ray_address: str | None = None,
+    progress: Progress | None = None,
+    on_round: RoundProgress | None = None,
+) -> RetrainResult:
+    """One scheduled retraining run (see the module docstring). Never raises the project's
+    own errors: they become the result's exit code and message, and an audit record."""
+    say = progress or (lambda _msg: None)
+    record: dict[str, Any] = {
+        "time": _now(),
+        "run": f"retrain-{uuid.uuid4().hex[:10]}",
+        "federation": cfg.federation,
+        "host": socket.gethostname(),
+    }
+    try:
+        with RetrainLock(lock_path(cfg)):
+            result = _retrain(cfg, record, strategies, ray_address, say, on_round)
+    except LockedError as exc:
+        result = RetrainResult(LOCKED, str(exc))
+    except QuorumError as exc:
+        result = RetrainResult(QUORUM_LOST, str(exc))
+    except BudgetError as exc:
+        result = RetrainResult(BUDGET_EXHAUSTED, str(exc))
+    except PipelineError as exc:
+        result = RetrainResult(BAD_INPUT, str(exc))
+    record.update({"exit_code": result.code, "status": result.status, "message": result.message})
+    if result.code != LOCKED:  # the run that holds the lock writes its own record
+        _append(audit_path(cfg), record)
+    result.record = record
+    _log_on_runs(cfg, result)
+    return result
+
+
+def _retrain(
+    cfg: FederationConfig,
+    record: dict[str, Any],
+    strategies: list[str] | None,
+    ray_address: str | None,
+    say: Progress,
+    on_round: RoundProgress | None,
+) -> RetrainResult:
+    from pipeline.contract import load_contract
+    from pipeline.extract import current_month
+    from pipeline.federation.secure_drift import measure_drift
+    from pipeline.job import run_job, site_runtime
+
+    strategies = strategies or list(cfg.retrain.strategies or [cfg.training.model])
+    contract = load_contract(cfg.contract)
+    already = seen_partitions(cfg)
+    drift_reference = champion_partitions(cfg) or already
+    month = current_month()
+    record.update({"strategies": strategies, "closed_before": month})
+    with site_runtime(cfg, record["run"], ray_address) as runtime:
+        say("asking the sites for their closed follow-up months")
+        listing = runtime.call("partitions", month)
+        runtime.require_quorum(cfg.quorum, "listing partitions")
+        new = {s: sorted(set(p.closed) - set(already.get(s, ()))) for s, p in listing.ok.items()}
+        record["sites"] = {
+            s: {
+                "node": p.node,
+                "closed": list(p.closed),
+                "new": new[s],
+                "not_yet_closed": list(p.open),
+            }
+            for s, p in listing.ok.items()
+        }
+        record["unreachable"] = dict(listing.failed)
+        if not any(new.values()):
+            latest = max((m for p in listing.ok.values() for m in p.closed), default="none")
+            return RetrainResult(
+                NOTHING_NEW,
+                f"nothing new: every closed follow-up month (latest {latest}) was already "
+                "trained on",
+            )
+        say("new months: " + "; ".join(f"{s} {', '.join(m)}" for s, m in new.items() if m))
+
+        def drift_stage(ctx, infos: dict[str, Any]) -> None:  # noqa: ANN001
+            if not any(drift_reference.values()):
+                record["drift"] = None  # nothing trained yet: nothing to compare with
+                return
+            say("measuring drift of the new months (secure sum)")
+            report = measure_drift(
+                ctx.runtime,
+                contract,
+                reference={s: drift_reference.get(s, []) for s in ctx.runtime.active},
+                current={s: new.get(s, []) for s in ctx.runtime.active},
+                drift_id=f"{ctx.job_id}:drift",
+                quorum=cfg.quorum,
+            )
+            record["drift"] = report.to_dict()
+            ctx.tracker.json(report.to_dict(), "drift.json")
+            shifted = [
+                f"{s}: {f} {v:.2f}"
+                for s, per in report.sites.items()
+                for f, v in per.items()
+                if v is not None and v > 0.2
+            ]
+            say("drift above 0.2: " + ("; ".join(shifted) if shifted else "none"))
+
+        jobs = []
+        for i, strategy in enumerate(strategies):
+            say(f"retraining {strategy}")
+            job = run_job(
+                cfg,
+                strategy=strategy,
+                runtime=runtime,
+                after_load=drift_stage if i == 0 else None,
+                progress=say,
+                on_round=on_round,
+            )
+            jobs.append(job)
+        sites_trained = sorted(set.intersection(*(set(j.per_site) for j in jobs)))
+        partitions = {s: list(jobs[0].partitions.get(s, ())) for s in sites_trained}
+        months = sorted({m for ms in partitions.values() for m in ms})
+        record["sites"] = {
+            s: {**v, "partitions": partitions.get(s, []), "trained": s in sites_trained}
+            for s, v in record["sites"].items()
+        }
+        record["window"] = {"first": months[0], "last": months[-1]} if months else None
+        record["left_out"] = dict(runtime.dropped)
+        record["privacy"] = _privacy(cfg, list(record["sites"]))
+        record["jobs"] = [
+            {
+                "strategy": j.strategy,
+                "run_id": j.run_id,
+                "version": j.model_version,
+                "auc": j.metrics.auc,
+                "decision": j.decision.to_dict() if j.decision else None,
+                "summary": j.decision.summary() if j.decision else None,
+            }
+            for j in jobs
+        ]
+    decided = "; ".join(f"{j.strategy} v{j.model_version}: {j.decision.outcome}" for j in jobs)
+    window = f"{months[0]}..{months[-1]}" if months else "all rows"
+    return RetrainResult(TRAINED, f"trained on {window}: {decided}", jobs=jobs)
+
+
+def _privacy(cfg: FederationConfig, sites: list[str]) -> dict[str, dict[str, float]]:
+    from pipeline.privacy.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(cfg.privacy.ledger)
+    out = {}
+    for s in sites:
+        budget = cfg.site_budget(s)
+        spent = ledger.spent(s)
+        out[s] = {
+            "epsilon_spent": spent[0],
+            "delta_spent": spent[1],
+            "epsilon_budget": budget,
+            "epsilon_left": budget - spent[0],
+        }
+    return out
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    """One JSON line, written with a single append (O_APPEND) and fsynced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _log_on_runs(cfg: FederationConfig, result: RetrainResult) -> None:
+    if not result.jobs:
+        return
+    from pipeline.registry import registry_client
+
+    client = registry_client(cfg.tracking_uri)
+    for job in result.jobs:
+        client.log_text(
+            job.run_id, json.dumps(result.record, indent=2, default=str), "retrain_audit.json"
+        )
+        client.set_tag(job.run_id, "retrain_run", result.record["run"])
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
