@@ -6,12 +6,23 @@
 #   ray_cluster/local_cluster.sh stop
 #
 # One cluster is one trust domain (Ray runs code for any client that reaches it), so the
-# cluster uses Ray's token authentication and keeps the dashboard off (or on loopback).
+# cluster uses Ray's token authentication and keeps the dashboard off, or, for Ray Jobs
+# (`ray job submit`, which goes through the dashboard's job server), on loopback only:
+# set PIPELINE_CLUSTER_JOBS_PORT (e.g. 8265) and the script prints the jobs address too.
 # Clients need the same token: `export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=<printed path>`.
 set -euo pipefail
 
 STATE="${PIPELINE_CLUSTER_DIR:-${TMPDIR:-/tmp}/pipeline-ray-cluster}"
 PORT="${PIPELINE_CLUSTER_PORT:-6390}"
+JOBS_PORT="${PIPELINE_CLUSTER_JOBS_PORT:-}"
+# Every node runs a dashboard agent; on one machine each needs ports of its own (Ray's
+# default, 52365, is taken by whichever Ray instance on the machine started first).
+AGENT_PORT="${PIPELINE_CLUSTER_AGENT_PORT:-$((PORT + 100))}"
+
+agent_ports() {  # agent_ports N: the listen and gRPC ports of node N (0 = head)
+  echo "--dashboard-agent-listen-port=$((AGENT_PORT + 2 * $1))" \
+    "--dashboard-agent-grpc-port=$((AGENT_PORT + 2 * $1 + 1))"
+}
 RAY="${RAY:-$(dirname "$0")/../.venv/bin/ray}"
 [ -x "$RAY" ] || RAY="$(command -v ray)"
 
@@ -26,16 +37,26 @@ start() {
   if [ ! -s "$STATE/token" ]; then
     (umask 077; python3 -c 'import secrets; print(secrets.token_hex(32))' > "$STATE/token")
   fi
+  if [ -n "$JOBS_PORT" ]; then
+    dashboard=(--include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$JOBS_PORT")
+  else
+    dashboard=(--include-dashboard=false)
+  fi
+  # shellcheck disable=SC2046  # agent_ports prints two separate options
   "$RAY" start --head --node-ip-address=127.0.0.1 --port="$PORT" --num-cpus=1 \
-    --include-dashboard=false --disable-usage-stats --temp-dir="$STATE/ray" \
+    "${dashboard[@]}" $(agent_ports 0) --disable-usage-stats --temp-dir="$STATE/ray" \
     >"$STATE/head.log" 2>&1
+  n=0
   for site in "$@"; do
+    n=$((n + 1))
+    # shellcheck disable=SC2046
     "$RAY" start --address="127.0.0.1:$PORT" --node-ip-address=127.0.0.1 --num-cpus=1 \
-      --resources="{\"site:$site\": 1}" --disable-usage-stats --temp-dir="$STATE/ray" \
-      >"$STATE/worker-$site.log" 2>&1
+      --resources="{\"site:$site\": 1}" $(agent_ports "$n") --disable-usage-stats \
+      --temp-dir="$STATE/ray" >"$STATE/worker-$site.log" 2>&1
   done
   echo "address=127.0.0.1:$PORT"
   echo "token_path=$STATE/token"
+  [ -z "$JOBS_PORT" ] || echo "jobs_address=http://127.0.0.1:$JOBS_PORT"
 }
 
 # Only this cluster's processes: `ray stop` would end every Ray instance on the machine.

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,7 @@ def test_sites_run_on_their_nodes_and_the_driver_never_reads_their_files(tmp_pat
         **os.environ,
         "PIPELINE_CLUSTER_DIR": _short_dir(),
         "PIPELINE_CLUSTER_PORT": "6391",
+        "PIPELINE_CLUSTER_AGENT_PORT": "26400",
         "RAY": str(Path(sys.executable).parent / "ray"),
     }
     started = subprocess.run(
@@ -126,6 +128,7 @@ def test_cluster_refuses_a_client_without_the_token(tmp_path: Path) -> None:
         **os.environ,
         "PIPELINE_CLUSTER_DIR": _short_dir(),
         "PIPELINE_CLUSTER_PORT": "6392",
+        "PIPELINE_CLUSTER_AGENT_PORT": "26420",
         "RAY": str(Path(sys.executable).parent / "ray"),
     }
     started = subprocess.run(
@@ -143,5 +146,101 @@ def test_cluster_refuses_a_client_without_the_token(tmp_path: Path) -> None:
         )
         assert "joined" not in done.stdout
         assert done.returncode != 0
+    finally:
+        subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
+
+
+NODES = """
+import json, sys, ray
+ray.init(address=sys.argv[1])
+print(json.dumps({n["NodeID"]: sorted(k for k in n["Resources"] if k.startswith("site:"))
+                  for n in ray.nodes() if n["Alive"]}))
+"""
+
+
+def test_retraining_submitted_as_a_ray_job_runs_each_site_on_its_own_node(tmp_path: Path):
+    """`ray job submit` through the dashboard's job server, on loopback with the token:
+    the scheduled retraining trains, and each site's actor ran on the node offering its
+    resource (the audit record names the nodes)."""
+    import yaml
+
+    config, _ = synthesize(tmp_path / "data", sites=3, rows=1500, seed=6)
+    raw = yaml.safe_load(config.read_text())
+    for site in raw["sites"]:
+        site["resource"] = f"site:{site['name']}"
+    raw["mlflow"] = {"tracking_uri": f"sqlite:///{tmp_path}/mlruns/mlflow.db"}
+    raw["training"] = {"model": "logistic", "rounds": 10}
+    config.write_text(yaml.safe_dump(raw))
+    names = [s["name"] for s in raw["sites"]]
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "PIPELINE_CLUSTER_DIR": _short_dir(),
+        "PIPELINE_CLUSTER_PORT": "6393",
+        "PIPELINE_CLUSTER_AGENT_PORT": "26440",
+        "PIPELINE_CLUSTER_JOBS_PORT": "8277",
+        "RAY": str(bin_dir / "ray"),
+    }
+    started = subprocess.run(
+        [str(SCRIPT), "start", *names], env=env, capture_output=True, text=True, timeout=240
+    )
+    try:
+        assert started.returncode == 0, started.stderr
+        info = dict(line.split("=", 1) for line in started.stdout.split())
+        assert info["jobs_address"] == "http://127.0.0.1:8277"
+        client_env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": info["token_path"]}
+        job = [
+            str(bin_dir / "ray"),
+            "job",
+            "submit",
+            "--address",
+            info["jobs_address"],
+            "--submission-id",
+            "nightly-retrain",
+            "--",
+            str(bin_dir / "pipeline"),
+            "retrain",
+            "--config",
+            str(config),
+        ]
+        # Without the token the job server refuses the submission.
+        no_token = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+        refused = subprocess.run(job, env=no_token, capture_output=True, text=True, timeout=120)
+        assert refused.returncode != 0
+        for _ in range(30):  # the head's job agent may still be starting
+            done = subprocess.run(job, env=client_env, capture_output=True, text=True, timeout=600)
+            if "No available agent" not in done.stderr:
+                break
+            time.sleep(2)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        status = subprocess.run(
+            [
+                str(bin_dir / "ray"),
+                "job",
+                "status",
+                "--address",
+                info["jobs_address"],
+                "nightly-retrain",
+            ],
+            env=client_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert "job 'nightly-retrain' succeeded" in status.stdout.lower(), status.stdout
+        assert "trained (exit 0)" in done.stdout
+
+        record = json.loads((config.parent / "retrain_audit.jsonl").read_text().splitlines()[-1])
+        assert record["status"] == "trained" and record["jobs"][0]["version"] == "1"
+        nodes = subprocess.run(
+            [sys.executable, "-c", NODES, info["address"]],
+            env=client_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        resources = json.loads(nodes.stdout.strip().splitlines()[-1])
+        for site in names:
+            assert resources[record["sites"][site]["node"]] == [f"site:{site}"]
     finally:
         subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120)

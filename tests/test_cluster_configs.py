@@ -27,8 +27,9 @@ def test_dashboard_listens_on_loopback_only(path: Path) -> None:
     assert "0.0.0.0" not in text
 
 
-def test_local_cluster_script_uses_token_auth_and_no_dashboard() -> None:
+def test_local_cluster_script_uses_token_auth_and_a_loopback_dashboard_if_any() -> None:
     script = (CONFIGS / "local_cluster.sh").read_text()
     assert "RAY_AUTH_MODE=token" in script
-    assert "--include-dashboard=false" in script
+    assert "--include-dashboard=false" in script  # the default: no dashboard at all
+    assert "--dashboard-host=127.0.0.1" in script  # for Ray Jobs: loopback only
     assert "--node-ip-address=127.0.0.1" in script

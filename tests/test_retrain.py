@@ -1,0 +1,212 @@
+"""Scheduled retraining on real Ray and MLflow: a second run on the same data does
+nothing, a new month is trained with its drift measured, runs never overlap, a killed run
+leaves nothing half-done, and a site without budget is left out (or the job refused)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from conftest import make_config
+
+from pipeline.config import load_config
+from pipeline.contract import load_contract
+from pipeline.drift import histogram_vector
+from pipeline.extract import read_months
+from pipeline.federation import messages, runtime
+from pipeline.federation.secure_sum import encode
+from pipeline.privacy.ledger import PrivacyLedger
+from pipeline.registry import CHAMPION, alias_version
+from pipeline.retrain import (
+    BUDGET_EXHAUSTED,
+    LOCKED,
+    NOTHING_NEW,
+    TRAINED,
+    audit_path,
+    lock_path,
+    run_retrain,
+)
+from pipeline.synth import append_month, synthesize
+
+pytestmark = pytest.mark.slow
+PIPELINE = str(Path(sys.executable).parent / "pipeline")
+INDEPENDENT = ("sex", "smoking_status", "physical_activity")  # not drawn from age or BMI
+
+
+def _versions(cfg) -> int:
+    client = mlflow.MlflowClient(cfg.tracking_uri, cfg.tracking_uri)
+    return len(client.search_model_versions(f"name='{cfg.mlflow.model_name}'"))
+
+
+def _spent(cfg) -> dict[str, float]:
+    ledger = PrivacyLedger(cfg.privacy.ledger)
+    return {s.name: ledger.spent(s.name)[0] for s in cfg.sites}
+
+
+def _audit(cfg) -> list[dict]:
+    return [json.loads(line) for line in audit_path(cfg).read_text().splitlines()]
+
+
+def test_a_rerun_does_nothing_and_a_new_month_is_trained_with_its_drift(
+    ray_session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, _ = synthesize(tmp_path / "data", sites=4, rows=8000, seed=21)
+    cfg = load_config(make_config(base, tmp_path, training={"rounds": 10}))
+
+    first = run_retrain(cfg, strategies=["dp-fedavg"])
+    assert first.code == TRAINED, first.message
+    assert _versions(cfg) == 1
+    spent = _spent(cfg)
+    assert all(eps == pytest.approx(1.0) for eps in spent.values())
+
+    again = run_retrain(cfg, strategies=["dp-fedavg"])
+    assert again.code == NOTHING_NEW and "nothing new" in again.message
+    assert _versions(cfg) == 1 and _spent(cfg) == spent  # nothing registered, nothing spent
+    assert [r["status"] for r in _audit(cfg)] == ["trained", "nothing new"]
+
+    month, _ = append_month(base, rows=4000, drift_site="riverside")
+    replies: list[object] = []
+    checked = messages.check_reply
+    monkeypatch.setattr(runtime, "check_reply", lambda r: replies.append(r) or checked(r))
+    third = run_retrain(cfg, strategies=["logistic"])
+    assert third.code == TRAINED, third.message
+    record = _audit(cfg)[-1]
+    assert record["window"] == {"first": "2025-10", "last": month}
+    assert all(site["new"] == [month] for site in record["sites"].values())
+    assert record["jobs"][0]["version"] == "2" and record["jobs"][0]["decision"]
+    assert set(record["privacy"]) == {s.name for s in cfg.sites}
+    run = mlflow.MlflowClient(cfg.tracking_uri).get_run(third.jobs[0].run_id)
+    logged = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/retrain_audit.json"))
+    assert logged["window"]["last"] == month
+
+    # Drift: the drifted site's age and BMI have shifted; nothing else has.
+    drift = record["drift"]["sites"]
+    assert drift["riverside"]["age"] > 0.2 and drift["riverside"]["bmi"] > 0.2
+    for feature in INDEPENDENT:
+        assert drift["riverside"][feature] < 0.1, feature
+    for site, per in drift.items():
+        if site != "riverside":
+            assert max(v for v in per.values() if v is not None) < 0.1, (site, per)
+    assert record["drift"]["pooled"]["age"] > 0.02  # the federation moved less than one site
+
+    # What reached the coordinator: masked histograms, never a site's own.
+    contract = load_contract(cfg.contract)
+    drift_replies = [r for r in replies if isinstance(r, messages.DriftReply)]
+    assert sorted(r.site for r in drift_replies) == sorted(s.name for s in cfg.sites)
+    for reply in drift_replies:
+        path = cfg.site(reply.site).path
+        months = sorted({p.parent.name.split("=")[1] for p in path.rglob("*.parquet")})
+        plain = np.concatenate(
+            [
+                histogram_vector(read_months(path, "followup_month", months[:-1]), contract),
+                histogram_vector(read_months(path, "followup_month", [month]), contract),
+            ]
+        )
+        assert reply.masked.dtype == np.uint64
+        assert np.mean(reply.masked == encode(plain)) < 0.01
+
+
+def test_a_site_without_budget_is_left_out_and_too_few_refuse_the_job(
+    ray_session, tmp_path: Path
+) -> None:
+    base, _ = synthesize(tmp_path / "data", sites=4, rows=6000, seed=5)
+    raw = yaml.safe_load(base.read_text())
+    raw["sites"][0]["epsilon_budget"] = 1.5  # pays for one job of epsilon 1, not two
+    base.write_text(yaml.safe_dump(raw))
+    cfg = load_config(make_config(base, tmp_path, training={"rounds": 5}))
+    poor = cfg.sites[0].name
+    assert run_retrain(cfg, strategies=["dp-fedavg"]).code == TRAINED
+
+    append_month(base, rows=2000)
+    second = run_retrain(cfg, strategies=["dp-fedavg"])
+    assert second.code == TRAINED, second.message
+    record = _audit(cfg)[-1]
+    assert "budget is exhausted" in record["left_out"][poor]
+    assert record["sites"][poor]["trained"] is False
+    assert record["privacy"][poor]["epsilon_spent"] == pytest.approx(1.0)
+    others = [s.name for s in cfg.sites if s.name != poor]
+    assert all(record["privacy"][s]["epsilon_spent"] == pytest.approx(2.0) for s in others)
+
+    append_month(base, rows=2000)
+    strict = load_config(make_config(base, tmp_path, min_sites=4, training={"rounds": 5}))
+    before = _spent(strict)
+    refused = run_retrain(strict, strategies=["dp-fedavg"])
+    assert refused.code == BUDGET_EXHAUSTED and "before any noise" in refused.message
+    assert _spent(strict) == before
+    assert _audit(strict)[-1]["status"] == "budget exhausted"
+    # No site released a gradient for the refused job.
+    for site in strict.sites:
+        log = site.path.parent / f"{site.path.name}.audit.jsonl"
+        releases = [json.loads(x) for x in log.read_text().splitlines()]
+        assert releases[-1]["request"] != "logistic_gradient"
+
+
+def _start(config: Path, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [PIPELINE, "retrain", "--config", str(config), "--model", "dp-fedavg"],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_runs_never_overlap_and_a_killed_run_leaves_nothing_half_done(
+    ray_session, tmp_path: Path
+) -> None:
+    base, _ = synthesize(tmp_path / "data", sites=3, rows=4500, seed=8)
+    config = make_config(base, tmp_path, training={"rounds": 3000})
+    cfg = load_config(config)
+    ledger = PrivacyLedger(cfg.privacy.ledger)
+
+    first = _start(config, tmp_path)
+    deadline = time.monotonic() + 240
+    while not ledger.entries() and time.monotonic() < deadline:  # reserved: training starts
+        assert first.poll() is None, first.stdout.read()
+        time.sleep(0.5)
+    assert ledger.entries(), "the first run never reached training"
+
+    second = subprocess.run(
+        [PIPELINE, "retrain", "--config", str(config)], capture_output=True, text=True, timeout=120
+    )
+    assert second.returncode == LOCKED, second.stdout + second.stderr
+    assert "another retraining run holds" in second.stdout + second.stderr
+
+    time.sleep(2.0)  # mid-training: some noisy gradients have left the sites
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    assert lock_path(cfg).exists()
+
+    # Nothing half-done: no version, no alias; the ledger holds the whole planned spend of
+    # every site that released a noisy gradient.
+    assert _versions(cfg) == 0
+    client = mlflow.MlflowClient(cfg.tracking_uri, cfg.tracking_uri)
+    assert alias_version(client, cfg.mlflow.model_name, CHAMPION) is None
+    (job,) = {e["job_id"] for e in ledger.entries()}
+    reserved = {e["site"]: e["epsilon"] for e in ledger.entries()}
+    for site in cfg.sites:
+        log = site.path.parent / f"{site.path.name}.audit.jsonl"
+        released = [
+            e
+            for e in map(json.loads, log.read_text().splitlines())
+            if e["request"] == "logistic_gradient" and e["job"] == job
+        ]
+        assert 0 < len(released) < 3000, site.name
+        assert reserved[site.name] == pytest.approx(1.0)
+    assert not audit_path(cfg).exists() or all(r["status"] != "trained" for r in _audit(cfg))
+
+    # The next run takes the lock over and trains the months the killed run did not.
+    quick = load_config(make_config(base, tmp_path, training={"rounds": 5}))
+    resumed = run_retrain(quick, strategies=["dp-fedavg"])
+    assert resumed.code == TRAINED, resumed.message
+    assert _versions(quick) == 1
+    assert {e["job_id"] for e in ledger.entries()} >= {job}
