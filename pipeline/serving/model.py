@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextvars
 import json
 import re
-from itertools import repeat
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -297,8 +297,7 @@ def _undeclared(column: object, identifiers: set[str], contract: Contract) -> Vi
         return Violation(
             name,
             "no identifiers",
-            f"column {shown}: an identifier; the model takes no identifiers "
-            "(rule: no identifiers)",
+            f"column {shown}: an identifier; the model takes no identifiers (rule: no identifiers)",
             {"features": contract.feature_names},
         )
     return Violation(
@@ -421,7 +420,9 @@ def answer(
     # One record per (patient, factor): dict(zip(keys, fields)) mapped by builtins.
     fields = np.stack([features, labels, values, units, effect], axis=-1).reshape(n * k, 5)
     records = list(map(dict, map(zip, repeat(_FACTOR_KEYS), fields.tolist())))
-    factors = list(map(list, zip(*[iter(records)] * k))) if k else [[] for _ in range(n)]
+    factors = (
+        list(map(list, zip(*[iter(records)] * k, strict=True))) if k else [[] for _ in range(n)]
+    )
     return pd.DataFrame(
         {
             "risk_probability": p,
