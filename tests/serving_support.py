@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -95,8 +96,11 @@ def free_port() -> int:
 class Server:
     """A running `pipeline serve` process."""
 
-    def __init__(self, proc: subprocess.Popen, url: str, log: Path) -> None:
+    def __init__(
+        self, proc: subprocess.Popen, url: str, log: Path, tls_ca: Path | None = None
+    ) -> None:
         self.proc, self.url, self.log = proc, url, log
+        self.context = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else None
 
     def request(
         self,
@@ -121,7 +125,7 @@ class Server:
         for k, v in (headers or {}).items():
             req.add_header(k, v)
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.context) as r:
                 return r.status, dict(r.headers), r.read()
         except urllib.error.HTTPError as e:
             return e.code, dict(e.headers), e.read()
@@ -139,6 +143,7 @@ def running_server(
     alias: str = "champion",
     env: dict[str, str] | None = None,
     wait_s: float = 120,
+    tls_ca: Path | None = None,
 ) -> Iterator[Server]:
     """`pipeline serve` in a child process, until /ping answers; stopped afterwards."""
     port = free_port()
@@ -160,7 +165,8 @@ def running_server(
     ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
-    server = Server(proc, f"http://127.0.0.1:{port}", log)
+    scheme = "https" if tls_ca else "http"
+    server = Server(proc, f"{scheme}://127.0.0.1:{port}", log, tls_ca)
     try:
         deadline = time.monotonic() + wait_s
         while True:

@@ -141,7 +141,9 @@ def load_version(client: Any, name: str, version: str) -> Served:
     import mlflow.pyfunc
     from mlflow.pyfunc import scoring_server
 
-    scoring_server.predictions_to_json = predictions_to_json
+    if scoring_server.predictions_to_json is not predictions_to_json:
+        scoring_server._mlflow_predictions_to_json = scoring_server.predictions_to_json
+        scoring_server.predictions_to_json = predictions_to_json
 
     mv = client.get_model_version(name, version)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
@@ -427,6 +429,17 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
+async def _drain(receive: Receive, length: int, cap: int = 64 * 1024 * 1024) -> None:
+    """Read and drop a refused body (up to ``cap`` bytes) so the client, still sending,
+    reads the 413 instead of a reset connection."""
+    if length > cap:
+        return
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
 async def send_json(send: Send, status: int, body: Any, headers: list | None = None) -> None:
     raw = json.dumps(body).encode()
     await send(
@@ -580,6 +593,7 @@ class Guard:
             )
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
+            await _drain(receive, int(length))
             raise BadRequest(
                 413,
                 None,

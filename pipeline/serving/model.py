@@ -108,6 +108,12 @@ def _is_bool_mask(values: np.ndarray) -> np.ndarray:
     return np.frompyfunc(lambda v: isinstance(v, bool | np.bool_), 1, 1)(values).astype(bool)
 
 
+def _is_boolean_value(v: Any) -> bool:
+    if isinstance(v, bool | np.bool_):
+        return True
+    return isinstance(v, int | float) and v in (0, 1)
+
+
 def _why_not_numbers(values: np.ndarray) -> tuple[str, str, np.ndarray]:
     """For an object column that is not all numbers: the rule, the reason, the rows (the
     error path only, so it may look at each value)."""
@@ -204,7 +210,8 @@ class _Checker:
             missing = pd.isna(values)
             return np.where(missing, np.nan, np.where(missing, False, values).astype(bool))
         if pd.api.types.infer_dtype(values, skipna=True) not in _NUMBER_TYPES:
-            self.fail("boolean", "not true/false", ~pd.isna(values))
+            ok = np.frompyfunc(_is_boolean_value, 1, 1)(values).astype(bool)
+            self.fail("boolean", "not true/false", ~pd.isna(values) & ~ok)
             return None
         x = self.numbers(col)  # 0/1 is accepted for true/false
         if x is None:
@@ -435,16 +442,33 @@ def answer(
     )
 
 
+def _scalar(v: Any) -> Any:
+    return v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v
+
+
+_unwrap = np.frompyfunc(_scalar, 1, 1)
+
+
+def _column(v: Any) -> Any:
+    """A column as MLflow's ``inputs``/``instances`` parsers give it: an array, sometimes
+    of 0-d arrays (a null among them), which become plain values."""
+    arr = np.atleast_1d(v) if not isinstance(v, list) else np.array(v, dtype=object)
+    if arr.dtype == object and arr.size and any(isinstance(x, np.ndarray) for x in arr[:1]):
+        arr = _unwrap(arr)
+    return arr
+
+
 def as_frame(model_input: Any) -> pd.DataFrame:
     """What MLflow's parsers hand the model (a DataFrame, a dict of columns, a list of
     records) as a DataFrame."""
     if isinstance(model_input, pd.DataFrame):
         return model_input
     if isinstance(model_input, dict):
-        return pd.DataFrame({k: np.atleast_1d(v) for k, v in model_input.items()})
-    if isinstance(model_input, np.ndarray) and model_input.dtype == object:
-        return pd.DataFrame(list(model_input))
-    return pd.DataFrame(model_input)
+        return pd.DataFrame({k: _column(v) for k, v in model_input.items()})
+    frame = pd.DataFrame(list(model_input))
+    for name in frame.columns[frame.dtypes == object]:
+        frame[name] = _column(frame[name].to_numpy())
+    return frame
 
 
 class RiskModel(mlflow.pyfunc.PythonModel):
@@ -460,7 +484,9 @@ class RiskModel(mlflow.pyfunc.PythonModel):
         self.model_name = self.contract.name
         self.model_version: str | None = None
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001 (no type hints: MLflow would infer a signature from them)
+    # No type hints on predict: MLflow would infer a signature from them (and enforce it
+    # before the contract check, with its own error messages).
+    def predict(self, context, model_input, params=None):
         state = REQUEST_STATE.get()
         if state is not None:
             state.predicted = True
