@@ -466,7 +466,7 @@ def as_frame(model_input: Any) -> pd.DataFrame:
     if isinstance(model_input, dict):
         return pd.DataFrame({k: _column(v) for k, v in model_input.items()})
     frame = pd.DataFrame(list(model_input))
-    for name in frame.columns[frame.dtypes == object]:
+    for name in [c for c, t in frame.dtypes.items() if pd.api.types.is_object_dtype(t)]:
         frame[name] = _column(frame[name].to_numpy())
     return frame
 
