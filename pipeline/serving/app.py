@@ -27,6 +27,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -266,6 +267,11 @@ class Champion:
 
 
 # -- request bodies ----------------------------------------------------------------------
+# A NaN or Infinity literal where a JSON value may start (false positives, inside text,
+# only cost a full parse).
+_NON_FINITE = re.compile(rb"(?<![\w\"])-?(?:NaN|Infinity)(?![\w\"])")
+
+
 class _NonFinite(ValueError):
     pass
 
@@ -604,26 +610,11 @@ class Guard:
         body = await _read_body(receive, self.limits.max_body_bytes)
         if not body.strip():
             raise BadRequest(400, None, "body", "the body is empty (rule: a JSON or CSV body)")
-        if mime in JSON_TYPES:
-            doc = (
-                parse_json(body) if len(body) < 65536 else await asyncio.to_thread(parse_json, body)
-            )
-            rows = count_rows(doc)
-        else:
-            rows = max(0, body.strip().count(b"\n"))
-        ex.rows = rows
-        if rows > self.limits.max_rows:
-            raise BadRequest(
-                413,
-                None,
-                "rows",
-                f"{rows} rows in one request; at most {self.limits.max_rows} (rule: rows per "
-                "request)",
-                {"max_rows": self.limits.max_rows},
-            )
-        if rows == 0:
-            raise BadRequest(400, None, "rows", "the request has no rows (rule: at least 1)")
-        state = RequestState()
+        rows = await self._rows(body, mime)
+        if rows is not None:
+            ex.rows = rows
+            self._check_rows(rows)
+        state = RequestState(max_rows=self.limits.max_rows)
         token = REQUEST_STATE.set(state)
         try:
             status, out_headers, chunks = await _call(served.scoring, scope, body)
@@ -648,9 +639,11 @@ class Guard:
         # MLflow's own error body echoes the request: it is dropped here, always.
         if state.violations:
             first = state.violations[0]
+            if first.rule == "shape" and mime in JSON_TYPES and rows is None:
+                count_rows(await asyncio.to_thread(parse_json, body))  # names the input key
             await send_json(
                 send,
-                400,
+                413 if first.rule == "rows" and first.allowed else 400,
                 {
                     "error_code": "INVALID_PARAMETER_VALUE",
                     **first.to_dict(),
@@ -660,10 +653,38 @@ class Guard:
             return
         if state.failed is not None or state.predicted:
             raise RuntimeError(f"the model failed: {type(state.failed).__name__}")
+        if mime in JSON_TYPES and rows is None:  # say which rule MLflow's parser tripped on
+            self._check_rows(count_rows(await asyncio.to_thread(parse_json, body)))
         what = "JSON in MLflow's scoring format" if mime in JSON_TYPES else "CSV with a header row"
         raise BadRequest(
             400, None, "format", f"the body could not be read as {what} (rule: format)"
         )
+
+    async def _rows(self, body: bytes, mime: str) -> int | None:
+        """Rows of the request when they must be counted before MLflow parses it: a CSV
+        body's lines; a JSON body parsed here (NaN and Infinity refused, shape checked)
+        only when it could hold a non-finite literal or more rows than the limit (more
+        brackets than rows allow), since MLflow parses it anyway. None: within limits."""
+        if mime in CSV_TYPES:
+            return max(0, body.strip().count(b"\n"))
+        brackets = body.count(b"[") + body.count(b"{")
+        if _NON_FINITE.search(body) is None and brackets <= self.limits.max_rows + 8:
+            return None
+        doc = parse_json(body) if len(body) < 65536 else await asyncio.to_thread(parse_json, body)
+        return count_rows(doc)
+
+    def _check_rows(self, rows: int) -> None:
+        if rows > self.limits.max_rows:
+            raise BadRequest(
+                413,
+                None,
+                "rows",
+                f"{rows} rows in one request; at most {self.limits.max_rows} (rule: rows per "
+                "request)",
+                {"max_rows": self.limits.max_rows},
+            )
+        if rows == 0:
+            raise BadRequest(400, None, "rows", "the request has no rows (rule: at least 1)")
 
     def _record(self, scope: Scope, ex: _Exchange) -> None:
         latency = time.perf_counter() - ex.started

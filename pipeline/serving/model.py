@@ -69,6 +69,7 @@ class RequestState:
     shared with the thread MLflow predicts in)."""
 
     rows: int | None = None
+    max_rows: int | None = None
     violations: list[Violation] = field(default_factory=list)
     predicted: bool = False
     failed: BaseException | None = None
@@ -262,6 +263,17 @@ def check_request(contract: Contract, df: pd.DataFrame) -> dict[str, np.ndarray]
     n = len(df)
     if n == 0:
         raise RequestError([Violation(None, "rows", "request has no rows (rule: at least 1)")])
+    if not all(isinstance(c, str) for c in df.columns):
+        raise RequestError(
+            [
+                Violation(
+                    None,
+                    "shape",
+                    "values without feature names (rule: records are objects keyed by "
+                    "feature name; dataframe_split names its columns)",
+                )
+            ]
+        )
     declared = set(contract.feature_names)
     identifiers = {d.lower() for d in contract.identifiers_denylist} | {contract.key.name}
     if contract.index_date is not None:
@@ -430,13 +442,14 @@ def answer(
     factors = (
         list(map(list, zip(*[iter(records)] * k, strict=True))) if k else [[] for _ in range(n)]
     )
+    # Object columns: pandas would store the strings as Arrow strings, slower to answer.
     return pd.DataFrame(
         {
             "risk_probability": p,
-            "risk_band": contract.risk_band(p),
-            "top_factors": factors,
-            "model_name": model_name,
-            "model_version": model_version,
+            "risk_band": pd.array(contract.risk_band(p).astype(object), dtype=object),
+            "top_factors": pd.array(factors, dtype=object),
+            "model_name": pd.array([model_name] * n, dtype=object),
+            "model_version": pd.array([model_version] * n, dtype=object),
         },
         index=index,
     )
@@ -494,6 +507,18 @@ class RiskModel(mlflow.pyfunc.PythonModel):
             frame = as_frame(model_input)
             if state is not None:
                 state.rows = len(frame)
+                if state.max_rows is not None and len(frame) > state.max_rows:
+                    raise RequestError(
+                        [
+                            Violation(
+                                None,
+                                "rows",
+                                f"{len(frame)} rows in one request; at most {state.max_rows} "
+                                "(rule: rows per request)",
+                                {"max_rows": state.max_rows},
+                            )
+                        ]
+                    )
             cols = check_request(self.contract, frame)
             return answer(
                 self.contract,
