@@ -338,9 +338,8 @@ def _report(r: dict, args) -> int:
     p99 = ours["p99_ms"] / theirs["p99_ms"]
     print(f"{'one patient p99 (ms)':34s}{ours['p99_ms']:16.2f}{theirs['p99_ms']:22.2f}{p99:8.2f}")
     rr = ours["rows_s"] / theirs["rows_s"]
-    print(
-        f"{'10,000-row batch (rows/s)':34s}{ours['rows_s']:16,.0f}{theirs['rows_s']:22,.0f}{rr:8.2f}"
-    )
+    batch = "10,000-row batch (rows/s)"
+    print(f"{batch:34s}{ours['rows_s']:16,.0f}{theirs['rows_s']:22,.0f}{rr:8.2f}")
     lo, lt = ours["load"], theirs["load"]
     print(f"{'load: requests/s':34s}{lo['per_s']:16.0f}{lt['per_s']:22.0f}")
     print(f"{'load: p99 (ms)':34s}{lo['p99_ms']:16.1f}{lt['p99_ms']:22.1f}")

@@ -411,19 +411,22 @@ def _display_values(contract: Contract, cols: dict[str, np.ndarray]) -> np.ndarr
 _FACTOR_KEYS = ("feature", "name", "value", "unit", "effect")
 
 
-def answer(
+ANSWER_COLUMNS = ("risk_probability", "risk_band", "top_factors", "model_name", "model_version")
+
+
+def answer_records(
     contract: Contract,
     explainer: Explainer,
     cols: dict[str, np.ndarray],
     *,
     model_name: str,
     model_version: str | None,
-    index: pd.Index | None = None,
-) -> pd.DataFrame:
-    """The clinician-facing answer for checked rows: probability, band, the top factors
-    (display name, the patient's value and unit, whether it raises or lowers the risk)
-    and the model's identity. Whole columns at a time: the factors are gathered with
-    numpy and zipped into records by builtins, with no Python loop per patient."""
+) -> list[dict[str, Any]]:
+    """The clinician-facing answer for checked rows, one record per patient: probability,
+    band, the top factors (display name, the patient's value and unit, whether it raises
+    or lowers the risk) and the model's identity. Whole columns at a time: the factors are
+    gathered with numpy and zipped into records by builtins, with no Python loop per
+    patient."""
     p, contrib = explainer.explain(cols)
     n, k = len(p), min(TOP_FACTORS, contrib.shape[1])
     top = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :k]
@@ -439,20 +442,34 @@ def answer(
     # One record per (patient, factor): dict(zip(keys, fields)) mapped by builtins.
     fields = np.stack([features, labels, values, units, effect], axis=-1).reshape(n * k, 5)
     records = list(map(dict, map(zip, repeat(_FACTOR_KEYS), fields.tolist())))
-    factors = (
-        list(map(list, zip(*[iter(records)] * k, strict=True))) if k else [[] for _ in range(n)]
+    factors = list(map(list, zip(*[iter(records)] * k, strict=True))) if k else [[]] * n
+    rows = zip(
+        p.tolist(),
+        contract.risk_band(p).tolist(),
+        factors,
+        repeat(model_name),
+        repeat(model_version),
     )
-    # Object columns: pandas would store the strings as Arrow strings, slower to answer.
-    return pd.DataFrame(
-        {
-            "risk_probability": p,
-            "risk_band": pd.array(contract.risk_band(p).astype(object), dtype=object),
-            "top_factors": pd.array(factors, dtype=object),
-            "model_name": pd.array([model_name] * n, dtype=object),
-            "model_version": pd.array([model_version] * n, dtype=object),
-        },
-        index=index,
+    return list(map(dict, map(zip, repeat(ANSWER_COLUMNS), rows)))
+
+
+def answer(
+    contract: Contract,
+    explainer: Explainer,
+    cols: dict[str, np.ndarray],
+    *,
+    model_name: str,
+    model_version: str | None,
+    index: pd.Index | None = None,
+) -> pd.DataFrame:
+    """:func:`answer_records` as a DataFrame (what the pyfunc returns in process)."""
+    records = answer_records(
+        contract, explainer, cols, model_name=model_name, model_version=model_version
     )
+    frame = pd.DataFrame.from_records(records, columns=list(ANSWER_COLUMNS))
+    if index is not None:
+        frame.index = index
+    return frame
 
 
 def _scalar(v: Any) -> Any:
@@ -520,6 +537,16 @@ class RiskModel(mlflow.pyfunc.PythonModel):
                         ]
                     )
             cols = check_request(self.contract, frame)
+            if state is not None:
+                # Under `pipeline serve`: records, which MLflow's scoring app writes as
+                # they are (a DataFrame would first go through pandas' to_dict).
+                return answer_records(
+                    self.contract,
+                    self.explainer,
+                    cols,
+                    model_name=self.model_name,
+                    model_version=self.model_version,
+                )
             return answer(
                 self.contract,
                 self.explainer,
