@@ -45,3 +45,26 @@ def run_demo(console: Console, *, out: Path, sites: int, rows: int, seed: int) -
         f"MLflow store: {cfg.tracking_uri}  (browse: .venv/bin/mlflow ui --backend-store-uri "
         f"{cfg.tracking_uri})\nprivacy ledger: {cfg.privacy.ledger}"
     )
+    print_how_to_serve(console, cfg)
+
+
+def print_how_to_serve(console: Console, cfg) -> None:
+    """How to serve the registered model to clinicians and score a patient."""
+    from pipeline.registry import CHALLENGER, CHAMPION, alias_version, registry_client
+
+    name = cfg.mlflow.model_name
+    client = registry_client(cfg.tracking_uri)
+    alias = CHAMPION if alias_version(client, name, CHAMPION) is not None else CHALLENGER
+    version = alias_version(client, name, alias)
+    if version is None:
+        return
+    example = Path(__file__).resolve().parent.parent / "docs" / "patients.json"
+    console.rule("[bold]serve it to clinicians")
+    console.print(
+        f"{name} version {version} is the {alias}. Serve it (REST, CDS Hooks, a page at "
+        f"http://127.0.0.1:5001/):\n"
+        f"  .venv/bin/pipeline serve --config {cfg.path} --alias {alias}\n"
+        f"and score patients from another terminal:\n"
+        f"  .venv/bin/pipeline score --url http://127.0.0.1:5001 {example}",
+        highlight=False,
+    )

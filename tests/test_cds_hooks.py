@@ -203,7 +203,7 @@ def test_a_patient_view_card_matches_the_rest_answer_for_the_same_values(server)
         assert f"**{factor['name']}**" in card["detail"]
         assert f"{factor['effect']} the risk" in card["detail"]
     assert card["source"]["label"] == f"{MODEL_NAME} v1 (federated risk model)"
-    assert "LDL cholesterol" in card["detail"]  # not recorded: named, taken as typical
+    assert "Not recorded: " in card["detail"] and "LDL cholesterol" in card["detail"]
 
 
 def test_a_missing_required_field_is_a_card_saying_what_is_missing(server) -> None:

@@ -551,3 +551,44 @@ def test_tls_is_served_when_given_a_certificate(champion, tmp_path: Path) -> Non
             status, body = s.score([PATIENT], token=TOKEN)
             assert status == 200 and body["predictions"][0]["risk_band"]
             assert s.score([PATIENT])[0] == 401
+
+
+# -- pipeline score ----------------------------------------------------------------------
+def test_pipeline_score_prints_a_table_from_json_and_csv(server, tmp_path: Path) -> None:
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    example = Path(__file__).resolve().parent.parent / "docs" / "patients.json"
+    csv = tmp_path / "patients.csv"
+    pd.DataFrame(json.loads(example.read_text())).to_csv(csv, index=False)
+    runner = CliRunner()
+    outputs = []
+    for path in (example, csv):
+        result = runner.invoke(app, ["score", "--url", server.url, str(path)])
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output)
+        assert f"{MODEL_NAME} version 1" in result.output
+        assert "high" in result.output or "moderate" in result.output or "low" in result.output
+    assert outputs[0] == outputs[1]
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{**PATIENT, "hba1c": MARK_NUMBER}]))
+    result = runner.invoke(app, ["score", "--url", server.url, str(bad)])
+    assert result.exit_code == 2
+    assert "hba1c" in result.output and "rule: range" in result.output
+
+
+def test_the_demo_ends_by_saying_how_to_serve_and_score(champion) -> None:
+    from rich.console import Console
+
+    from pipeline.config import load_config
+    from pipeline.demo import print_how_to_serve
+
+    tmp, uri, _, _ = champion
+    console = Console(record=True, width=200)
+    print_how_to_serve(console, load_config(write_config(tmp, uri)))
+    text = console.export_text()
+    assert f"{MODEL_NAME} version 1 is the champion" in text
+    assert "pipeline serve --config" in text and "pipeline score --url" in text

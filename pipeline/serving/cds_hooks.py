@@ -354,7 +354,7 @@ def card_for(
     detail = (
         f"**{p:.1%}** risk, band **{band}**" + (f": {meaning}" if meaning else "") + "\n\n"
         f"Main factors:\n\n{factors}\n\n"
-        + (f"Not recorded (taken as typical): {', '.join(missing)}.\n\n" if missing else "")
+        + (f"Not recorded: {', '.join(missing)}.\n\n" if missing else "")
         + f"Model {model_name} version {model_version}."
     )
     return {
