@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import ipaddress
 import json
@@ -159,11 +160,12 @@ def load_version(client: Any, name: str, version: str) -> Served:
         run_id=mv.run_id,
         risk_model=risk_model,
         scoring=scoring_server.init(pyfunc),
-        card=_model_card(mv.run_id),
+        card=model_card(mv.run_id),
     )
 
 
-def _model_card(run_id: str | None) -> str | None:
+def model_card(run_id: str | None) -> str | None:
+    """The version's model card (``model_card.md`` at the root of its run), or None."""
     if not run_id:
         return None
     import mlflow.artifacts
@@ -567,11 +569,11 @@ class Guard:
         self, scope: Scope, receive: Receive, send: Send, served: Served | None, ex: _Exchange
     ) -> None:
         path = scope["path"]
+        if served is None:
+            raise BadRequest(503, None, "model", "no model is loaded yet")
         if path not in SCORING_PATHS:
             await self.routes(scope, receive, send)
             return
-        if served is None:
-            raise BadRequest(503, None, "model", "no model is loaded yet")
         if path != "/invocations":
             if scope["method"] != "GET":
                 raise BadRequest(405, None, "method", f"{path} takes GET (rule: method)")
@@ -617,7 +619,8 @@ class Guard:
         state = RequestState(max_rows=self.limits.max_rows)
         token = REQUEST_STATE.set(state)
         try:
-            status, out_headers, chunks = await _call(served.scoring, scope, body)
+            with _gc_paused(len(body) > GC_PAUSE_BYTES):
+                status, out_headers, chunks = await _call(served.scoring, scope, body)
         finally:
             REQUEST_STATE.reset(token)
         ex.rows = state.rows if state.rows is not None else rows
@@ -713,9 +716,36 @@ def _endpoint(path: str) -> str:
         return path
     if path == "/cds-services" or path.startswith("/cds-services/"):
         return "/cds-services" if path == "/cds-services" else "/cds-services/{id}"
-    if path.startswith("/static/"):
-        return "/static"
     return "other"
+
+
+GC_PAUSE_BYTES = 256 * 1024
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+
+
+@contextlib.contextmanager
+def _gc_paused(pause: bool):
+    """The cyclic garbage collector off while a large batch is answered: parsing it and
+    building its answer allocate a few hundred thousand containers, and the collections
+    they trigger over that live heap took a third of a 10,000-row request (measured).
+    Reference counting still frees everything; the collector runs again after the last
+    paused request (a count, since requests overlap)."""
+    global _gc_pauses
+    if not pause:
+        yield
+        return
+    with _gc_lock:
+        _gc_pauses += 1
+        if _gc_pauses == 1:
+            gc.disable()
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0:
+                gc.enable()
 
 
 async def _call(app: ASGIApp, scope: Scope, body: bytes) -> tuple[int, list, list[bytes]]:

@@ -181,16 +181,9 @@ def _observation(f: Feature, src: FhirSource, observations: list[Any], where: st
         return None
     _, part, at = max(found, key=lambda t: t[0])
     if f.kind == "categorical":
+        # An answer the contract does not map (say, "unknown if ever smoked") is unknown.
         codings = _codings(getattr(part, "valueCodeableConcept", None))
-        for c in codings:
-            if c in src.values:
-                return src.values[c]
-        raise HookError(
-            f"{at}.valueCodeableConcept",
-            "code",
-            f"{at}: {f.label} is coded with none of the codes the contract maps "
-            f"(rule: one of {sorted(src.values)})",
-        )
+        return next((src.values[c] for c in codings if c in src.values), None)
     q = getattr(part, "valueQuantity", None)
     if q is None or q.value is None:
         return None

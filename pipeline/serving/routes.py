@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from pipeline.serving import cds_hooks, page
-from pipeline.serving.app import BadRequest, Champion, Metrics, parse_json
+from pipeline.serving.app import BadRequest, Champion, Metrics, model_card, parse_json
 
 
 def _error(exc: BadRequest | cds_hooks.HookError, status: int | None = None) -> JSONResponse:
@@ -38,9 +38,12 @@ def routes(champion: Champion, metrics: Metrics, *, auth_required: bool) -> Fast
         return HTMLResponse(body, headers={"content-security-policy": _CSP})
 
     @api.get("/model-card")
-    async def model_card(request: Request) -> Response:
+    async def model_card_route(request: Request) -> Response:
         s = served()
-        if s.card is None:
+        card = s.card
+        if card is None:  # logged after the version was loaded?
+            card = await asyncio.to_thread(model_card, s.run_id)
+        if card is None:
             return JSONResponse(
                 {
                     "error_code": "RESOURCE_DOES_NOT_EXIST",
@@ -54,10 +57,10 @@ def routes(champion: Champion, metrics: Metrics, *, auth_required: bool) -> Fast
             return HTMLResponse(
                 f"<!doctype html><meta charset=utf-8><title>{title}</title>"
                 f"<pre style='white-space:pre-wrap;font:14px/1.5 system-ui;max-width:80ch;"
-                f"margin:24px auto'>{html.escape(s.card)}</pre>",
+                f"margin:24px auto'>{html.escape(card)}</pre>",
                 headers={"content-security-policy": _CSP},
             )
-        return Response(s.card, media_type="text/markdown; charset=utf-8")
+        return Response(card, media_type="text/markdown; charset=utf-8")
 
     @api.get("/metrics")
     async def prometheus() -> Response:
