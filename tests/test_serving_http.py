@@ -592,3 +592,18 @@ def test_the_demo_ends_by_saying_how_to_serve_and_score(champion) -> None:
     text = console.export_text()
     assert f"{MODEL_NAME} version 1 is the champion" in text
     assert "pipeline serve --config" in text and "pipeline score --url" in text
+
+
+def test_a_request_over_the_deadline_is_refused_in_time(champion) -> None:
+    import time
+
+    tmp, uri, _, frame = champion
+    config = write_config(tmp, uri, deadline_s=0.05)
+    rows = _records(frame, 4000) * 2
+    with running_server(config) as s:
+        started = time.monotonic()
+        status, headers, raw = s.request("POST", "/invocations", {"dataframe_records": rows})
+        assert status == 503 and headers.get("retry-after") == "1"
+        assert json.loads(raw)["rule"] == "deadline"
+        assert time.monotonic() - started < 5
+        assert s.score([PATIENT])[0] == 200  # and the server goes on
