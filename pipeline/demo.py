@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from pipeline.config import load_config
+from pipeline.config import FederationConfig, load_config
 from pipeline.report import print_job, print_sites, print_validation, site_progress
 from pipeline.synth import synthesize
 
@@ -48,7 +48,7 @@ def run_demo(console: Console, *, out: Path, sites: int, rows: int, seed: int) -
     print_how_to_serve(console, cfg)
 
 
-def print_how_to_serve(console: Console, cfg) -> None:
+def print_how_to_serve(console: Console, cfg: FederationConfig) -> None:
     """How to serve the registered model to clinicians and score a patient."""
     from pipeline.registry import CHALLENGER, CHAMPION, alias_version, registry_client
 
