@@ -212,8 +212,8 @@ def retrain(
 ) -> None:
     from pipeline.config import STRATEGIES, load_config
     from pipeline.console import stdout_to_stderr
-    from pipeline.report import job_progress
-    from pipeline.retrain import BAD_INPUT, TRAINED, run_retrain
+    from pipeline.report import job_progress, print_retrain
+    from pipeline.retrain import BAD_INPUT, run_retrain
 
     for m in model or []:
         if m not in STRATEGIES:
@@ -231,14 +231,11 @@ def retrain(
         result = run_retrain(
             cfg, strategies=model, ray_address=ray_address, progress=say, on_round=on_round
         )
+    print_retrain(out, result)
     if as_json:
         import json
 
         print(json.dumps(result.record, indent=2, default=str))
-    colour = "green" if result.code == TRAINED else "yellow"
-    out.print(
-        f"[bold {colour}]{result.status}[/] (exit {result.code}): {result.message}", highlight=False
-    )
     raise typer.Exit(result.code)
 
 
@@ -321,6 +318,35 @@ def demo(
     from pipeline.demo import run_demo
 
     run_demo(console, out=out, sites=sites, rows=rows, seed=seed)
+
+
+@app.command()
+@_friendly
+def serve(
+    config: ConfigOpt,
+    alias: Annotated[str, typer.Option(help="registry alias to serve and follow")] = "champion",
+    host: Annotated[str, typer.Option(help="address to bind (off loopback: token)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 5001,
+) -> None:
+    """Serve the registered model to clinicians: REST, CDS Hooks and a page."""
+    from pipeline.config import load_config
+    from pipeline.serving.app import serve_config
+
+    serve_config(load_config(config), alias=alias, host=host, port=port, console=console)
+
+
+@app.command()
+@_friendly
+def score(
+    patients: Annotated[Path, typer.Argument(help="patients.json or patients.csv")],
+    url: Annotated[str, typer.Option(help="the service")] = "http://127.0.0.1:5001",
+    token_file: Annotated[Path | None, typer.Option(help="bearer token file")] = None,
+    cafile: Annotated[Path | None, typer.Option(help="CA bundle for an https service")] = None,
+) -> None:
+    """Score patients with a running service and print a table."""
+    from pipeline.serving.client import score_file
+
+    score_file(console, url, patients, token_file=token_file, cafile=cafile)
 
 
 if __name__ == "__main__":  # pragma: no cover

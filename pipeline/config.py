@@ -76,6 +76,30 @@ class MlflowConfig(_Strict):
     model_name: str = "diabetes-risk"
 
 
+class ServingConfig(_Strict):
+    """`pipeline serve`: limits, access control and how often the alias is re-read."""
+
+    max_rows: int = Field(10_000, ge=1, description="most patients in one request")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body")
+    deadline_s: float = Field(10.0, gt=0, description="per-request deadline")
+    poll_s: float = Field(30.0, gt=0, description="how often the registry alias is re-read")
+    token_file: Path | None = Field(
+        None, description="file holding the bearer token (required off loopback)"
+    )
+    token_env: str = Field(
+        "PIPELINE_SERVE_TOKEN", description="environment variable holding the bearer token"
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate: serve HTTPS")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    access_log: Path | None = Field(None, description="also append the access log here")
+
+    @model_validator(mode="after")
+    def _pair(self) -> ServingConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("serving: tls_cert and tls_key go together")
+        return self
+
+
 class XGBoostConfig(_Strict):
     """Federated XGBoost (``--model xgboost``): the sites as workers of one collective."""
 
@@ -170,6 +194,7 @@ class FederationConfig(_Strict):
     gate: GateConfig = Field(default_factory=GateConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
     path: Path | None = None
 
     @model_validator(mode="after")
@@ -235,4 +260,8 @@ def _resolve_paths(cfg: FederationConfig, base: Path, path: Path) -> FederationC
     cfg.privacy.ledger = resolve(cfg.privacy.ledger)
     for site in cfg.sites:
         site.path = resolve(site.path)
+    for name in ("token_file", "tls_cert", "tls_key", "access_log"):
+        value = getattr(cfg.serving, name)
+        if value is not None:
+            setattr(cfg.serving, name, resolve(value))
     return cfg

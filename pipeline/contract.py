@@ -48,6 +48,59 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class UnitConversion(_Strict):
+    """A unit the CDS Hooks service accepts for a feature: contract value = value * scale +
+    offset. A bare number in the YAML is a scale."""
+
+    scale: float = 1.0
+    offset: float = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_scale(cls, v: object) -> object:
+        return {"scale": v} if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+
+FhirResource = Literal[
+    "Patient", "Observation", "Condition", "MedicationStatement", "FamilyMemberHistory"
+]
+
+
+class FhirSource(_Strict):
+    """Where a feature is read from FHIR R4 resources (the CDS Hooks service's mapping).
+
+    - ``Patient``: ``element`` is ``birthDate`` (age in whole years today) or ``gender``
+      (mapped through ``values``).
+    - ``Observation``: the latest final/amended/corrected observation (or observation
+      component, as in a blood-pressure panel) coded with one of ``codes``; a
+      ``valueQuantity`` must carry one of ``units`` (UCUM code), converted into the
+      feature's unit; a ``valueCodeableConcept`` is mapped through ``values``.
+    - ``Condition`` / ``FamilyMemberHistory`` / ``MedicationStatement``: a boolean, true
+      when an active entry carries one of ``codes``, false when that prefetch is present
+      without one, null when the EHR sent no such prefetch.
+
+    ``codes`` are ``system|code``; a code ending in ``*`` matches by prefix (ATC classes).
+    """
+
+    resource: FhirResource
+    element: Literal["birthDate", "gender"] | None = None
+    codes: list[str] = Field(default_factory=list)
+    units: dict[str, UnitConversion] = Field(default_factory=dict)
+    values: dict[str, str | int | bool] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> FhirSource:
+        if self.resource == "Patient":
+            if self.element is None:
+                raise ValueError("a Patient source needs element: birthDate or gender")
+        elif not self.codes:
+            raise ValueError(f"a {self.resource} source needs codes (system|code)")
+        bad = [c for c in self.codes if "|" not in c]
+        if bad:
+            raise ValueError(f"codes must be system|code, got {bad}")
+        return self
+
+
 class Feature(_Strict):
     """One model input column, in the clinical unit the sites hold it in."""
 
@@ -64,6 +117,7 @@ class Feature(_Strict):
     plausible_median: tuple[float, float] | None = None
     display_name: str | None = None
     description: str = ""
+    fhir: FhirSource | None = None
 
     @model_validator(mode="after")
     def _check_kind(self) -> Feature:
@@ -81,7 +135,23 @@ class Feature(_Strict):
             raise ValueError(f"boolean feature {self.name!r} must have dtype bool")
         if not self.nullable and self.max_missing_rate > 0:
             raise ValueError(f"feature {self.name!r}: max_missing_rate > 0 needs nullable: true")
+        if self.fhir is not None:
+            self._check_fhir(self.fhir)
         return self
+
+    def _check_fhir(self, src: FhirSource) -> None:
+        where = f"feature {self.name!r}: fhir"
+        if self.kind == "numeric" and src.resource == "Observation" and not src.units:
+            raise ValueError(f"{where}: a numeric observation needs units (UCUM code -> scale)")
+        if src.resource in ("Condition", "MedicationStatement", "FamilyMemberHistory") and (
+            self.kind != "boolean"
+        ):
+            raise ValueError(f"{where}: a {src.resource} source gives a boolean feature")
+        if self.kind == "categorical" and src.values:
+            allowed = {str(c) for c in self.categories or []}
+            unknown = sorted({str(v) for v in src.values.values()} - allowed)
+            if unknown:
+                raise ValueError(f"{where}: values map to unknown categories {unknown}")
 
     @property
     def label(self) -> str:

@@ -89,33 +89,51 @@ class FeatureEncoder:
         blocks = sum(1 + int(f.nullable) for f in self.contract.features)
         return float(np.sqrt(blocks))
 
+    def canonical(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Each feature of raw contract columns in one canonical form: float64 for numbers
+        and booleans (NaN when missing, a declared missing code included), int64 index
+        into the contract's categories for categories (-1 when missing or unknown)."""
+        cols: dict[str, np.ndarray] = {}
+        for f in self.contract.features:
+            values = df[f.name]
+            if f.kind == "categorical":
+                cols[f.name] = _category_codes(f, values)
+                continue
+            missing = missing_mask(f, values)
+            x = _numeric(values.astype("float64") if values.dtype == bool else values)
+            cols[f.name] = np.where(missing, np.nan, x)
+        return cols
+
     def transform(self, df: pd.DataFrame) -> np.ndarray:
         """Encode raw contract columns (clinical units) into a float64 design matrix."""
-        n = len(df)
+        return self.encode(self.canonical(df))
+
+    def encode(self, cols: dict[str, np.ndarray]) -> np.ndarray:
+        """The design matrix of :meth:`canonical` columns (the served model checks a
+        request straight into that form)."""
+        n = len(next(iter(cols.values()))) if cols else 0
         # Filled column by column: column-major while filling, row-major when returned.
         out = np.zeros((n, self.n_features_out), dtype=np.float64, order="F")
         j = 0
         for f in self.contract.features:
-            values = df[f.name]
-            missing = missing_mask(f, values)
-            if f.kind == "numeric":
-                lo, hi = f.range  # type: ignore[misc]
-                x = _numeric(values)
-                x = np.where(missing | np.isnan(x), f.impute_value, x)
-                out[:, j] = (np.clip(x, lo, hi) - f.impute_value) / (hi - lo)
-                j += 1
-            elif f.kind == "boolean":
-                x = _numeric(values.astype("float64") if values.dtype == bool else values)
-                out[:, j] = np.where(missing | np.isnan(x), 0.0, x != 0)
-                j += 1
-            else:
-                codes = _category_codes(f, values)
+            x = cols[f.name]
+            if f.kind == "categorical":
+                missing = x < 0
                 k = len(f.categories or [])
-                rows = np.flatnonzero(codes >= 0)
-                out[rows, j + codes[rows]] = 1.0
+                rows = np.flatnonzero(~missing)
+                out[rows, j + x[rows]] = 1.0
                 j += k
+            else:
+                missing = np.isnan(x)
+                if f.kind == "numeric":
+                    lo, hi = f.range  # type: ignore[misc]
+                    filled = np.where(missing, f.impute_value, x)
+                    out[:, j] = (np.clip(filled, lo, hi) - f.impute_value) / (hi - lo)
+                else:
+                    out[:, j] = np.where(missing, 0.0, x != 0)
+                j += 1
             if f.nullable:
-                out[:, j] = missing.astype(np.float64)
+                out[:, j] = missing
                 j += 1
         return np.ascontiguousarray(out)
 
@@ -124,15 +142,16 @@ class FeatureEncoder:
         missing), category index for categories, 0/1 for booleans. Trees need no scaling,
         and their bin grid comes from the contract's ranges
         (:func:`pipeline.models.trees.contract_grid`)."""
-        out = np.full((len(df), len(self.contract.features)), np.nan, order="F")
+        return self.tree_encode(self.canonical(df))
+
+    def tree_encode(self, cols: dict[str, np.ndarray]) -> np.ndarray:
+        """The tree matrix of :meth:`canonical` columns."""
+        n = len(next(iter(cols.values()))) if cols else 0
+        out = np.full((n, len(self.contract.features)), np.nan, order="F")
         for j, f in enumerate(self.contract.features):
-            values = df[f.name]
-            missing = missing_mask(f, values)
+            x = cols[f.name]
             if f.kind == "categorical":
-                codes = _category_codes(f, values).astype(float)
-                codes[codes < 0] = np.nan
-                out[:, j] = codes
+                out[:, j] = np.where(x < 0, np.nan, x)
             else:
-                x = _numeric(values.astype("float64") if values.dtype == bool else values)
-                out[:, j] = np.where(missing, np.nan, x)
+                out[:, j] = x
         return np.ascontiguousarray(out)

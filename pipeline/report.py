@@ -137,6 +137,44 @@ def print_models(console: Console, model_name: str, rows) -> None:  # noqa: ANN0
     console.print(table)
 
 
+def print_retrain(console: Console, result) -> None:  # noqa: ANN001
+    """A retraining run: new months and drift per site, then each retrained model's
+    gate decision, then the outcome with its exit code."""
+    from pipeline.drift import level
+
+    record = result.record
+    drift = (record.get("drift") or {}).get("sites", {})
+    if record.get("sites"):
+        table = Table(title="new follow-up months and drift (PSI against the champion's data)")
+        for col in ("site", "new months", "most shifted features (PSI)", "taken part"):
+            table.add_column(col)
+        for site, info in record["sites"].items():
+            psi = {f: v for f, v in drift.get(site, {}).items() if v is not None}
+            top = sorted(psi.items(), key=lambda kv: -kv[1])[:4]
+            shown = ", ".join(
+                f"{'[red]' if level(v) == 'shifted' else ''}{f} {v:.2f}"
+                f"{'[/]' if level(v) == 'shifted' else ''}"
+                for f, v in top
+            )
+            left_out = record.get("left_out", {}).get(site)
+            table.add_row(
+                site,
+                ", ".join(info.get("new", [])) or "-",
+                shown or "-",
+                "yes" if info.get("trained", True) and not left_out else f"no: {left_out}",
+            )
+        console.print(table)
+    for job in result.jobs:
+        console.print(f"{job.strategy}: version {job.model_version}, AUC {job.metrics.auc:.3f}")
+        if job.decision is not None:
+            print_decision(console, job.decision, job.model_version)
+    colour = "green" if result.code == 0 else "yellow"
+    console.print(
+        f"[bold {colour}]{result.status}[/] (exit {result.code}): {result.message}",
+        highlight=False,
+    )
+
+
 @contextlib.contextmanager
 def job_progress(
     console: Console,

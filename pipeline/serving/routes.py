@@ -1,0 +1,129 @@
+"""The service's own routes beside MLflow's: the clinician page, the model card, the
+Prometheus metrics and CDS Hooks. Each reads the champion at the start of the request,
+so a swap never mixes two versions in one answer."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from pipeline.serving import cds_hooks, page
+from pipeline.serving.app import BadRequest, Champion, Metrics, model_card, parse_json
+
+
+def _error(exc: BadRequest | cds_hooks.HookError, status: int | None = None) -> JSONResponse:
+    code = status or getattr(exc, "status", 400)
+    return JSONResponse(exc.body(), status_code=code)
+
+
+def routes(champion: Champion, metrics: Metrics, *, auth_required: bool) -> FastAPI:
+    api = FastAPI(title="pipeline serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def served() -> Any:
+        current = champion.current
+        if current is None:
+            raise BadRequest(503, None, "model", "no model is loaded yet")
+        return current
+
+    @api.get("/", response_class=HTMLResponse)
+    async def clinician_page() -> HTMLResponse:
+        s = served()
+        body = page.render(
+            s.contract, model_name=s.name, model_version=s.version, auth_required=auth_required
+        )
+        return HTMLResponse(body, headers={"content-security-policy": _CSP})
+
+    @api.get("/model-card")
+    async def model_card_route(request: Request) -> Response:
+        s = served()
+        card = s.card
+        if card is None:  # logged after the version was loaded?
+            card = await asyncio.to_thread(model_card, s.run_id)
+        if card is None:
+            return JSONResponse(
+                {
+                    "error_code": "RESOURCE_DOES_NOT_EXIST",
+                    "message": f"model {s.name} version {s.version} has no model card "
+                    f"(no model_card.md at the root of its run {s.run_id})",
+                },
+                status_code=404,
+            )
+        if "text/html" in request.headers.get("accept", ""):
+            title = html.escape(f"{s.name} version {s.version}: model card")
+            return HTMLResponse(
+                f"<!doctype html><meta charset=utf-8><title>{title}</title>"
+                f"<pre style='white-space:pre-wrap;font:14px/1.5 system-ui;max-width:80ch;"
+                f"margin:24px auto'>{html.escape(card)}</pre>",
+                headers={"content-security-policy": _CSP},
+            )
+        return Response(card, media_type="text/markdown; charset=utf-8")
+
+    @api.get("/metrics")
+    async def prometheus() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @api.get("/cds-services")
+    async def discovery() -> JSONResponse:
+        s = served()
+        return JSONResponse(cds_hooks.discovery(s.contract, s.name))
+
+    @api.post("/cds-services/{service}")
+    async def patient_view(service: str, request: Request) -> JSONResponse:
+        s = served()
+        if service != cds_hooks.service_id(s.name):
+            return JSONResponse(
+                {
+                    "error_code": "ENDPOINT_NOT_FOUND",
+                    "message": "no such CDS service; see GET /cds-services (rule: service id)",
+                },
+                status_code=404,
+            )
+        raw = await request.body()
+        if len(raw) > 1024 * 1024:
+            return _error(BadRequest(413, None, "body size", "a hook request over 1 MiB"))
+        if not raw.strip():
+            return _error(BadRequest(400, None, "body", "the body is empty (rule: JSON)"))
+        try:
+            body = parse_json(raw)
+            card_url = str(request.base_url) + "model-card" if s.card is not None else None
+            answer = await asyncio.to_thread(
+                cds_hooks.hook_response,
+                s.contract,
+                s.risk_model.explainer,
+                body,
+                model_name=s.name,
+                model_version=s.version,
+                card_url=card_url,
+            )
+        except BadRequest as exc:
+            return _error(exc)
+        except cds_hooks.HookError as exc:
+            return _error(exc, 400)
+        return JSONResponse(answer)
+
+    @api.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    async def not_found(rest: str) -> JSONResponse:
+        return JSONResponse(
+            {
+                "error_code": "ENDPOINT_NOT_FOUND",
+                "message": "no such endpoint (rule: one of /, "
+                "/invocations, /ping, /health, /version, /metrics, /model-card, /cds-services)",
+            },
+            status_code=404,
+        )
+
+    return api
+
+
+# Everything the page needs is inline; nothing may load from elsewhere.
+_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'"
+)
+
+__all__ = ["routes"]
