@@ -246,7 +246,7 @@ def load_version(client: Any, model_name: str, version: str, workdir: Path) -> R
     import yaml
 
     from pipeline.contract import load_contract
-    from pipeline.serving import build_model
+    from pipeline.serving.model import build_model
 
     mv = client.get_model_version(model_name, version)
     local = Path(
