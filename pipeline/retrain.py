@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -202,6 +203,7 @@ def _retrain(
     say: Progress,
     on_round: RoundProgress | None,
 ) -> RetrainResult:
+    from pipeline.context import StageClock
     from pipeline.contract import load_contract
     from pipeline.extract import current_month
     from pipeline.federation.secure_drift import measure_drift
@@ -213,10 +215,14 @@ def _retrain(
     drift_reference = champion_partitions(cfg) or already
     month = current_month()
     record.update({"strategies": strategies, "closed_before": month})
+    clock = StageClock()
+    record["seconds"] = clock.seconds  # wall time per stage, filled as the run goes
+    started = time.perf_counter()
     with site_runtime(cfg, record["run"], ray_address) as runtime:
         say("asking the sites for their closed follow-up months")
         listing = runtime.call("partitions", month)
         runtime.require_quorum(cfg.quorum, "listing partitions")
+        clock.seconds["start and listing"] = time.perf_counter() - started
         new = {s: sorted(set(p.closed) - set(already.get(s, ()))) for s, p in listing.ok.items()}
         record["sites"] = {
             s: {
@@ -242,14 +248,15 @@ def _retrain(
                 record["drift"] = None  # nothing trained yet: nothing to compare with
                 return
             say("measuring drift of the new months (secure sum)")
-            report = measure_drift(
-                ctx.runtime,
-                contract,
-                reference={s: drift_reference.get(s, []) for s in ctx.runtime.active},
-                current={s: new.get(s, []) for s in ctx.runtime.active},
-                drift_id=f"{ctx.job_id}:drift",
-                quorum=cfg.quorum,
-            )
+            with clock.stage("drift"):
+                report = measure_drift(
+                    ctx.runtime,
+                    contract,
+                    reference={s: drift_reference.get(s, []) for s in ctx.runtime.active},
+                    current={s: new.get(s, []) for s in ctx.runtime.active},
+                    drift_id=f"{ctx.job_id}:drift",
+                    quorum=cfg.quorum,
+                )
             record["drift"] = report.to_dict()
             ctx.tracker.json(report.to_dict(), "drift.json")
             shifted = [
@@ -272,6 +279,7 @@ def _retrain(
                 on_round=on_round,
             )
             jobs.append(job)
+            clock.seconds[f"job {strategy}"] = dict(job.seconds)
         sites_trained = sorted(set.intersection(*(set(j.per_site) for j in jobs)))
         partitions = {s: list(jobs[0].partitions.get(s, ())) for s in sites_trained}
         months = sorted({m for ms in partitions.values() for m in ms})
