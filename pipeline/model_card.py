@@ -154,10 +154,13 @@ def _performance(challenger: dict, evaluation: dict) -> list[str]:
         ("prevalence", "observed rate"),
         ("n", "patients"),
     ):
-        digits = 0 if key == "n" else 4
-        row = f"| {name} | {_fmt(o.get(key), digits)} |"
+
+        def shown(v: Any, key: str = key) -> str:
+            return f"{v:,.0f}" if key == "n" and v is not None else _fmt(v, 4)
+
+        row = f"| {name} | {shown(o.get(key))} |"
         if "champion" in evaluation:
-            row += f" {_fmt(champion.get(key), digits)} |"
+            row += f" {shown(champion.get(key))} |"
         out.append(row)
     out += ["", "By subgroup (declared in the contract):", ""]
     out += ["| group | patients | AUC | calibration slope | calibration-in-the-large | O/E |"]

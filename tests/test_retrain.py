@@ -210,3 +210,10 @@ def test_runs_never_overlap_and_a_killed_run_leaves_nothing_half_done(
     assert resumed.code == TRAINED, resumed.message
     assert _versions(quick) == 1
     assert {e["job_id"] for e in ledger.entries()} >= {job}
+
+    # Run again, as a scheduler does: the exit code says there was nothing new.
+    noop = subprocess.run(
+        [PIPELINE, "retrain", "--config", str(config)], capture_output=True, text=True, timeout=300
+    )
+    assert noop.returncode == NOTHING_NEW, noop.stdout + noop.stderr
+    assert "nothing new (exit 3)" in noop.stdout
