@@ -241,7 +241,6 @@ def run_job(
                     evaluations,
                     champion,
                     summaries,
-                    strategy=strategy,
                     tags=_version_tags(ctx, strategy, planned, challenger, infos.ok),
                 )
             say(f"registered {cfg.mlflow.model_name} version {version}: {decision.summary()}")

@@ -78,7 +78,6 @@ def register_and_gate(
     champion: Champion,
     summaries: dict[str, ValidationSummary],
     *,
-    strategy: str,
     tags: dict[str, str],
 ) -> tuple[str, Decision]:
     """Register the job's model (alias challenger), decide with the gate and apply it,

@@ -116,16 +116,17 @@ class RetrainResult:
 
 def seen_partitions(cfg: FederationConfig) -> dict[str, list[str]]:
     """Months already dealt with, per site: the closed months every site held at the
-    newest completed retraining (a site quarantined then does not retrigger training
-    every night; `pipeline train` takes it back once its data is fixed), else the
-    champion's data window, else none."""
-    last = last_trained_record(cfg)
+    newest run that trained or found nothing new (a site quarantined then does not
+    retrigger training every night; `pipeline train` takes it back once its data is
+    fixed), else the champion's data window, else none."""
+    last = last_record(cfg, (TRAINED, NOTHING_NEW))
     if last is not None:
-        return {s: list(v["closed"]) for s, v in last["sites"].items()}
+        return {s: list(months) for s, months in last["seen"].items()}
     return champion_partitions(cfg)
 
 
-def last_trained_record(cfg: FederationConfig) -> dict[str, Any] | None:
+def last_record(cfg: FederationConfig, codes: tuple[int, ...]) -> dict[str, Any] | None:
+    """The newest audit record that ended with one of `codes`."""
     path = audit_path(cfg)
     if not path.exists():
         return None
@@ -135,7 +136,7 @@ def last_trained_record(cfg: FederationConfig) -> dict[str, Any] | None:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a kill mid-write
-        if record.get("exit_code") == TRAINED:
+        if record.get("exit_code") in codes and "seen" in record:
             last = record
     return last
 
@@ -234,6 +235,8 @@ def _retrain(
             for s, p in listing.ok.items()
         }
         record["unreachable"] = dict(listing.failed)
+        # What the next run compares with (a site that did not answer keeps its months).
+        record["seen"] = {**already, **{s: list(p.closed) for s, p in listing.ok.items()}}
         if not any(new.values()):
             latest = max((m for p in listing.ok.values() for m in p.closed), default="none")
             return RetrainResult(
