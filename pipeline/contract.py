@@ -10,15 +10,17 @@ from __future__ import annotations
 import operator
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import ContractError, format_validation_error
+
+if TYPE_CHECKING:  # pandas is imported where rows are handled: a site listing its files
+    import pandas as pd  # or a coordinator reading a contract need not pay for it
 
 _ARROW_TYPES: dict[str, pa.DataType] = {
     "bool": pa.bool_(),
@@ -198,6 +200,8 @@ class Exclusion(_Strict):
 
     def mask(self, values: pd.Series) -> np.ndarray:
         """Rows this exclusion removes; a missing value is never excluded by it."""
+        import pandas as pd
+
         v = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
         with np.errstate(invalid="ignore"):
             return np.asarray(_OPS[self.op](v, self.value)) & ~np.isnan(v)
@@ -266,6 +270,8 @@ class Subgroup(_Strict):
     def masks(self, feature: Feature, values: pd.Series) -> list[np.ndarray]:
         """One boolean mask per group, in :meth:`group_names` order; a missing value is in
         no group."""
+        import pandas as pd
+
         if self.edges is not None:
             x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
             e = self.edges

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
 
 from pipeline.errors import DataError
+
+if TYPE_CHECKING:  # imported where files are read, not by a site that only lists them
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ def read_table(
     tables = []
     for f in files:
         try:
-            dataset = ds.dataset(f, format="parquet")
+            dataset = _dataset(f)
             table = dataset.to_table()
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
             raise DataError(f"{f}: not a readable Parquet file ({_short(exc)})") from exc
@@ -122,17 +124,25 @@ def read_months(
         if root.is_dir() and _value(Path(f).relative_to(root), key) in wanted
     ]
     if not files:
+        import pandas as pd
+
         return pd.DataFrame({n: [] for n in (schema.names if schema is not None else [])})
     tables = []
     for f in files:
         try:
-            table = ds.dataset(f, format="parquet").to_table()
+            table = _dataset(f).to_table()
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
             raise DataError(f"{f}: not a readable Parquet file ({_short(exc)})") from exc
         if schema is not None:
             _check_types(f, table.schema, schema)
         tables.append(table)
     return pa.concat_tables(tables, promote_options="default").to_pandas()
+
+
+def _dataset(file: str):  # -> pyarrow.dataset.Dataset
+    import pyarrow.dataset as ds
+
+    return ds.dataset(file, format="parquet")
 
 
 def _value(relative: Path, key: str) -> str | None:
