@@ -44,6 +44,11 @@ class SiteConfig(_Strict):
         None, description="the site's pinned Ed25519 public key (hex), for secure aggregation"
     )
     policy: SitePolicy = Field(default_factory=SitePolicy)
+    test_path: Path | None = Field(
+        None,
+        description="held-out rows the site keeps apart (a later period, a published "
+        "split): the site trains on all of `path` and evaluates on these",
+    )
 
     @field_validator("name")
     @classmethod
@@ -188,4 +193,6 @@ def _resolve_paths(cfg: FederationConfig, base: Path, path: Path) -> FederationC
     cfg.privacy.ledger = resolve(cfg.privacy.ledger)
     for site in cfg.sites:
         site.path = resolve(site.path)
+        if site.test_path is not None:
+            site.test_path = resolve(site.test_path)
     return cfg

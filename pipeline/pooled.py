@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipeline.config import FederationConfig
+from pipeline.config import FederationConfig, SiteConfig
 from pipeline.contract import Contract, load_contract
 from pipeline.extract import read_frame
 from pipeline.features import FeatureEncoder
@@ -32,16 +32,25 @@ class SiteRows:
     test_y: np.ndarray
 
 
+def site_split(
+    cfg: FederationConfig, site: SiteConfig, contract: Contract
+) -> tuple[tuple[pd.DataFrame, np.ndarray], tuple[pd.DataFrame, np.ndarray]]:
+    """One site's (training, held-out) rows and labels, exactly as its actor splits them:
+    by key, or all of its extract against its held-out extract (``test_path``)."""
+    df = read_frame(site.path, contract.arrow_schema)
+    if site.test_path is not None:
+        held = read_frame(site.test_path, contract.arrow_schema)
+        return (df, contract.labels(df)), (held, contract.labels(held))
+    return train_test(df, contract, cfg.training.seed, cfg.training.test_fraction)
+
+
 def site_rows(cfg: FederationConfig) -> tuple[Contract, list[SiteRows]]:
     """Every site's training and held-out rows, read here in one process."""
     contract = load_contract(cfg.contract)
     encoder = FeatureEncoder(contract)
     out = []
     for site in cfg.sites:
-        df = read_frame(site.path, contract.arrow_schema)
-        (train, train_y), (test, test_y) = train_test(
-            df, contract, cfg.training.seed, cfg.training.test_fraction
-        )
+        (train, train_y), (test, test_y) = site_split(cfg, site, contract)
         out.append(
             SiteRows(
                 site.name,

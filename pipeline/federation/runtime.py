@@ -122,7 +122,14 @@ class SiteRuntime:
         return (
             _site_actor_class()
             .options(**options)
-            .remote(site.name, str(site.path), self.contract_path, site.policy.model_dump(), pinned)
+            .remote(
+                site.name,
+                str(site.path),
+                self.contract_path,
+                site.policy.model_dump(),
+                pinned,
+                str(site.test_path) if site.test_path else None,
+            )
         )
 
     def restart(self, site: str) -> None:

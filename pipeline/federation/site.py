@@ -116,6 +116,10 @@ class SiteActor:
     pinned : dict
         Site name -> pinned Ed25519 identity key (hex) of every site, from the site's own
         copy of the federation config; secure-aggregation keys are checked against it.
+    test_extract : str, optional
+        A Parquet extract of held-out rows the site keeps apart (a later period, or a
+        benchmark's published split): the site then trains on every row of `extract` and
+        evaluates on these, instead of splitting `extract` by key.
     """
 
     def __init__(
@@ -125,6 +129,7 @@ class SiteActor:
         contract_path: str,
         policy: dict,
         pinned: dict[str, str] | None = None,
+        test_extract: str | None = None,
     ) -> None:
         # Set before any OpenMP runtime loads in this process (XGBoost's is loaded in
         # xgb_train): a worker blocked in a collective allreduce must sleep, not spin
@@ -132,6 +137,7 @@ class SiteActor:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.site = site
         self.extract = Path(extract)
+        self.test_extract = Path(test_extract) if test_extract else None
         self.contract = load_contract(contract_path)
         self.policy = SitePolicy.model_validate(policy)
         self._train: _Rows | None = None
@@ -186,23 +192,31 @@ class SiteActor:
         just validated, keeping them for the job's ``load``: the extract is read once,
         and the job trains on exactly the rows that passed even if a file changes in
         between. Nothing more is returned."""
-        from pipeline.validation import validate_table
+        from pipeline.validation import validate_table, validate_with_held_out
 
         self._audit("validate", None)
         self._prepared = None
-        summary, table = validate_table(
-            self.extract,
-            self.contract,
-            site=self.site,
-            unknown_columns=unknown_columns,
-            min_rows=min_rows,
-            leakage_auc=leakage_auc,
-        )
+        rules = {
+            "site": self.site,
+            "unknown_columns": unknown_columns,
+            "min_rows": min_rows,
+            "leakage_auc": leakage_auc,
+        }
+        held = None
+        if self.test_extract is None:
+            summary, table = validate_table(self.extract, self.contract, **rules)
+        else:
+            summary, parts = validate_with_held_out(
+                self.extract, self.test_extract, self.contract, **rules
+            )
+            table, held = parts if parts is not None else (None, None)
         if prepare is not None and table is not None:
             key = (float(prepare["test_fraction"]), int(prepare["seed"]))
             encoding = prepare.get("encoding", "linear")
             try:
-                split = self._split(table.to_pandas(), *key)
+                split = self._split(
+                    table.to_pandas(), *key, held=None if held is None else held.to_pandas()
+                )
                 for rows in split:
                     rows.encoded(encoding)
                 self._prepared = (key, split)
@@ -217,7 +231,8 @@ class SiteActor:
     def load(self, test_fraction: float, seed: int) -> SiteInfo:
         """Split the extract by a keyed hash of the patient key, so the split is stable
         across jobs and identical for every strategy (rows prepared by ``validate`` for
-        the same split are used as they are)."""
+        the same split are used as they are). A site with a held-out extract trains on
+        all of its extract and holds out that file's rows instead."""
         from pipeline.extract import read_frame
 
         self._audit("load", None, test_fraction=test_fraction, seed=seed)
@@ -227,7 +242,10 @@ class SiteActor:
             self._train, self._test = prepared[1]
         else:
             df = read_frame(self.extract, self.contract.arrow_schema)
-            self._train, self._test = self._split(df, *key)
+            held = None
+            if self.test_extract is not None:
+                held = read_frame(self.test_extract, self.contract.arrow_schema)
+            self._train, self._test = self._split(df, *key, held=held)
         n_train, n_test = len(self._train), len(self._test)
         if n_train == 0 or n_test == 0:
             raise DataError(f"site {self.site}: too few rows to split into train and test")
@@ -239,10 +257,20 @@ class SiteActor:
             positives_train=int(self._train.y.sum()),
         )
 
-    def _split(self, df: pd.DataFrame, test_fraction: float, seed: int) -> tuple[_Rows, _Rows]:
-        """(train, test) rows, not yet encoded."""
+    def _split(
+        self,
+        df: pd.DataFrame,
+        test_fraction: float,
+        seed: int,
+        held: pd.DataFrame | None = None,
+    ) -> tuple[_Rows, _Rows]:
+        """(train, test) rows, not yet encoded: `df` split by key, or, with the held-out
+        extract's rows `held`, all of `df` and `held`."""
         from pipeline.splits import train_test
 
+        if held is not None:
+            c = self.contract
+            return _Rows(df, c.labels(df), c), _Rows(held, c.labels(held), c)
         train, test = train_test(df, self.contract, seed, test_fraction)
         return _Rows(*train, self.contract), _Rows(*test, self.contract)
 
