@@ -291,11 +291,19 @@ class SiteActor:
         rounds: int,
         round_: int,
         secure: dict | None = None,
+        column_scale: np.ndarray | None = None,
+        sampling_rate: float = 1.0,
     ) -> ModelUpdate | MaskedUpdate:
         """Sum of per-example log-loss gradients at `weights` (DP-SGD style, Abadi et al.
         2016): each example's gradient clipped to `clip`, Gaussian noise of std
         noise_multiplier * clip added once per round. The same noisy vector is reused if
-        the round restarts, so a restart spends no extra privacy."""
+        the round restarts, so a restart spends no extra privacy.
+
+        With `column_scale` (from the job's private scale release) the gradient is taken,
+        clipped and noised in standardized coordinates, encoded columns divided by their
+        scales, where `weights` then live. With `sampling_rate` below 1 each row takes
+        part in the round with that probability, drawn from the operating system's
+        randomness (Poisson sampling, as the accountant assumes)."""
         from pipeline.privacy.mechanisms import noisy_clipped_sum
 
         self._require_data()
@@ -307,7 +315,13 @@ class SiteActor:
                     f"site {self.site}: job {job_id} asked for more rounds "
                     f"than it declared ({rounds})"
                 )
+            self._hold_to_declared(job, "gradient", noise_multiplier, clip, rounds)
             X, y = self._train.linear, self._train.y  # type: ignore[union-attr]
+            if column_scale is not None:
+                X = X / np.asarray(column_scale, dtype=np.float64)
+            if sampling_rate < 1.0:
+                taken = np.random.default_rng().random(len(y)) < sampling_rate
+                X, y = X[taken], y[taken]
             Xb = np.hstack([X, np.ones((len(X), 1))])
             per_example = Xb * (sigmoid(Xb @ weights) - y)[:, None]
             if noise_multiplier > 0:
@@ -329,28 +343,102 @@ class SiteActor:
             return ModelUpdate(site=self.site, vector=vector, n=n)
         return self._masked(job_id, np.append(vector, n), secure)
 
-    def fit_dp_logistic(self, job_id: str, *, epsilon: float) -> ModelUpdate:
-        """One-shot diffprivlib logistic regression (Chaudhuri et al. 2011 objective
-        perturbation) with data_norm from the contract, never from the data."""
-        import warnings
+    def release_deviation(
+        self,
+        job_id: str,
+        *,
+        strategy: str,
+        epsilon: float,
+        noise_multiplier: float,
+        bound: float,
+        secure: dict | None = None,
+    ) -> ModelUpdate | MaskedUpdate:
+        """The job's one feature-scale release: the sum over training rows of each numeric
+        column's absolute encoded value, every row's vector clipped to `bound`, plus
+        Gaussian noise of std noise_multiplier * bound (:mod:`pipeline.privacy.scales`).
+        Allowed once per job, before any gradient round; a restart reuses the vector."""
+        from pipeline.privacy.mechanisms import noisy_clipped_sum
+        from pipeline.privacy.scales import row_deviations
 
-        from diffprivlib.models import LogisticRegression
+        self._require_data()
+        job = self._authorize(job_id, strategy, epsilon)
+        if "deviation" not in job:
+            if job["releases"] > 0:
+                raise BudgetError(
+                    f"site {self.site}: job {job_id} asked for feature scales after training"
+                )
+            self._hold_to_declared(job, "deviation", noise_multiplier, bound, 1)
+            deviations = row_deviations(self._train.linear, self.contract)  # type: ignore[union-attr]
+            job["deviation"] = noisy_clipped_sum(deviations, bound, noise_multiplier)
+            self._audit(
+                "release_deviation", job_id, strategy=strategy, noise_multiplier=noise_multiplier
+            )
+        vector = job["deviation"]
+        n = len(self._train)  # type: ignore[arg-type]
+        if secure is None:
+            return ModelUpdate(site=self.site, vector=vector, n=n)
+        return self._masked(job_id, np.append(vector, n), secure)
 
+    def _hold_to_declared(
+        self, job: dict[str, Any], kind: str, noise_multiplier: float, bound: Any, count: int
+    ) -> None:
+        """A job's first release of a kind fixes its noise, bound and count: a later
+        request with less noise, a larger bound or more releases is refused."""
+        declared = job.setdefault("declared", {}).setdefault(kind, (noise_multiplier, bound, count))
+        sigma, clip, most = declared
+        if noise_multiplier < sigma or (clip is not None and (bound is None or bound > clip)):
+            raise BudgetError(
+                f"site {self.site}: a {kind} release with less noise or a larger bound "
+                "than the job declared"
+            )
+        if count > most:
+            raise BudgetError(f"site {self.site}: more {kind} releases than the job declared")
+
+    def newton_statistics(
+        self, job_id: str, weights: np.ndarray, *, secure: dict | None = None
+    ) -> ModelUpdate | MaskedUpdate:
+        """Non-private sufficient statistics of one Newton step of logistic regression at
+        `weights`: the gradient sum and the Hessian sum (upper triangle) of the log-loss
+        over the training rows. Their size depends only on the encoding."""
+        self._require_data()
+        self._authorize(job_id, "logistic", 0.0)
+        X, y = self._train.linear, self._train.y  # type: ignore[union-attr]
+        Xb = np.hstack([X, np.ones((len(X), 1))])
+        p = sigmoid(Xb @ weights)
+        gradient = Xb.T @ (p - y)
+        hessian = (Xb * (p * (1 - p))[:, None]).T @ Xb
+        vector = np.concatenate([gradient, hessian[np.triu_indices(len(weights))]])
+        self._audit("newton_statistics", job_id)
+        n = len(y)
+        if secure is None:
+            return ModelUpdate(site=self.site, vector=vector, n=n)
+        return self._masked(job_id, np.append(vector, n), secure)
+
+    def fit_dp_logistic(
+        self, job_id: str, *, epsilon: float, regularization: float | None = None
+    ) -> ModelUpdate:
+        """One-shot DP logistic regression: objective perturbation (Chaudhuri, Monteleoni
+        & Sarwate 2011) with diffprivlib's Vector mechanism, on rows put in the unit ball
+        by the contract's bounds alone (:attr:`FeatureEncoder.unit_ball_scale`), so the
+        noise is calibrated to a data norm of 1 that no row can exceed. `regularization`
+        is the inverse strength C (default: the planner's,
+        :func:`pipeline.privacy.planner.dp_logistic_regularization`). Returns weights
+        over the encoder's columns."""
         from pipeline.features import FeatureEncoder
+        from pipeline.privacy.objective import objective_perturbation_logistic
+        from pipeline.privacy.planner import dp_logistic_regularization
 
         self._require_data()
         job = self._authorize(job_id, "dp-logistic", epsilon)
         if job["releases"] >= 1:
             raise BudgetError(f"site {self.site}: job {job_id} already released its model")
         X, y = self._train.linear, self._train.y  # type: ignore[union-attr]
-        data_norm = FeatureEncoder(self.contract).data_norm
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=UserWarning)  # sklearn lbfgs iterations
-            model = LogisticRegression(epsilon=epsilon, data_norm=data_norm, max_iter=500)
-            model.fit(X, y)
+        scale = FeatureEncoder(self.contract).unit_ball_scale
+        C = regularization or dp_logistic_regularization(epsilon)
         job["releases"] += 1
-        self._audit("fit_dp_logistic", job_id, epsilon=epsilon)
-        vector = np.append(model.coef_.ravel(), model.intercept_)
+        w = objective_perturbation_logistic(X * scale, y, epsilon=epsilon, data_norm=1.0, C=C)
+        self._audit("fit_dp_logistic", job_id, epsilon=epsilon, regularization=C)
+        vector = np.append(w[:-1] * scale, w[-1])
         return ModelUpdate(site=self.site, vector=vector, n=len(y))
 
     def fit_local_logistic(self) -> ModelUpdate:

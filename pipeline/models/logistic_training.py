@@ -1,0 +1,141 @@
+"""The coordinator's side of the logistic strategies: which rounds, in which order.
+
+- ``logistic``: federated Newton's method on the sites' gradient and Hessian sums, the
+  pooled optimum of the same objective (:func:`pipeline.federation.coordinator.newton_rounds`).
+- ``dp-fedavg``: the planner's releases (:mod:`pipeline.privacy.planner`): one private
+  feature-scale release, then the planned rounds of clipped, noised gradients in
+  standardized coordinates with a FedAvgM server.
+- ``dp-logistic``: one objective-perturbation fit per site, averaged; sites too small
+  for their epsilon are named in a warning.
+
+Every privacy spend was reserved in the ledger (:func:`pipeline.job.reserve_privacy`)
+before these run; nothing here seeds or logs noise.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.features import FeatureEncoder
+from pipeline.models.logistic import LogisticModel
+
+if TYPE_CHECKING:
+    from pipeline.job import JobContext
+    from pipeline.privacy.planner import DPFedAvgPlan, DPLogisticPlan
+
+log = logging.getLogger(__name__)
+
+
+def _round_logger(ctx: JobContext, rounds: int, what: str = "round") -> Any:
+    def on_round(r: int, weights: np.ndarray, sites: list[str]) -> None:
+        if r % 5 == 4 or r == rounds - 1:
+            ctx.say(f"{what} {r + 1}/{rounds}: {len(sites)} sites")
+        ctx.tracker.metrics(
+            {"sites_in_round": len(sites), "weight_norm": float(np.linalg.norm(weights))}, step=r
+        )
+
+    return on_round
+
+
+def _secure(ctx: JobContext) -> Any:
+    from pipeline.federation.coordinator import open_secure_session
+
+    if not ctx.cfg.training.secure_aggregation:
+        return None
+    return open_secure_session(ctx.runtime, ctx.job_id, ctx.cfg.quorum)
+
+
+def train_newton(ctx: JobContext, *, max_rounds: int) -> LogisticModel:
+    """``logistic``: Newton rounds to the pooled optimum (stops once converged)."""
+    from pipeline.federation.coordinator import newton_rounds
+
+    cfg = ctx.cfg
+    secure = _secure(ctx)
+    weights = newton_rounds(
+        ctx.runtime,
+        job_id=ctx.job_id,
+        dim=FeatureEncoder(ctx.contract).n_features_out,
+        l2=cfg.training.l2,
+        max_rounds=max_rounds,
+        quorum=cfg.quorum,
+        secure=secure,
+        on_round=_round_logger(ctx, max_rounds, "Newton round"),
+    )
+    if secure is not None:
+        ctx.tracker.metrics({"secure_restarts": secure.restarts})
+    return LogisticModel(ctx.contract, weights)
+
+
+def train_dp_fedavg(ctx: JobContext, plan: DPFedAvgPlan) -> LogisticModel:
+    """``dp-fedavg`` by the plan: feature scales, then the planned gradient rounds."""
+    from pipeline.federation.coordinator import GradientPlan, gradient_rounds, release_scales
+    from pipeline.federation.strategy import FedAvgM
+    from pipeline.privacy.scales import column_scales
+
+    runtime, cfg, contract = ctx.runtime, ctx.cfg, ctx.contract
+    secure = _secure(ctx)
+    noisy_sum, rows = None, 0
+    if plan.scale_noise_multiplier is not None:
+        ctx.say("private feature scales at each site")
+        noisy_sum, rows = release_scales(
+            runtime,
+            job_id=ctx.job_id,
+            strategy="dp-fedavg",
+            epsilon=plan.epsilon,
+            noise_multiplier=plan.scale_noise_multiplier,
+            bound=plan.scale_bound,
+            quorum=cfg.quorum,
+            secure=secure,
+        )
+    scales = column_scales(contract, noisy_sum, rows)
+    rounds = GradientPlan(
+        strategy="dp-fedavg",
+        rounds=plan.rounds,
+        epsilon=plan.epsilon,
+        clip=plan.clip,
+        noise_multiplier=plan.noise_multiplier,
+        column_scale=scales,
+        sampling_rate=plan.sampling_rate,
+    )
+    weights = gradient_rounds(
+        runtime,
+        job_id=ctx.job_id,
+        dim=FeatureEncoder(contract).n_features_out,
+        optimizer=FedAvgM(learning_rate=plan.learning_rate, momentum=plan.momentum),
+        plan=rounds,
+        quorum=cfg.quorum,
+        secure=secure,
+        on_round=_round_logger(ctx, plan.rounds),
+    )
+    if secure is not None:
+        ctx.tracker.metrics({"secure_restarts": secure.restarts})
+    return LogisticModel(contract, weights)
+
+
+def train_dp_logistic(ctx: JobContext, plan: DPLogisticPlan | None) -> LogisticModel:
+    """``dp-logistic``: one perturbed fit per site, example-weighted average."""
+    from pipeline.federation.coordinator import one_shot_average
+
+    cfg = ctx.cfg
+    if plan is not None and plan.too_small:
+        worst = max(plan.noise_to_signal[s] for s in plan.too_small)
+        message = (
+            f"dp-logistic: sites {', '.join(plan.too_small)} are too small for epsilon "
+            f"{plan.epsilon:g}: the noise of their one-shot fit is up to {worst:.2f} of "
+            "the largest gradient (more than a tenth), so their models are mostly noise; "
+            "dp-fedavg uses the same budget far better at this size"
+        )
+        log.warning(message)
+        ctx.tracker.tags({"dp_logistic_too_small": ",".join(plan.too_small)})
+    ctx.say("one-shot DP logistic regression at each site")
+    weights, _ = one_shot_average(
+        ctx.runtime,
+        job_id=ctx.job_id,
+        epsilon=cfg.privacy.epsilon_per_job,
+        quorum=cfg.quorum,
+        regularization=None if plan is None else plan.regularization,
+    )
+    return LogisticModel(ctx.contract, weights)
