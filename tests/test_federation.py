@@ -96,7 +96,8 @@ def test_ledger_refuses_an_over_budget_job_before_training(ray_session, four_sit
     run_job(cfg, strategy="dp-fedavg")
     ledger = PrivacyLedger(cfg.privacy.ledger)
     before = {s.name: ledger.spent(s.name) for s in cfg.sites}
-    assert all(eps == pytest.approx(1.0) for eps, _ in before.values())
+    # What the accountant charges for the planned releases: at most 1, within 0.1 %.
+    assert all(eps == pytest.approx(1.0, rel=1e-3) and eps <= 1.0 for eps, _ in before.values())
     with pytest.raises(BudgetError, match="budget"):
         run_job(cfg, strategy="dp-fedavg")
     assert {s.name: ledger.spent(s.name) for s in cfg.sites} == before
