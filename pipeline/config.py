@@ -69,7 +69,7 @@ class PrivacyConfig(_Strict):
         "standardized coordinates it trains in; default: the planner's",
     )
     noise_to_signal: float = Field(
-        0.15,
+        0.1,
         gt=0,
         description="dp-fedavg planner: the most noise one round's mean gradient may carry, "
         "relative to the clip; it sets the number of rounds (at most training.rounds)",

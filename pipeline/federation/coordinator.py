@@ -27,9 +27,9 @@ RoundCallback = Callable[[int, np.ndarray, list[str]], None]
 class GradientPlan:
     """What every site is asked to release per round, fixed before the job starts.
 
-    ``column_scale`` (from the job's private scale release, :func:`release_scales`) puts
-    the rounds in standardized coordinates; ``sampling_rate`` below 1 makes them Poisson
-    subsampled."""
+    ``column_scale`` (from the job's private scale release, :func:`release_scales`) and
+    ``column_centre`` put the rounds in standardized coordinates; ``sampling_rate`` below
+    1 makes them Poisson subsampled."""
 
     strategy: str
     rounds: int
@@ -37,6 +37,7 @@ class GradientPlan:
     clip: float | None
     noise_multiplier: float
     column_scale: np.ndarray | None = None
+    column_centre: np.ndarray | None = None
     sampling_rate: float = 1.0
 
 
@@ -114,8 +115,8 @@ def gradient_rounds(
 ) -> np.ndarray:
     """Federated full-batch gradient descent on the logistic loss (FedSGD with a server
     optimiser). Returns the final weights (last entry: intercept) over the encoder's
-    columns; with ``plan.column_scale`` the rounds run in standardized coordinates and
-    the weights are mapped back at the end."""
+    columns; with ``plan.column_scale`` (and ``column_centre``) the rounds run in
+    standardized coordinates and the weights are mapped back at the end."""
     weights = np.zeros(dim + 1)
     kwargs: dict = {
         "strategy": plan.strategy,
@@ -124,8 +125,9 @@ def gradient_rounds(
         "noise_multiplier": plan.noise_multiplier,
         "rounds": plan.rounds,
     }
-    if plan.column_scale is not None:
-        kwargs["column_scale"] = plan.column_scale
+    for name in ("column_scale", "column_centre"):
+        if getattr(plan, name) is not None:
+            kwargs[name] = getattr(plan, name)
     if plan.sampling_rate < 1.0:
         kwargs["sampling_rate"] = plan.sampling_rate
     for round_ in range(plan.rounds):
@@ -152,9 +154,17 @@ def gradient_rounds(
         weights = optimizer.step(weights, gradient)
         if on_round is not None:
             on_round(round_, weights, sites)
-    if plan.column_scale is not None:
-        weights = np.append(weights[:-1] / plan.column_scale, weights[-1])
-    return weights
+    return to_encoder_weights(weights, plan.column_scale, plan.column_centre)
+
+
+def to_encoder_weights(
+    weights: np.ndarray, scale: np.ndarray | None, centre: np.ndarray | None
+) -> np.ndarray:
+    """Weights over standardized columns ((x - centre) / scale) as weights over the
+    encoder's own columns: the same predictions for every row."""
+    coef = weights[:-1] if scale is None else weights[:-1] / scale
+    intercept = weights[-1] if centre is None else weights[-1] - float(coef @ centre)
+    return np.append(coef, intercept)
 
 
 def release_scales(

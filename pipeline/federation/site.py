@@ -292,6 +292,7 @@ class SiteActor:
         round_: int,
         secure: dict | None = None,
         column_scale: np.ndarray | None = None,
+        column_centre: np.ndarray | None = None,
         sampling_rate: float = 1.0,
     ) -> ModelUpdate | MaskedUpdate:
         """Sum of per-example log-loss gradients at `weights` (DP-SGD style, Abadi et al.
@@ -299,9 +300,10 @@ class SiteActor:
         noise_multiplier * clip added once per round. The same noisy vector is reused if
         the round restarts, so a restart spends no extra privacy.
 
-        With `column_scale` (from the job's private scale release) the gradient is taken,
-        clipped and noised in standardized coordinates, encoded columns divided by their
-        scales, where `weights` then live. With `sampling_rate` below 1 each row takes
+        With `column_scale` (from the job's private scale release) and `column_centre`
+        (from the contract) the gradient is taken, clipped and noised in standardized
+        coordinates, encoded columns less their centres divided by their scales, where
+        `weights` then live. With `sampling_rate` below 1 each row takes
         part in the round with that probability, drawn from the operating system's
         randomness (Poisson sampling, as the accountant assumes)."""
         from pipeline.privacy.mechanisms import noisy_clipped_sum
@@ -317,6 +319,8 @@ class SiteActor:
                 )
             self._hold_to_declared(job, "gradient", noise_multiplier, clip, rounds)
             X, y = self._train.linear, self._train.y  # type: ignore[union-attr]
+            if column_centre is not None:
+                X = X - np.asarray(column_centre, dtype=np.float64)
             if column_scale is not None:
                 X = X / np.asarray(column_scale, dtype=np.float64)
             if sampling_rate < 1.0:

@@ -4,7 +4,8 @@
   pooled optimum of the same objective (:func:`pipeline.federation.coordinator.newton_rounds`).
 - ``dp-fedavg``: the planner's releases (:mod:`pipeline.privacy.planner`): one private
   feature-scale release, then the planned rounds of clipped, noised gradients in
-  standardized coordinates with a FedAvgM server.
+  standardized, centred coordinates (:mod:`pipeline.privacy.scales`) with a FedAvgM
+  server.
 - ``dp-logistic``: one objective-perturbation fit per site, averaged; sites too small
   for their epsilon are named in a warning.
 
@@ -73,7 +74,7 @@ def train_dp_fedavg(ctx: JobContext, plan: DPFedAvgPlan) -> LogisticModel:
     """``dp-fedavg`` by the plan: feature scales, then the planned gradient rounds."""
     from pipeline.federation.coordinator import GradientPlan, gradient_rounds, release_scales
     from pipeline.federation.strategy import FedAvgM
-    from pipeline.privacy.scales import column_scales
+    from pipeline.privacy.scales import column_centres, column_scales
 
     runtime, cfg, contract = ctx.runtime, ctx.cfg, ctx.contract
     secure = _secure(ctx)
@@ -98,6 +99,7 @@ def train_dp_fedavg(ctx: JobContext, plan: DPFedAvgPlan) -> LogisticModel:
         clip=plan.clip,
         noise_multiplier=plan.noise_multiplier,
         column_scale=scales,
+        column_centre=column_centres(contract),
         sampling_rate=plan.sampling_rate,
     )
     weights = gradient_rounds(

@@ -1,7 +1,8 @@
 """The geometry private training works in: per-column scales of the contract encoding.
 
 Gaussian noise is isotropic in the coordinates the gradients are clipped in, so how the
-columns are scaled decides how much of the noise lands on each feature. The contract
+columns are centred and scaled decides how much of the noise lands on each feature and
+how well a few noisy steps converge. The contract
 encoding (:class:`pipeline.features.FeatureEncoder`) divides a numeric value by its
 declared range, which is several times its typical spread, so on few rows the noise buries
 exactly the numeric features. Standardising each column (Hessian preconditioning by the
@@ -11,13 +12,17 @@ Gaussian-noised, clipped sum of its rows' absolute deviations from the contract'
 value, once, charged in the same accountant as the training rounds (the planner,
 :mod:`pipeline.privacy.planner`, budgets it), and the coordinator turns the sums into
 scales. Binary columns (one-hot categories, booleans, missing flags) take the spread of a
-balanced binary, 1/2, from the contract alone.
+balanced binary, 1/2, from the contract alone, and are centred on their balanced value
+(1/k for a category of k levels, 1/2 for a boolean, 0 for a missing flag): uncentred 0/1
+columns all lean on the intercept, and a gradient step then mostly trades the intercept
+against them instead of learning (centring is LeCun et al. 1998's "Efficient BackProp"
+advice for gradient descent, with the centre taken from the contract, not the data).
 
 - Sites compute :func:`row_deviations` and release their clipped sum with
   :func:`pipeline.privacy.mechanisms.noisy_clipped_sum`.
 - The coordinator post-processes the noisy sums with :func:`column_scales` (free: a
-  function of a private release). No scale is ever a bound for clipping: clipping bounds
-  stay fixed by the plan.
+  function of a private release); :func:`column_centres` needs no release. No scale is
+  ever a bound for clipping: clipping bounds stay fixed by the plan.
 """
 
 from __future__ import annotations
@@ -78,11 +83,32 @@ def column_scales(contract: Contract, noisy_sum: np.ndarray | None, rows: int) -
     return scales
 
 
+def column_centres(contract: Contract) -> np.ndarray:
+    """Centre of every encoded column before scaling, from the contract alone: 0 for
+    numeric columns (already centred on the contract's typical value) and missing flags,
+    1/k for each column of a k-level category, 1/2 for a boolean."""
+    out: list[float] = []
+    for f in contract.features:
+        if f.kind == "categorical":
+            k = len(f.categories or [])
+            out += [1.0 / k] * k
+        else:
+            out.append(0.5 if f.kind == "boolean" else 0.0)
+        if f.nullable:
+            out.append(0.0)
+    return np.array(out)
+
+
 def standardized_sq_norm(contract: Contract) -> float:
-    """Typical squared norm of a row in standardized coordinates, with the intercept: one
-    per numeric feature, two per other feature (a binary column at scale 1/2 adds 4 when
-    set; half of them taken as set) and one for the intercept. Sets the clipping bound
-    from the contract alone."""
-    numeric = sum(f.kind == "numeric" for f in contract.features)
-    other = len(contract.features) - numeric
-    return float(numeric + 2 * other + 1)
+    """Typical squared norm of a row in standardized, centred coordinates, with the
+    intercept: one per numeric feature (a standard deviation), 4 (1 - 1/k) per k-level
+    category (one column at (1 - 1/k) / (1/2), the others at -(1/k) / (1/2)), one per
+    boolean, one for the intercept; missing flags taken as clear. Sets the clipping
+    bound from the contract alone."""
+    total = 1.0
+    for f in contract.features:
+        if f.kind == "categorical":
+            total += 4.0 * (1.0 - 1.0 / len(f.categories or [1]))
+        else:
+            total += 1.0
+    return total
