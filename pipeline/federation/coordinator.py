@@ -112,12 +112,14 @@ def gradient_rounds(
     quorum: int,
     secure: SecureSession | None = None,
     on_round: RoundCallback | None = None,
+    initial: np.ndarray | None = None,
 ) -> np.ndarray:
     """Federated full-batch gradient descent on the logistic loss (FedSGD with a server
-    optimiser). Returns the final weights (last entry: intercept) over the encoder's
-    columns; with ``plan.column_scale`` (and ``column_centre``) the rounds run in
-    standardized coordinates and the weights are mapped back at the end."""
-    weights = np.zeros(dim + 1)
+    optimiser), from `initial` weights (default zeros). Returns the final weights (last
+    entry: intercept) over the encoder's columns; with ``plan.column_scale`` (and
+    ``column_centre``) the rounds, and `initial`, are in standardized coordinates and
+    the weights are mapped back at the end."""
+    weights = np.zeros(dim + 1) if initial is None else np.array(initial, dtype=np.float64)
     kwargs: dict = {
         "strategy": plan.strategy,
         "epsilon": plan.epsilon,

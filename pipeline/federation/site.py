@@ -358,8 +358,9 @@ class SiteActor:
         secure: dict | None = None,
     ) -> ModelUpdate | MaskedUpdate:
         """The job's one feature-scale release: the sum over training rows of each numeric
-        column's absolute encoded value, every row's vector clipped to `bound`, plus
-        Gaussian noise of std noise_multiplier * bound (:mod:`pipeline.privacy.scales`).
+        column's absolute encoded value and of the (weighted) label, every row's vector
+        clipped to `bound`, plus Gaussian noise of std noise_multiplier * bound
+        (:mod:`pipeline.privacy.scales`).
         Allowed once per job, before any gradient round; a restart reuses the vector."""
         from pipeline.privacy.mechanisms import noisy_clipped_sum
         from pipeline.privacy.scales import row_deviations
@@ -372,7 +373,8 @@ class SiteActor:
                     f"site {self.site}: job {job_id} asked for feature scales after training"
                 )
             self._hold_to_declared(job, "deviation", noise_multiplier, bound, 1)
-            deviations = row_deviations(self._train.linear, self.contract)  # type: ignore[union-attr]
+            rows = self._train
+            deviations = row_deviations(rows.linear, rows.y, self.contract)  # type: ignore[union-attr]
             job["deviation"] = noisy_clipped_sum(deviations, bound, noise_multiplier)
             self._audit(
                 "release_deviation", job_id, strategy=strategy, noise_multiplier=noise_multiplier

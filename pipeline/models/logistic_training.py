@@ -3,9 +3,10 @@
 - ``logistic``: federated Newton's method on the sites' gradient and Hessian sums, the
   pooled optimum of the same objective (:func:`pipeline.federation.coordinator.newton_rounds`).
 - ``dp-fedavg``: the planner's releases (:mod:`pipeline.privacy.planner`): one private
-  feature-scale release, then the planned rounds of clipped, noised gradients in
-  standardized, centred coordinates (:mod:`pipeline.privacy.scales`) with a FedAvgM
-  server.
+  feature-scale release (which also counts positives, privately), then the planned
+  rounds of clipped, noised gradients in standardized, centred coordinates
+  (:mod:`pipeline.privacy.scales`) with a FedAvgM server, from the released prevalence's
+  log-odds.
 - ``dp-logistic``: one objective-perturbation fit per site, averaged; sites too small
   for their epsilon are named in a warning.
 
@@ -74,7 +75,7 @@ def train_dp_fedavg(ctx: JobContext, plan: DPFedAvgPlan) -> LogisticModel:
     """``dp-fedavg`` by the plan: feature scales, then the planned gradient rounds."""
     from pipeline.federation.coordinator import GradientPlan, gradient_rounds, release_scales
     from pipeline.federation.strategy import FedAvgM
-    from pipeline.privacy.scales import column_centres, column_scales
+    from pipeline.privacy.scales import column_centres, column_scales, released_log_odds
 
     runtime, cfg, contract = ctx.runtime, ctx.cfg, ctx.contract
     secure = _secure(ctx)
@@ -92,6 +93,9 @@ def train_dp_fedavg(ctx: JobContext, plan: DPFedAvgPlan) -> LogisticModel:
             secure=secure,
         )
     scales = column_scales(contract, noisy_sum, rows)
+    initial = np.zeros(len(scales) + 1)
+    if noisy_sum is not None:
+        initial[-1] = released_log_odds(noisy_sum, rows)
     rounds = GradientPlan(
         strategy="dp-fedavg",
         rounds=plan.rounds,
@@ -111,6 +115,7 @@ def train_dp_fedavg(ctx: JobContext, plan: DPFedAvgPlan) -> LogisticModel:
         quorum=cfg.quorum,
         secure=secure,
         on_round=_round_logger(ctx, plan.rounds),
+        initial=initial,
     )
     if secure is not None:
         ctx.tracker.metrics({"secure_restarts": secure.restarts})

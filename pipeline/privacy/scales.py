@@ -19,7 +19,10 @@ against them instead of learning (centring is LeCun et al. 1998's "Efficient Bac
 advice for gradient descent, with the centre taken from the contract, not the data).
 
 - Sites compute :func:`row_deviations` and release their clipped sum with
-  :func:`pipeline.privacy.mechanisms.noisy_clipped_sum`.
+  :func:`pipeline.privacy.mechanisms.noisy_clipped_sum`. The same vector carries the
+  label, so the release also gives a private count of positives: training starts from
+  the log-odds of the pooled prevalence (:func:`released_log_odds`) instead of 0, and does
+  not spend its first rounds moving the intercept.
 - The coordinator post-processes the noisy sums with :func:`column_scales` (free: a
   function of a private release); :func:`column_centres` needs no release. No scale is
   ever a bound for clipping: clipping bounds stay fixed by the plan.
@@ -53,15 +56,18 @@ def numeric_columns(contract: Contract) -> np.ndarray:
 
 
 def deviation_bound(contract: Contract) -> float:
-    """L2 bound on one row's vector of numeric deviations (its clipping bound, so its
-    sensitivity): :data:`DEVIATION_BOUND` per numeric feature, from the contract alone."""
-    return DEVIATION_BOUND * math.sqrt(int(numeric_columns(contract).sum()))
+    """L2 bound on one row's release vector (its clipping bound, so its sensitivity):
+    :data:`DEVIATION_BOUND` per numeric feature and for the label, from the contract."""
+    return DEVIATION_BOUND * math.sqrt(int(numeric_columns(contract).sum()) + 1)
 
 
-def row_deviations(X: np.ndarray, contract: Contract) -> np.ndarray:
-    """Per row, the absolute encoded value of every numeric column: its distance from the
-    contract's typical value in units of the declared range (what a site sums)."""
-    return np.abs(np.asarray(X, dtype=np.float64)[:, numeric_columns(contract)])
+def row_deviations(X: np.ndarray, y: np.ndarray, contract: Contract) -> np.ndarray:
+    """Per row, the absolute encoded value of every numeric column (its distance from the
+    contract's typical value in units of the declared range), then the label times
+    :data:`DEVIATION_BOUND`: the vector a site sums for the scale release."""
+    deviations = np.abs(np.asarray(X, dtype=np.float64)[:, numeric_columns(contract)])
+    label = DEVIATION_BOUND * np.asarray(y, dtype=np.float64)[:, None]
+    return np.hstack([deviations, label])
 
 
 def column_scales(contract: Contract, noisy_sum: np.ndarray | None, rows: int) -> np.ndarray:
@@ -78,9 +84,18 @@ def column_scales(contract: Contract, noisy_sum: np.ndarray | None, rows: int) -
     if numeric.any():
         if noisy_sum is None:
             raise ValueError("numeric columns need the released deviation sums")
-        mean = np.asarray(noisy_sum, dtype=np.float64) / max(int(rows), 1)
+        mean = np.asarray(noisy_sum, dtype=np.float64)[:-1] / max(int(rows), 1)
         scales[numeric] = np.maximum(mean, _MIN_DEVIATION) * _MAD_TO_SD
     return scales
+
+
+def released_log_odds(noisy_sum: np.ndarray, rows: int) -> float:
+    """Log-odds of the pooled prevalence from the release's noisy label sum (the count of
+    positives is kept at least one from 0 and from `rows`)."""
+    rows = max(int(rows), 1)
+    positives = float(noisy_sum[-1]) / DEVIATION_BOUND
+    positives = min(max(positives, 1.0), rows - 1.0) if rows > 1 else 0.5
+    return math.log(positives / (rows - positives))
 
 
 def column_centres(contract: Contract) -> np.ndarray:
