@@ -45,6 +45,11 @@ class SiteConfig(_Strict):
         None, description="the site's pinned Ed25519 public key (hex), for secure aggregation"
     )
     policy: SitePolicy = Field(default_factory=SitePolicy)
+    test_path: Path | None = Field(
+        None,
+        description="held-out rows the site keeps apart (a later period, a published "
+        "split): the site trains on all of `path` and evaluates on these",
+    )
 
     @field_validator("name")
     @classmethod
@@ -58,8 +63,17 @@ class PrivacyConfig(_Strict):
     epsilon_budget: float = Field(10.0, gt=0, description="lifetime epsilon per site")
     epsilon_per_job: float = Field(1.0, gt=0)
     delta: float = Field(1e-5, gt=0, lt=1e-2)
-    clip_norm: float = Field(
-        2.0, gt=0, description="per-example gradient clipping bound (L2) for dp-fedavg"
+    clip_norm: float | None = Field(
+        None,
+        gt=0,
+        description="per-example gradient clipping bound (L2) for dp-fedavg, in the "
+        "standardized coordinates it trains in; default: the planner's",
+    )
+    noise_to_signal: float = Field(
+        0.1,
+        gt=0,
+        description="dp-fedavg planner: the most noise one round's mean gradient may carry, "
+        "relative to the clip; it sets the number of rounds (at most training.rounds)",
     )
     ledger: Path = Path("privacy_ledger.sqlite")
 
@@ -129,7 +143,18 @@ class XGBoostConfig(_Strict):
 
 class TrainingConfig(_Strict):
     model: Literal["logistic", "dp-logistic", "dp-fedavg", "xgboost"] = "dp-fedavg"
-    rounds: int = Field(60, ge=1)
+    rounds: int = Field(
+        60,
+        ge=1,
+        description="most rounds: Newton rounds of logistic (it stops when converged), "
+        "the cap of the dp-fedavg planner",
+    )
+    l2: float = Field(
+        1e-5,
+        ge=0,
+        description="ridge penalty of the non-private logistic regression (on the mean "
+        "log-loss, intercept unpenalised); the pooled baseline uses the same",
+    )
     seed: int = 0
     test_fraction: float = Field(0.2, gt=0, lt=1)
     secure_aggregation: bool = True
@@ -260,6 +285,8 @@ def _resolve_paths(cfg: FederationConfig, base: Path, path: Path) -> FederationC
     cfg.privacy.ledger = resolve(cfg.privacy.ledger)
     for site in cfg.sites:
         site.path = resolve(site.path)
+        if site.test_path is not None:
+            site.test_path = resolve(site.test_path)
     for name in ("token_file", "tls_cert", "tls_key", "access_log"):
         value = getattr(cfg.serving, name)
         if value is not None:

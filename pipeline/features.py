@@ -104,6 +104,28 @@ class FeatureEncoder:
             cols[f.name] = np.where(missing, np.nan, x)
         return cols
 
+    @property
+    def unit_ball_scale(self) -> np.ndarray:
+        """Per-column factors that put every encoded row inside the unit ball, from the
+        contract's bounds alone: each feature's block (its value or one-hot columns and
+        its missing flag, never both non-zero) gets norm at most 1/sqrt(features), and a
+        numeric column is stretched so its declared range reaches +-1 exactly. DP
+        mechanisms whose noise scales with the data norm (objective perturbation) then
+        use a norm of 1 that no row can exceed, without looking at a row."""
+        scale: list[float] = []
+        for f in self.contract.features:
+            if f.kind == "numeric":
+                lo, hi = f.range  # type: ignore[misc]
+                reach = max(hi - f.impute_value, f.impute_value - lo) / (hi - lo)
+                scale.append(1.0 / reach)
+            elif f.kind == "categorical":
+                scale += [1.0] * len(f.categories or [])
+            else:
+                scale.append(1.0)
+            if f.nullable:
+                scale.append(1.0)
+        return np.array(scale) / np.sqrt(len(self.contract.features))
+
     def transform(self, df: pd.DataFrame) -> np.ndarray:
         """Encode raw contract columns (clinical units) into a float64 design matrix."""
         return self.encode(self.canonical(df))

@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.config import FederationConfig
 from pipeline.context import JobContext, Progress, RoundProgress, StageClock
-from pipeline.contract import load_contract
+from pipeline.contract import Contract, load_contract
 from pipeline.errors import BudgetError
 from pipeline.evaluation import (
     Evaluation,
@@ -104,21 +104,53 @@ def validate_sites(
 
 
 def plan_privacy(
-    cfg: FederationConfig, strategy: str, rounds: int
-) -> tuple[dict[str, float], float, float]:
+    cfg: FederationConfig,
+    strategy: str,
+    rounds: int,
+    counts: dict[str, int] | None = None,
+    contract: Contract | None = None,
+) -> tuple[dict[str, Any], float, float]:
     """(per-site (epsilon, delta) planned, noise multiplier, clip) for a strategy.
+
+    With the admitted sites' training row `counts` and the `contract`, the planner
+    (:mod:`pipeline.privacy.planner`) chooses the releases, and the planned dict also
+    holds its plan under "plan"; its epsilon is what the accountant charges for exactly
+    those releases. Without them, dp-fedavg takes `rounds` fixed rounds.
 
     The accountant is imported only for a strategy that adds Gaussian noise: importing
     it (and the parts of SciPy it loads) costs 1.5 s of the coordinator's time while
     every site waits."""
     eps, delta = cfg.privacy.epsilon_per_job, cfg.privacy.delta
+    planned = counts is not None and contract is not None
+    if strategy == "dp-fedavg" and planned:
+        from pipeline.privacy.planner import plan_dp_fedavg
+
+        plan = plan_dp_fedavg(
+            epsilon=eps,
+            delta=delta,
+            counts=counts,  # type: ignore[arg-type]
+            contract=contract,  # type: ignore[arg-type]
+            max_rounds=rounds,
+            noise_to_signal=cfg.privacy.noise_to_signal,
+            clip=cfg.privacy.clip_norm,
+        )
+        return (
+            {"epsilon": plan.epsilon, "delta": delta, "plan": plan},
+            plan.noise_multiplier,
+            plan.clip,
+        )
     if strategy == "dp-fedavg":
         from pipeline.privacy.accounting import calibrate_noise_multiplier
 
         sigma = calibrate_noise_multiplier(eps, delta, rounds)
-        return {"epsilon": eps, "delta": delta}, sigma, cfg.privacy.clip_norm
+        return {"epsilon": eps, "delta": delta}, sigma, cfg.privacy.clip_norm or 2.0
     if strategy == "dp-logistic":
-        return {"epsilon": eps, "delta": 0.0}, 0.0, 0.0
+        out: dict[str, Any] = {"epsilon": eps, "delta": 0.0}
+        if planned:
+            from pipeline.privacy.planner import plan_dp_logistic
+
+            out["plan"] = plan_dp_logistic(epsilon=eps, counts=counts, contract=contract)  # type: ignore[arg-type]
+        return out, 0.0, 0.0
     return {}, 0.0, 0.0
 
 
@@ -201,7 +233,8 @@ def run_job(
         if after_load is not None:
             after_load(ctx, infos.ok)
 
-        planned, sigma, clip = plan_privacy(cfg, strategy, rounds)
+        counts = {s: i.n_train for s, i in infos.ok.items()}
+        planned, sigma, clip = plan_privacy(cfg, strategy, rounds, counts, contract)
         spend: dict[str, tuple[float, float]] = {}
         if planned:
             spend = reserve_privacy(cfg, job_id, strategy, runtime, planned)
@@ -213,10 +246,19 @@ def run_job(
                     "clip": clip,
                 }
             )
+            _log_plan(tracker, planned.get("plan"), say)
             say(f"privacy reserved: epsilon {planned['epsilon']:g} per site, sigma {sigma:.2f}")
 
         with clock.stage("training"):
-            model = train(ctx, strategy, infos.ok, rounds=rounds, sigma=sigma, clip=clip)
+            model = train(
+                ctx,
+                strategy,
+                infos.ok,
+                rounds=rounds,
+                sigma=sigma,
+                clip=clip,
+                plan=planned.get("plan"),
+            )
 
         with clock.stage("evaluation"):
             # Without registration there is no decision to make: the model alone.
@@ -399,6 +441,22 @@ def reserve_privacy(
     return per_site
 
 
+def _log_plan(tracker: Any, plan: Any, say: Progress) -> None:
+    """The privacy plan on the run: its parameters and, as JSON, the whole plan."""
+    if plan is None:
+        return
+    values = plan.as_dict()
+    tracker.json(values, "privacy_plan.json")
+    tracker.params(
+        {f"plan_{k}": v for k, v in values.items() if isinstance(v, int | float) and k != "epsilon"}
+    )
+    if hasattr(plan, "rounds"):
+        say(
+            f"privacy plan: {plan.rounds} rounds, sigma {plan.noise_multiplier:.2f}, "
+            f"noise per round {plan.noise_to_signal:.2f} of the signal"
+        )
+
+
 def train(
     ctx: JobContext,
     strategy: str,
@@ -407,11 +465,14 @@ def train(
     rounds: int,
     sigma: float,
     clip: float,
+    plan: Any = None,
 ) -> Any:
     """Dispatch to the strategy's training; returns the in-memory global model.
 
     `infos` are the sites' ``load`` replies; `sigma` and `clip` the planned noise
-    multiplier and clipping norm of ``dp-fedavg``."""
+    multiplier and clipping norm of ``dp-fedavg``; `plan` the privacy planner's plan
+    (:mod:`pipeline.privacy.planner`), which the private strategies follow when given.
+    ``logistic`` takes Newton rounds to the pooled optimum, at most `rounds`."""
     from pipeline.features import FeatureEncoder
     from pipeline.federation.coordinator import (
         GradientPlan,
@@ -420,6 +481,7 @@ def train(
         open_secure_session,
     )
     from pipeline.federation.strategy import FedAdam
+    from pipeline.models import logistic_training
     from pipeline.models.logistic import LogisticModel
 
     runtime, cfg, contract, job_id, say = ctx.runtime, ctx.cfg, ctx.contract, ctx.job_id, ctx.say
@@ -428,6 +490,12 @@ def train(
         from pipeline.models.tree_training import train_federated_xgboost
 
         return train_federated_xgboost(ctx, infos)
+    if strategy == "logistic":
+        return logistic_training.train_newton(ctx, max_rounds=rounds)
+    if strategy == "dp-fedavg" and plan is not None:
+        return logistic_training.train_dp_fedavg(ctx, plan)
+    if strategy == "dp-logistic" and plan is not None:
+        return logistic_training.train_dp_logistic(ctx, plan)
     if strategy == "dp-logistic":
         say("one-shot DP logistic regression at each site")
         weights, _ = one_shot_average(
@@ -435,7 +503,7 @@ def train(
         )
         return LogisticModel(contract, weights)
 
-    plan = GradientPlan(
+    schedule = GradientPlan(
         strategy=strategy,
         rounds=rounds,
         epsilon=cfg.privacy.epsilon_per_job if strategy == "dp-fedavg" else 0.0,
@@ -458,7 +526,7 @@ def train(
         job_id=job_id,
         dim=dim,
         optimizer=FedAdam(),
-        plan=plan,
+        plan=schedule,
         quorum=cfg.quorum,
         secure=secure,
         on_round=on_round,

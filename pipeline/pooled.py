@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipeline.config import FederationConfig
+from pipeline.config import FederationConfig, SiteConfig
 from pipeline.contract import Contract, load_contract
 from pipeline.extract import read_frame
 from pipeline.features import FeatureEncoder
@@ -32,16 +32,25 @@ class SiteRows:
     test_y: np.ndarray
 
 
+def site_split(
+    cfg: FederationConfig, site: SiteConfig, contract: Contract
+) -> tuple[tuple[pd.DataFrame, np.ndarray], tuple[pd.DataFrame, np.ndarray]]:
+    """One site's (training, held-out) rows and labels, exactly as its actor splits them:
+    by key, or all of its extract against its held-out extract (``test_path``)."""
+    df = read_frame(site.path, contract.arrow_schema)
+    if site.test_path is not None:
+        held = read_frame(site.test_path, contract.arrow_schema)
+        return (df, contract.labels(df)), (held, contract.labels(held))
+    return train_test(df, contract, cfg.training.seed, cfg.training.test_fraction)
+
+
 def site_rows(cfg: FederationConfig) -> tuple[Contract, list[SiteRows]]:
     """Every site's training and held-out rows, read here in one process."""
     contract = load_contract(cfg.contract)
     encoder = FeatureEncoder(contract)
     out = []
     for site in cfg.sites:
-        df = read_frame(site.path, contract.arrow_schema)
-        (train, train_y), (test, test_y) = train_test(
-            df, contract, cfg.training.seed, cfg.training.test_fraction
-        )
+        (train, train_y), (test, test_y) = site_split(cfg, site, contract)
         out.append(
             SiteRows(
                 site.name,
@@ -89,3 +98,18 @@ def train_xgboost(
         early_stopping_rounds=x.early_stopping_rounds,
     )
     return trees.load_booster(raw)
+
+
+def train_logistic(X: np.ndarray, y: np.ndarray, *, l2: float) -> np.ndarray:
+    """Pooled logistic regression on the encoded rows of every site, as one table: the
+    objective of the federated ``logistic`` strategy (mean log-loss plus
+    ``l2 / 2 * ||w||^2``, intercept unpenalised), minimised by scikit-learn to a tight
+    tolerance. scikit-learn's objective is ``C * sum(log-loss) + ||w||^2 / 2``, the
+    same up to a factor with ``C = 1 / (l2 * n)``; its Newton solver, like the federated one.
+    Returns the weights (last: intercept)."""
+    from sklearn.linear_model import LogisticRegression
+
+    penalty = {"C": 1.0 / (l2 * len(y))} if l2 > 0 else {"penalty": None}
+    model = LogisticRegression(solver="newton-cholesky", tol=1e-12, max_iter=1000, **penalty)
+    model.fit(X, y)
+    return np.append(model.coef_.ravel(), model.intercept_)

@@ -196,7 +196,7 @@ def job_progress(
         if not task:
             bar.start()
             task.append(bar.add_task("rounds", total=total))
-        bar.update(task[0], completed=done)
+        bar.update(task[0], completed=done, total=total)
         if done >= total:
             bar.stop()
 

@@ -23,6 +23,7 @@ pressure digit preference, glucose rounding). Everything is drawn from one seed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
@@ -326,11 +327,16 @@ def synthesize(
     months: int = 12,
     until: str = "2026-09",
     contract_path: str | Path = DEFAULT_CONTRACT,
+    sizes: Sequence[int] | None = None,
+    site_effects: Sequence[float] | None = None,
 ) -> tuple[Path, list[SiteSummary]]:
     """Write `sites` hospital extracts under `out` plus `out/federation.yaml`.
 
-    Returns the config path and what was written per site. Deterministic: the same
-    arguments give byte-identical files.
+    `sizes` fixes each site's row count (then `rows` is ignored) and `site_effects` each
+    site's unmeasured effect on the log-odds (sets its prevalence; drawn from N(0, 0.25)
+    otherwise), for federations shaped like a benchmark needs them. Returns the config
+    path and what was written per site. Deterministic: the same arguments give
+    byte-identical files.
     """
     contract = load_contract(contract_path)
     if contract.cohort.follow_up_months is None or contract.cohort.partition is None:
@@ -339,7 +345,18 @@ def synthesize(
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     closes = close_months(until, months)
+    if sizes is not None:
+        if len(sizes) != sites or min(sizes) < 100:
+            raise ValueError("sizes: one row count of at least 100 per site")
+        rows = int(sum(sizes))
     profiles = site_profiles(sites, rows, rng)
+    if sizes is not None:
+        profiles = [replace(p, rows=int(n)) for p, n in zip(profiles, sizes, strict=True)]
+    if site_effects is not None:
+        if len(site_effects) != sites:
+            raise ValueError("site_effects: one value per site")
+        effects = zip(profiles, site_effects, strict=True)
+        profiles = [replace(p, site_effect=float(e)) for p, e in effects]
     site_rngs = rng.spawn(len(profiles))
     written = []
     for profile, site_rng in zip(profiles, site_rngs, strict=True):

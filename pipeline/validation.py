@@ -765,21 +765,92 @@ def validate_table(
     try:
         table = _read(path, contract, window)
     except DataError as exc:
-        unreadable = ExpectationResult(
-            READABLE, None, False, rule="a readable Parquet extract with at least one row"
-        )
-        summary = ValidationSummary(
-            site=site, rows=0, passed=False, results=(unreadable,), errors=(str(exc),)
-        )
-        return summary, None
-
-    results, ok_types = _physical_type_results(table, contract)
-    names, warns = _column_name_results(table.column_names, contract, unknown_columns)
-    results += names
-    results += _partition_column_results(path, table.column_names, contract, window)
+        return _unreadable(site, exc), None
     docs = None
     if write_docs:
         docs = default_docs_dir(path) if docs_dir is None else Path(docs_dir)
+    return _validate(
+        table,
+        [path],
+        contract,
+        site=site,
+        unknown_columns=unknown_columns,
+        min_rows=min_rows,
+        leakage_auc=leakage_auc,
+        docs=docs,
+        window=window,
+    )
+
+
+def validate_with_held_out(
+    path: str | Path,
+    held_out: str | Path,
+    contract: Contract,
+    *,
+    site: str,
+    unknown_columns: UnknownColumns = "fail",
+    min_rows: int = 100,
+    leakage_auc: float = 0.98,
+    window: Window | None = None,
+) -> tuple[ValidationSummary, tuple[pa.Table, pa.Table] | None]:
+    """Validate a site's extract together with the held-out extract it keeps apart, as
+    one table (the rules are about the site's data: both label classes, missing rates,
+    row count), and return the two tables when every check passed.
+
+    The site trains on the first and evaluates on the second. An unreadable file is
+    named; the Data Docs go beside the extract."""
+    if unknown_columns not in ("warn", "fail"):
+        raise ValueError("unknown_columns must be 'warn' or 'fail'")
+    paths = [Path(path), Path(held_out)]
+    try:
+        parts = [_read(p, contract, window) for p in paths]
+        table = pa.concat_tables(parts, promote_options="default")
+    except DataError as exc:
+        return _unreadable(site, exc), None
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        error = DataError(f"{held_out}: its schema differs from {path}'s ({type(exc).__name__})")
+        return _unreadable(site, error), None
+    summary, checked = _validate(
+        table,
+        paths,
+        contract,
+        site=site,
+        unknown_columns=unknown_columns,
+        min_rows=min_rows,
+        leakage_auc=leakage_auc,
+        docs=default_docs_dir(paths[0]),
+        window=window,
+    )
+    return summary, (tuple(parts) if checked is not None else None)  # type: ignore[return-value]
+
+
+def _unreadable(site: str, exc: DataError) -> ValidationSummary:
+    unreadable = ExpectationResult(
+        READABLE, None, False, rule="a readable Parquet extract with at least one row"
+    )
+    return ValidationSummary(
+        site=site, rows=0, passed=False, results=(unreadable,), errors=(str(exc),)
+    )
+
+
+def _validate(
+    table: pa.Table,
+    paths: list[Path],
+    contract: Contract,
+    *,
+    site: str,
+    unknown_columns: UnknownColumns,
+    min_rows: int,
+    leakage_auc: float,
+    docs: Path | None,
+    window: Window | None = None,
+) -> tuple[ValidationSummary, pa.Table | None]:
+    path = paths[0]
+    results, ok_types = _physical_type_results(table, contract)
+    names, warns = _column_name_results(table.column_names, contract, unknown_columns)
+    results += names
+    for p in paths:
+        results += _partition_column_results(p, table.column_names, contract, window)
     errors: list[str] = []
     try:
         with _quiet_gx():

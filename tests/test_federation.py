@@ -64,7 +64,16 @@ def test_logistic_job_registers_a_model_that_reloads_identically(
 
 
 def test_killed_site_is_dropped_and_the_job_finishes(ray_session, four_sites, tmp_path) -> None:
-    cfg = load_config(make_config(four_sites, tmp_path, min_sites=2, training={"rounds": 10}))
+    # Noise allowed up to the signal, so the planner takes all 10 rounds and the kill lands.
+    cfg = load_config(
+        make_config(
+            four_sites,
+            tmp_path,
+            min_sites=2,
+            training={"rounds": 10},
+            privacy={"noise_to_signal": 100.0},
+        )
+    )
     victim = cfg.sites[1].name
     said, on_round = _kill_site_at_round(ray_session, victim, 5)
     result = run_job(cfg, strategy="dp-fedavg", on_round=on_round)
@@ -79,7 +88,7 @@ def test_killed_site_is_dropped_and_the_job_finishes(ray_session, four_sites, tm
 
 def test_unmet_quorum_fails_cleanly_and_registers_nothing(ray_session, four_sites, tmp_path):
     cfg = load_config(make_config(four_sites, tmp_path, min_sites=4))
-    said, on_round = _kill_site_at_round(ray_session, cfg.sites[0].name, 5)
+    said, on_round = _kill_site_at_round(ray_session, cfg.sites[0].name, 2)  # Newton: few rounds
     with pytest.raises(QuorumError, match="quorum is 4"):
         run_job(cfg, strategy="logistic", on_round=on_round)
     client = mlflow.MlflowClient(cfg.tracking_uri)
@@ -96,7 +105,8 @@ def test_ledger_refuses_an_over_budget_job_before_training(ray_session, four_sit
     run_job(cfg, strategy="dp-fedavg")
     ledger = PrivacyLedger(cfg.privacy.ledger)
     before = {s.name: ledger.spent(s.name) for s in cfg.sites}
-    assert all(eps == pytest.approx(1.0) for eps, _ in before.values())
+    # What the accountant charges for the planned releases: at most 1, within 0.1 %.
+    assert all(eps == pytest.approx(1.0, rel=1e-3) and eps <= 1.0 for eps, _ in before.values())
     with pytest.raises(BudgetError, match="budget"):
         run_job(cfg, strategy="dp-fedavg")
     assert {s.name: ledger.spent(s.name) for s in cfg.sites} == before

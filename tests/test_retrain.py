@@ -164,7 +164,11 @@ def test_runs_never_overlap_and_a_killed_run_leaves_nothing_half_done(
     ray_session, tmp_path: Path
 ) -> None:
     base, _ = synthesize(tmp_path / "data", sites=3, rows=4500, seed=8)
-    config = make_config(base, tmp_path, training={"rounds": 3000})
+    # Thousands of rounds (noise per round allowed far above the signal): still training
+    # when the kill lands.
+    config = make_config(
+        base, tmp_path, training={"rounds": 3000}, privacy={"noise_to_signal": 1e4}
+    )
     cfg = load_config(config)
     ledger = PrivacyLedger(cfg.privacy.ledger)
 
@@ -205,7 +209,9 @@ def test_runs_never_overlap_and_a_killed_run_leaves_nothing_half_done(
     assert not audit_path(cfg).exists() or all(r["status"] != "trained" for r in _audit(cfg))
 
     # The next run takes the lock over and trains the months the killed run did not.
-    quick = load_config(make_config(base, tmp_path, training={"rounds": 5}))
+    quick = load_config(
+        make_config(base, tmp_path, training={"rounds": 5}, privacy={"noise_to_signal": 1e4})
+    )
     resumed = run_retrain(quick, strategies=["dp-fedavg"])
     assert resumed.code == TRAINED, resumed.message
     assert _versions(quick) == 1

@@ -26,13 +26,23 @@ RoundCallback = Callable[[int, np.ndarray, list[str]], None]
 
 @dataclass(frozen=True)
 class GradientPlan:
-    """What every site is asked to release per round, fixed before the job starts."""
+    """What every site is asked to release per round, fixed before the job starts.
+
+    ``column_scale`` (from the job's private scale release, :func:`release_scales`) and
+    ``column_centre`` put the rounds in standardized coordinates; ``sampling_rate`` below
+    1 makes them Poisson subsampled."""
 
     strategy: str
     rounds: int
     epsilon: float
     clip: float | None
     noise_multiplier: float
+    column_scale: np.ndarray | None = None
+    column_centre: np.ndarray | None = None
+    sampling_rate: float = 1.0
+
+
+SCALE_ROUND = 2**32  # the secure-sum round number of a job's scale release
 
 
 @dataclass
@@ -108,17 +118,26 @@ def gradient_rounds(
     quorum: int,
     secure: SecureSession | None = None,
     on_round: RoundCallback | None = None,
+    initial: np.ndarray | None = None,
 ) -> np.ndarray:
     """Federated full-batch gradient descent on the logistic loss (FedSGD with a server
-    optimiser). Returns the final weights (last entry: intercept)."""
-    weights = np.zeros(dim + 1)
-    kwargs = {
+    optimiser), from `initial` weights (default zeros). Returns the final weights (last
+    entry: intercept) over the encoder's columns; with ``plan.column_scale`` (and
+    ``column_centre``) the rounds, and `initial`, are in standardized coordinates and
+    the weights are mapped back at the end."""
+    weights = np.zeros(dim + 1) if initial is None else np.array(initial, dtype=np.float64)
+    kwargs: dict = {
         "strategy": plan.strategy,
         "epsilon": plan.epsilon,
         "clip": plan.clip,
         "noise_multiplier": plan.noise_multiplier,
         "rounds": plan.rounds,
     }
+    for name in ("column_scale", "column_centre"):
+        if getattr(plan, name) is not None:
+            kwargs[name] = getattr(plan, name)
+    if plan.sampling_rate < 1.0:
+        kwargs["sampling_rate"] = plan.sampling_rate
     for round_ in range(plan.rounds):
         if secure is not None:
             total, summed = secure_sum_round(
@@ -132,26 +151,127 @@ def gradient_rounds(
             )
             sites = list(summed)
             grad_sum, count = total[:-1], total[-1]
-            gradient = grad_sum / max(count, 1.0)
+            gradient = grad_sum / max(count * plan.sampling_rate, 1.0)
         else:
             replies = runtime.call("logistic_gradient", job_id, weights, round_=round_, **kwargs)
             runtime.require_quorum(quorum, f"round {round_}")
             sites = list(replies.ok)
             gradient = mean_gradient(
-                [r.vector for r in replies.ok.values()], [r.n for r in replies.ok.values()]
+                [r.vector for r in replies.ok.values()],
+                [r.n * plan.sampling_rate for r in replies.ok.values()],
             )
         weights = optimizer.step(weights, gradient)
         if on_round is not None:
             on_round(round_, weights, sites)
+    return to_encoder_weights(weights, plan.column_scale, plan.column_centre)
+
+
+def to_encoder_weights(
+    weights: np.ndarray, scale: np.ndarray | None, centre: np.ndarray | None
+) -> np.ndarray:
+    """Weights over standardized columns ((x - centre) / scale) as weights over the
+    encoder's own columns: the same predictions for every row."""
+    coef = weights[:-1] if scale is None else weights[:-1] / scale
+    intercept = weights[-1] if centre is None else weights[-1] - float(coef @ centre)
+    return np.append(coef, intercept)
+
+
+def release_scales(
+    runtime: SiteRuntime,
+    *,
+    job_id: str,
+    strategy: str,
+    epsilon: float,
+    noise_multiplier: float,
+    bound: float,
+    quorum: int,
+    secure: SecureSession | None = None,
+) -> tuple[np.ndarray, int]:
+    """The job's feature-scale release: every site's noisy, clipped sum of numeric
+    deviations (:meth:`SiteActor.release_deviation`), summed. Returns (sum, rows)."""
+    kwargs = {
+        "strategy": strategy,
+        "epsilon": epsilon,
+        "noise_multiplier": noise_multiplier,
+        "bound": bound,
+    }
+    if secure is not None:
+        total, _ = secure_sum_round(
+            runtime,
+            secure,
+            SCALE_ROUND,
+            quorum,
+            lambda sec: runtime.call("release_deviation", job_id, secure=sec, **kwargs),
+            stage="feature scales",
+        )
+        return total[:-1], int(round(total[-1]))
+    replies = runtime.call("release_deviation", job_id, **kwargs)
+    runtime.require_quorum(quorum, "feature scales")
+    return sum(r.vector for r in replies.ok.values()), sum(r.n for r in replies.ok.values())
+
+
+def newton_rounds(
+    runtime: SiteRuntime,
+    *,
+    job_id: str,
+    dim: int,
+    l2: float,
+    max_rounds: int,
+    quorum: int,
+    secure: SecureSession | None = None,
+    on_round: RoundCallback | None = None,
+    tol: float = 1e-12,
+) -> np.ndarray:
+    """Federated Newton's method (iteratively reweighted least squares) for L2-regularised
+    logistic regression: each round the sites return their gradient and Hessian sums
+    (:meth:`SiteActor.newton_statistics`), and the coordinator takes the exact Newton
+    step on the pooled objective ``mean log-loss + l2 / 2 * ||w||^2`` (intercept
+    unpenalised). The objective is convex and the step is the one pooled training would
+    take, so the weights converge (quadratically) to the pooled optimum on the same rows;
+    rounds stop once the Newton decrement (twice the objective's expected decrease) is
+    below `tol`, far under the secure sum's fixed-point resolution of the objective.
+    Returns the weights (last: intercept)."""
+    from pipeline.federation.aggregate import newton_step
+
+    weights = np.zeros(dim + 1)
+    for round_ in range(max_rounds):
+        if secure is not None:
+            total, summed = secure_sum_round(
+                runtime,
+                secure,
+                round_,
+                quorum,
+                lambda sec, w=weights: runtime.call("newton_statistics", job_id, w, secure=sec),
+            )
+            sites = list(summed)
+            stats, count = total[:-1], total[-1]
+        else:
+            replies = runtime.call("newton_statistics", job_id, weights)
+            runtime.require_quorum(quorum, f"round {round_}")
+            sites = list(replies.ok)
+            stats = sum(r.vector for r in replies.ok.values())
+            count = sum(r.n for r in replies.ok.values())
+        step, decrement = newton_step(weights, stats, float(count), l2)
+        weights = weights - step
+        if on_round is not None:
+            on_round(round_, weights, sites)
+        if decrement < tol:
+            break
     return weights
 
 
 def one_shot_average(
-    runtime: SiteRuntime, *, job_id: str, epsilon: float, quorum: int
+    runtime: SiteRuntime,
+    *,
+    job_id: str,
+    epsilon: float,
+    quorum: int,
+    regularization: float | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Each site fits a DP model once; the coordinator takes the example-weighted mean
     (one-shot parameter averaging, as in Zinkevich et al. 2010 / McMahan et al. 2017)."""
-    replies = runtime.call("fit_dp_logistic", job_id, epsilon=epsilon)
+    extra = {} if regularization is None else {"regularization": regularization}
+    replies = runtime.call("fit_dp_logistic", job_id, epsilon=epsilon, **extra)
     runtime.require_quorum(quorum, "one-shot DP logistic regression")
     if not replies.ok:
         raise QuorumError("no site returned a model")

@@ -134,7 +134,8 @@ class SiteRuntime:
                 self.contract_path,
                 site.policy.model_dump(),
                 pinned,
-                self.before_month,
+                before_month=self.before_month,
+                test_path=str(site.test_path) if site.test_path else None,
             )
         )
 

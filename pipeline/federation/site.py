@@ -123,6 +123,10 @@ class SiteActor:
     before_month : str, optional
         Read only the partitions of follow-up months before this one (YYYY-MM): the
         cohorts whose follow-up has closed. None: every partition.
+    test_extract : str, optional
+        A Parquet extract of held-out rows the site keeps apart (a later period, or a
+        benchmark's published split): the site then trains on every row of `extract` and
+        evaluates on these, instead of splitting `extract` by key.
     """
 
     def __init__(
@@ -133,6 +137,7 @@ class SiteActor:
         policy: dict,
         pinned: dict[str, str] | None = None,
         before_month: str | None = None,
+        test_extract: str | None = None,
     ) -> None:
         # Set before any OpenMP runtime loads in this process (XGBoost's is loaded in
         # xgb_train): a worker blocked in a collective allreduce must sleep, not spin
@@ -140,6 +145,7 @@ class SiteActor:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.site = site
         self.extract = Path(extract)
+        self.test_extract = Path(test_extract) if test_extract else None
         self.contract = load_contract(contract_path)
         self.policy = SitePolicy.model_validate(policy)
         self._train: _Rows | None = None
@@ -196,24 +202,32 @@ class SiteActor:
         just validated, keeping them for the job's ``load``: the extract is read once,
         and the job trains on exactly the rows that passed even if a file changes in
         between. Nothing more is returned."""
-        from pipeline.validation import validate_table
+        from pipeline.validation import validate_table, validate_with_held_out
 
         self._audit("validate", None)
         self._prepared = None
-        summary, table = validate_table(
-            self.extract,
-            self.contract,
-            site=self.site,
-            unknown_columns=unknown_columns,
-            min_rows=min_rows,
-            leakage_auc=leakage_auc,
-            window=self.window,
-        )
+        rules = {
+            "site": self.site,
+            "unknown_columns": unknown_columns,
+            "min_rows": min_rows,
+            "leakage_auc": leakage_auc,
+            "window": self.window,
+        }
+        held = None
+        if self.test_extract is None:
+            summary, table = validate_table(self.extract, self.contract, **rules)
+        else:
+            summary, parts = validate_with_held_out(
+                self.extract, self.test_extract, self.contract, **rules
+            )
+            table, held = parts if parts is not None else (None, None)
         if prepare is not None and table is not None:
             key = (float(prepare["test_fraction"]), int(prepare["seed"]))
             encoding = prepare.get("encoding", "linear")
             try:
-                split = self._split(table.to_pandas(), *key)
+                split = self._split(
+                    table.to_pandas(), *key, held=None if held is None else held.to_pandas()
+                )
                 for rows in split:
                     rows.encoded(encoding)
                 self._prepared = (key, split)
@@ -228,7 +242,8 @@ class SiteActor:
     def load(self, test_fraction: float, seed: int) -> SiteInfo:
         """Split the extract by a keyed hash of the patient key, so the split is stable
         across jobs and identical for every strategy (rows prepared by ``validate`` for
-        the same split are used as they are)."""
+        the same split are used as they are). A site with a held-out extract trains on
+        all of its extract and holds out that file's rows instead."""
         from pipeline.extract import read_frame
 
         self._audit("load", None, test_fraction=test_fraction, seed=seed)
@@ -238,7 +253,10 @@ class SiteActor:
             self._train, self._test = prepared[1]
         else:
             df = read_frame(self.extract, self.contract.arrow_schema, self.window)
-            self._train, self._test = self._split(df, *key)
+            held = None
+            if self.test_extract is not None:
+                held = read_frame(self.test_extract, self.contract.arrow_schema, self.window)
+            self._train, self._test = self._split(df, *key, held=held)
         n_train, n_test = len(self._train), len(self._test)
         if n_train == 0 or n_test == 0:
             raise DataError(f"site {self.site}: too few rows to split into train and test")
@@ -259,10 +277,20 @@ class SiteActor:
         key = self.contract.cohort.partition
         return partition_values(self.extract, key, self.window) if key else ()
 
-    def _split(self, df: pd.DataFrame, test_fraction: float, seed: int) -> tuple[_Rows, _Rows]:
-        """(train, test) rows, not yet encoded."""
+    def _split(
+        self,
+        df: pd.DataFrame,
+        test_fraction: float,
+        seed: int,
+        held: pd.DataFrame | None = None,
+    ) -> tuple[_Rows, _Rows]:
+        """(train, test) rows, not yet encoded: `df` split by key, or, with the held-out
+        extract's rows `held`, all of `df` and `held`."""
         from pipeline.splits import train_test
 
+        if held is not None:
+            c = self.contract
+            return _Rows(df, c.labels(df), c), _Rows(held, c.labels(held), c)
         train, test = train_test(df, self.contract, seed, test_fraction)
         return _Rows(*train, self.contract), _Rows(*test, self.contract)
 
@@ -320,11 +348,21 @@ class SiteActor:
         rounds: int,
         round_: int,
         secure: dict | None = None,
+        column_scale: np.ndarray | None = None,
+        column_centre: np.ndarray | None = None,
+        sampling_rate: float = 1.0,
     ) -> ModelUpdate | MaskedUpdate:
         """Sum of per-example log-loss gradients at `weights` (DP-SGD style, Abadi et al.
         2016): each example's gradient clipped to `clip`, Gaussian noise of std
         noise_multiplier * clip added once per round. The same noisy vector is reused if
-        the round restarts, so a restart spends no extra privacy."""
+        the round restarts, so a restart spends no extra privacy.
+
+        With `column_scale` (from the job's private scale release) and `column_centre`
+        (from the contract) the gradient is taken, clipped and noised in standardized
+        coordinates, encoded columns less their centres divided by their scales, where
+        `weights` then live. With `sampling_rate` below 1 each row takes
+        part in the round with that probability, drawn from the operating system's
+        randomness (Poisson sampling, as the accountant assumes)."""
         from pipeline.privacy.mechanisms import noisy_clipped_sum
 
         self._require_data()
@@ -336,7 +374,15 @@ class SiteActor:
                     f"site {self.site}: job {job_id} asked for more rounds "
                     f"than it declared ({rounds})"
                 )
+            self._hold_to_declared(job, "gradient", noise_multiplier, clip, rounds)
             X, y = self._train.linear, self._train.y  # type: ignore[union-attr]
+            if column_centre is not None:
+                X = X - np.asarray(column_centre, dtype=np.float64)
+            if column_scale is not None:
+                X = X / np.asarray(column_scale, dtype=np.float64)
+            if sampling_rate < 1.0:
+                taken = np.random.default_rng().random(len(y)) < sampling_rate
+                X, y = X[taken], y[taken]
             Xb = np.hstack([X, np.ones((len(X), 1))])
             per_example = Xb * (sigmoid(Xb @ weights) - y)[:, None]
             if noise_multiplier > 0:
@@ -358,28 +404,104 @@ class SiteActor:
             return ModelUpdate(site=self.site, vector=vector, n=n)
         return self._masked(job_id, np.append(vector, n), secure)
 
-    def fit_dp_logistic(self, job_id: str, *, epsilon: float) -> ModelUpdate:
-        """One-shot diffprivlib logistic regression (Chaudhuri et al. 2011 objective
-        perturbation) with data_norm from the contract, never from the data."""
-        import warnings
+    def release_deviation(
+        self,
+        job_id: str,
+        *,
+        strategy: str,
+        epsilon: float,
+        noise_multiplier: float,
+        bound: float,
+        secure: dict | None = None,
+    ) -> ModelUpdate | MaskedUpdate:
+        """The job's one feature-scale release: the sum over training rows of each numeric
+        column's absolute encoded value and of the (weighted) label, every row's vector
+        clipped to `bound`, plus Gaussian noise of std noise_multiplier * bound
+        (:mod:`pipeline.privacy.scales`).
+        Allowed once per job, before any gradient round; a restart reuses the vector."""
+        from pipeline.privacy.mechanisms import noisy_clipped_sum
+        from pipeline.privacy.scales import row_deviations
 
-        from diffprivlib.models import LogisticRegression
+        self._require_data()
+        job = self._authorize(job_id, strategy, epsilon)
+        if "deviation" not in job:
+            if job["releases"] > 0:
+                raise BudgetError(
+                    f"site {self.site}: job {job_id} asked for feature scales after training"
+                )
+            self._hold_to_declared(job, "deviation", noise_multiplier, bound, 1)
+            rows = self._train
+            deviations = row_deviations(rows.linear, rows.y, self.contract)  # type: ignore[union-attr]
+            job["deviation"] = noisy_clipped_sum(deviations, bound, noise_multiplier)
+            self._audit(
+                "release_deviation", job_id, strategy=strategy, noise_multiplier=noise_multiplier
+            )
+        vector = job["deviation"]
+        n = len(self._train)  # type: ignore[arg-type]
+        if secure is None:
+            return ModelUpdate(site=self.site, vector=vector, n=n)
+        return self._masked(job_id, np.append(vector, n), secure)
 
+    def _hold_to_declared(
+        self, job: dict[str, Any], kind: str, noise_multiplier: float, bound: Any, count: int
+    ) -> None:
+        """A job's first release of a kind fixes its noise, bound and count: a later
+        request with less noise, a larger bound or more releases is refused."""
+        declared = job.setdefault("declared", {}).setdefault(kind, (noise_multiplier, bound, count))
+        sigma, clip, most = declared
+        if noise_multiplier < sigma or (clip is not None and (bound is None or bound > clip)):
+            raise BudgetError(
+                f"site {self.site}: a {kind} release with less noise or a larger bound "
+                "than the job declared"
+            )
+        if count > most:
+            raise BudgetError(f"site {self.site}: more {kind} releases than the job declared")
+
+    def newton_statistics(
+        self, job_id: str, weights: np.ndarray, *, secure: dict | None = None
+    ) -> ModelUpdate | MaskedUpdate:
+        """Non-private sufficient statistics of one Newton step of logistic regression at
+        `weights`: the gradient sum and the Hessian sum (upper triangle) of the log-loss
+        over the training rows. Their size depends only on the encoding."""
+        self._require_data()
+        self._authorize(job_id, "logistic", 0.0)
+        X, y = self._train.linear, self._train.y  # type: ignore[union-attr]
+        Xb = np.hstack([X, np.ones((len(X), 1))])
+        p = sigmoid(Xb @ weights)
+        gradient = Xb.T @ (p - y)
+        hessian = (Xb * (p * (1 - p))[:, None]).T @ Xb
+        vector = np.concatenate([gradient, hessian[np.triu_indices(len(weights))]])
+        self._audit("newton_statistics", job_id)
+        n = len(y)
+        if secure is None:
+            return ModelUpdate(site=self.site, vector=vector, n=n)
+        return self._masked(job_id, np.append(vector, n), secure)
+
+    def fit_dp_logistic(
+        self, job_id: str, *, epsilon: float, regularization: float | None = None
+    ) -> ModelUpdate:
+        """One-shot DP logistic regression: objective perturbation (Chaudhuri, Monteleoni
+        & Sarwate 2011) with diffprivlib's Vector mechanism, on rows put in the unit ball
+        by the contract's bounds alone (:attr:`FeatureEncoder.unit_ball_scale`), so the
+        noise is calibrated to a data norm of 1 that no row can exceed. `regularization`
+        is the inverse strength C (default: the planner's,
+        :func:`pipeline.privacy.planner.dp_logistic_regularization`). Returns weights
+        over the encoder's columns."""
         from pipeline.features import FeatureEncoder
+        from pipeline.privacy.objective import objective_perturbation_logistic
+        from pipeline.privacy.planner import dp_logistic_regularization
 
         self._require_data()
         job = self._authorize(job_id, "dp-logistic", epsilon)
         if job["releases"] >= 1:
             raise BudgetError(f"site {self.site}: job {job_id} already released its model")
         X, y = self._train.linear, self._train.y  # type: ignore[union-attr]
-        data_norm = FeatureEncoder(self.contract).data_norm
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=UserWarning)  # sklearn lbfgs iterations
-            model = LogisticRegression(epsilon=epsilon, data_norm=data_norm, max_iter=500)
-            model.fit(X, y)
+        scale = FeatureEncoder(self.contract).unit_ball_scale
+        C = regularization or dp_logistic_regularization(epsilon)
         job["releases"] += 1
-        self._audit("fit_dp_logistic", job_id, epsilon=epsilon)
-        vector = np.append(model.coef_.ravel(), model.intercept_)
+        w = objective_perturbation_logistic(X * scale, y, epsilon=epsilon, data_norm=1.0, C=C)
+        self._audit("fit_dp_logistic", job_id, epsilon=epsilon, regularization=C)
+        vector = np.append(w[:-1] * scale, w[-1])
         return ModelUpdate(site=self.site, vector=vector, n=len(y))
 
     def fit_local_logistic(self) -> ModelUpdate:
