@@ -135,7 +135,7 @@ class SiteRuntime:
                 site.policy.model_dump(),
                 pinned,
                 before_month=self.before_month,
-                test_path=str(site.test_path) if site.test_path else None,
+                test_extract=str(site.test_path) if site.test_path else None,
             )
         )
 
