@@ -4,9 +4,9 @@ predictions.
 A site summarises (label, predicted risk) pairs into a fixed-size vector
 (:func:`stats_vector`): per patient group (everyone, then the contract's subgroups), class
 counts over ``SCORE_BINS`` bins of the predicted log-odds and, per bin and class, the sums
-of the log-odds and of their squares, the sum of the risk per bin, and loss sums. The vectors are summed through
-secure aggregation, so the coordinator only ever decodes the pooled one
-(:func:`pooled_metrics`). From it:
+of the log-odds and of their squares, the sum of the risk per bin, and loss sums. The
+vectors are summed through secure aggregation, so the coordinator only ever decodes the
+pooled one (:func:`pooled_metrics`). From it:
 
 - AUC (Mann-Whitney over bins; the pairs inside a bin ordered by a normal approximation
   from each class's mean and spread there, within 1e-3 of the row-level AUC where ties
