@@ -42,6 +42,12 @@ PIPELINE = str(Path(sys.executable).parent / "pipeline")
 INDEPENDENT = ("sex", "smoking_status", "physical_activity")  # not drawn from age or BMI
 
 
+def _jobs_of_epsilon_one(eps: float, jobs: int = 1) -> bool:
+    """The ledger charges what the accountant computes for the plan: at most the target,
+    within 0.1 % of it."""
+    return jobs * 0.999 <= eps <= jobs * (1.0 + 1e-9)
+
+
 def _versions(cfg) -> int:
     client = mlflow.MlflowClient(cfg.tracking_uri, cfg.tracking_uri)
     return len(client.search_model_versions(f"name='{cfg.mlflow.model_name}'"))
@@ -66,7 +72,7 @@ def test_a_rerun_does_nothing_and_a_new_month_is_trained_with_its_drift(
     assert first.code == TRAINED, first.message
     assert _versions(cfg) == 1
     spent = _spent(cfg)
-    assert all(eps == pytest.approx(1.0) for eps in spent.values())
+    assert all(_jobs_of_epsilon_one(eps) for eps in spent.values()), spent
 
     again = run_retrain(cfg, strategies=["dp-fedavg"])
     assert again.code == NOTHING_NEW and "nothing new" in again.message
@@ -132,9 +138,9 @@ def test_a_site_without_budget_is_left_out_and_too_few_refuse_the_job(
     record = _audit(cfg)[-1]
     assert "budget is exhausted" in record["left_out"][poor]
     assert record["sites"][poor]["trained"] is False
-    assert record["privacy"][poor]["epsilon_spent"] == pytest.approx(1.0)
+    assert _jobs_of_epsilon_one(record["privacy"][poor]["epsilon_spent"])
     others = [s.name for s in cfg.sites if s.name != poor]
-    assert all(record["privacy"][s]["epsilon_spent"] == pytest.approx(2.0) for s in others)
+    assert all(_jobs_of_epsilon_one(record["privacy"][s]["epsilon_spent"], 2) for s in others)
 
     append_month(base, rows=2000)
     strict = load_config(make_config(base, tmp_path, min_sites=4, training={"rounds": 5}))
@@ -205,7 +211,7 @@ def test_runs_never_overlap_and_a_killed_run_leaves_nothing_half_done(
             if e["request"] == "logistic_gradient" and e["job"] == job
         ]
         assert 0 < len(released) < 3000, site.name
-        assert reserved[site.name] == pytest.approx(1.0)
+        assert _jobs_of_epsilon_one(reserved[site.name]), reserved
     assert not audit_path(cfg).exists() or all(r["status"] != "trained" for r in _audit(cfg))
 
     # The next run takes the lock over and trains the months the killed run did not.

@@ -133,8 +133,8 @@ def test_a_site_killed_mid_training_is_dropped_and_the_job_retries_without_it(
         four_small,
         tmp_path,
         communicator=communicator,
-        rounds=2000,
-        early_stopping_rounds=2000,
+        rounds=800,
+        early_stopping_rounds=800,
         timeout_s=timeout_s,
     )
     victim = cfg.sites[1].name
