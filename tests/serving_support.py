@@ -189,3 +189,42 @@ def running_server(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def fhir_observation(
+    loinc: str, value: float, unit: str, when: str = "2026-10-01T09:30:00Z"
+) -> dict:
+    """A LOINC-coded laboratory Observation of one patient, as an EHR sends it."""
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "laboratory",
+                    }
+                ]
+            }
+        ],
+        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
+        "subject": {"reference": "Patient/p-42"},
+        "effectiveDateTime": when,
+        "valueQuantity": {
+            "value": value,
+            "unit": unit,
+            "system": "http://unitsofmeasure.org",
+            "code": unit,
+        },
+    }
+
+
+def fhir_bundle(*resources: dict) -> dict:
+    """A FHIR searchset Bundle, the shape of a CDS Hooks prefetch entry."""
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+        "entry": [{"fullUrl": f"urn:uuid:{i}", "resource": r} for i, r in enumerate(resources)],
+    }

@@ -10,6 +10,8 @@ import pytest
 from serving_support import (
     CONTRACT,
     MODEL_NAME,
+    fhir_bundle,
+    fhir_observation,
     fitted_logistic,
     register,
     running_server,
@@ -30,42 +32,7 @@ def _birth_date(age: int) -> str:
     return born.isoformat()
 
 
-def _quantity(loinc: str, value: float, unit: str) -> dict:
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "laboratory",
-                    }
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": LOINC, "code": loinc}]},
-        "subject": {"reference": "Patient/p-42"},
-        "effectiveDateTime": "2026-10-01T09:30:00Z",
-        "valueQuantity": {
-            "value": value,
-            "unit": unit,
-            "system": "http://unitsofmeasure.org",
-            "code": unit,
-        },
-    }
-
-
-def _bundle(*resources: dict) -> dict:
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": len(resources),
-        "entry": [{"fullUrl": f"urn:uuid:{i}", "resource": r} for i, r in enumerate(resources)],
-    }
-
-
-def patient_bundle() -> dict:
+def patientfhir_bundle() -> dict:
     """One patient: labs in SI units (glucose mmol/L, HbA1c mmol/mol), a blood-pressure
     panel with components, smoking status, hypertension and a medication."""
     bp = {
@@ -97,16 +64,16 @@ def patient_bundle() -> dict:
             "gender": "male",
             "birthDate": _birth_date(61),
         },
-        "observations": _bundle(
-            _quantity("39156-5", 32.5, "kg/m2"),
-            _quantity("14771-0", 6.1, "mmol/L"),
-            _quantity("59261-8", 41.0, "mmol/mol"),
-            _quantity("2085-9", 1.0, "mmol/L"),
-            _quantity("2571-8", 2.1, "mmol/L"),
+        "observations": fhir_bundle(
+            fhir_observation("39156-5", 32.5, "kg/m2"),
+            fhir_observation("14771-0", 6.1, "mmol/L"),
+            fhir_observation("59261-8", 41.0, "mmol/mol"),
+            fhir_observation("2085-9", 1.0, "mmol/L"),
+            fhir_observation("2571-8", 2.1, "mmol/L"),
             bp,
             smoking,
         ),
-        "conditions": _bundle(
+        "conditions": fhir_bundle(
             {
                 "resourceType": "Condition",
                 "clinicalStatus": {
@@ -121,7 +88,7 @@ def patient_bundle() -> dict:
                 "subject": {"reference": "Patient/p-42"},
             }
         ),
-        "medications": _bundle(
+        "medications": fhir_bundle(
             {
                 "resourceType": "MedicationStatement",
                 "status": "active",
@@ -129,7 +96,7 @@ def patient_bundle() -> dict:
                 "subject": {"reference": "Patient/p-42"},
             }
         ),
-        "familyHistory": _bundle(),
+        "familyHistory": fhir_bundle(),
     }
 
 
@@ -187,7 +154,9 @@ def test_discovery_lists_the_patient_view_service_and_its_prefetch(server) -> No
 
 
 def test_a_patient_view_card_matches_the_rest_answer_for_the_same_values(server) -> None:
-    status, _, raw = server.request("POST", f"/cds-services/{MODEL_NAME}", _hook(patient_bundle()))
+    status, _, raw = server.request(
+        "POST", f"/cds-services/{MODEL_NAME}", _hook(patientfhir_bundle())
+    )
     assert status == 200, raw[:600]
     (card,) = json.loads(raw)["cards"]
     rest_status, rest = server.score([SAME_VALUES])
@@ -207,7 +176,7 @@ def test_a_patient_view_card_matches_the_rest_answer_for_the_same_values(server)
 
 
 def test_a_missing_required_field_is_a_card_saying_what_is_missing(server) -> None:
-    prefetch = patient_bundle()
+    prefetch = patientfhir_bundle()
     del prefetch["conditions"]  # no problem list: hypertension and GDM history unknown
     status, _, raw = server.request("POST", f"/cds-services/{MODEL_NAME}", _hook(prefetch))
     assert status == 200
@@ -218,7 +187,7 @@ def test_a_missing_required_field_is_a_card_saying_what_is_missing(server) -> No
 
 
 def test_a_value_outside_the_models_range_is_a_card_not_an_error(server) -> None:
-    prefetch = patient_bundle()
+    prefetch = patientfhir_bundle()
     prefetch["patient"]["birthDate"] = _birth_date(12)
     status, _, raw = server.request("POST", f"/cds-services/{MODEL_NAME}", _hook(prefetch))
     assert status == 200

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from serving_support import CONTRACT, PATIENT, fitted_logistic
+from serving_support import CONTRACT, PATIENT, fhir_bundle, fhir_observation, fitted_logistic
 
 from pipeline.contract import load_contract
 from pipeline.errors import ContractError
@@ -136,42 +136,19 @@ def test_the_json_encoding_is_mlflows_own_bytes(fitted) -> None:
 
 
 # -- FHIR ------------------------------------------------------------------------------
-def _obs(loinc: str, value: float, unit: str, when: str = "2026-01-10") -> dict:
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
-        "effectiveDateTime": when,
-        "valueQuantity": {
-            "value": value,
-            "unit": unit,
-            "system": "http://unitsofmeasure.org",
-            "code": unit,
-        },
-    }
-
-
-def _bundle(*resources: dict) -> dict:
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "entry": [{"resource": r} for r in resources],
-    }
-
-
 PATIENT_RES = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1968-05-20"}
 
 
 def test_fhir_units_are_converted_and_the_latest_value_is_taken() -> None:
     prefetch = {
         "patient": PATIENT_RES,
-        "observations": _bundle(
-            _obs("14771-0", 6.0, "mmol/L"),
-            _obs("59261-8", 42.0, "mmol/mol", "2025-01-01"),
-            _obs("4548-4", 5.9, "%", "2026-02-01"),
-            _obs("39156-5", 31.0, "kg/m2"),
+        "observations": fhir_bundle(
+            fhir_observation("14771-0", 6.0, "mmol/L"),
+            fhir_observation("59261-8", 42.0, "mmol/mol", "2025-01-01"),
+            fhir_observation("4548-4", 5.9, "%", "2026-02-01"),
+            fhir_observation("39156-5", 31.0, "kg/m2"),
         ),
-        "conditions": _bundle(),
+        "conditions": fhir_bundle(),
     }
     rec = features_from_prefetch(contract, prefetch, today=date(2026, 5, 19))
     assert rec["age"] == 57 and rec["sex"] == "female"
@@ -179,7 +156,10 @@ def test_fhir_units_are_converted_and_the_latest_value_is_taken() -> None:
     assert rec["hba1c"] == pytest.approx(5.9)  # the 2026 % value, not the older mmol/mol
     older = features_from_prefetch(
         contract,
-        {"patient": PATIENT_RES, "observations": _bundle(_obs("59261-8", 42.0, "mmol/mol"))},
+        {
+            "patient": PATIENT_RES,
+            "observations": fhir_bundle(fhir_observation("59261-8", 42.0, "mmol/mol")),
+        },
     )
     assert older["hba1c"] == pytest.approx(42.0 / 10.929 + 2.15, abs=1e-4)
     assert rec["hypertension_dx"] is False  # conditions sent, none matching
@@ -188,7 +168,10 @@ def test_fhir_units_are_converted_and_the_latest_value_is_taken() -> None:
 
 
 def test_a_unit_the_contract_does_not_list_is_refused() -> None:
-    prefetch = {"patient": PATIENT_RES, "observations": _bundle(_obs("4548-4", 0.06, "g/dL"))}
+    prefetch = {
+        "patient": PATIENT_RES,
+        "observations": fhir_bundle(fhir_observation("4548-4", 0.06, "g/dL")),
+    }
     with pytest.raises(HookError) as caught:
         features_from_prefetch(contract, prefetch)
     assert caught.value.rule == "unit" and "HbA1c" in str(caught.value)
