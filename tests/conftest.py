@@ -49,7 +49,7 @@ def make_config(base: Path, tmp: Path, **overrides) -> Path:
     raw["contract"] = str(Path(raw["contract"]).resolve())
     raw.setdefault("privacy", {})["ledger"] = str(tmp / "ledger.sqlite")
     raw["mlflow"] = {"tracking_uri": f"sqlite:///{tmp}/mlruns/mlflow.db", "experiment": "tests"}
-    raw.setdefault("training", {}).update({"rounds": 8, "round_timeout_s": 60})
+    raw.setdefault("training", {}).update({"rounds": 8, "round_timeout_s": 180})
     for key, value in overrides.items():
         if isinstance(value, dict):
             raw.setdefault(key, {}).update(value)
