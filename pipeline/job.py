@@ -107,29 +107,28 @@ def plan_privacy(
     cfg: FederationConfig,
     strategy: str,
     rounds: int,
-    counts: dict[str, int] | None = None,
-    contract: Contract | None = None,
+    counts: dict[str, int],
+    contract: Contract,
 ) -> tuple[dict[str, Any], float, float]:
     """(per-site (epsilon, delta) planned, noise multiplier, clip) for a strategy.
 
-    With the admitted sites' training row `counts` and the `contract`, the planner
-    (:mod:`pipeline.privacy.planner`) chooses the releases, and the planned dict also
-    holds its plan under "plan"; its epsilon is what the accountant charges for exactly
-    those releases. Without them, dp-fedavg takes `rounds` fixed rounds.
+    From the admitted sites' training row `counts` and the `contract` only, the planner
+    (:mod:`pipeline.privacy.planner`) chooses the releases (at most `rounds` rounds), and
+    the planned dict holds its plan under "plan"; its epsilon is what the accountant
+    charges for exactly those releases.
 
     The accountant is imported only for a strategy that adds Gaussian noise: importing
     it (and the parts of SciPy it loads) costs 1.5 s of the coordinator's time while
     every site waits."""
     eps, delta = cfg.privacy.epsilon_per_job, cfg.privacy.delta
-    planned = counts is not None and contract is not None
-    if strategy == "dp-fedavg" and planned:
+    if strategy == "dp-fedavg":
         from pipeline.privacy.planner import plan_dp_fedavg
 
         plan = plan_dp_fedavg(
             epsilon=eps,
             delta=delta,
-            counts=counts,  # type: ignore[arg-type]
-            contract=contract,  # type: ignore[arg-type]
+            counts=counts,
+            contract=contract,
             max_rounds=rounds,
             noise_to_signal=cfg.privacy.noise_to_signal,
             clip=cfg.privacy.clip_norm,
@@ -139,18 +138,11 @@ def plan_privacy(
             plan.noise_multiplier,
             plan.clip,
         )
-    if strategy == "dp-fedavg":
-        from pipeline.privacy.accounting import calibrate_noise_multiplier
-
-        sigma = calibrate_noise_multiplier(eps, delta, rounds)
-        return {"epsilon": eps, "delta": delta}, sigma, cfg.privacy.clip_norm or 2.0
     if strategy == "dp-logistic":
-        out: dict[str, Any] = {"epsilon": eps, "delta": 0.0}
-        if planned:
-            from pipeline.privacy.planner import plan_dp_logistic
+        from pipeline.privacy.planner import plan_dp_logistic
 
-            out["plan"] = plan_dp_logistic(epsilon=eps, counts=counts, contract=contract)  # type: ignore[arg-type]
-        return out, 0.0, 0.0
+        plan = plan_dp_logistic(epsilon=eps, counts=counts, contract=contract)
+        return {"epsilon": eps, "delta": 0.0, "plan": plan}, 0.0, 0.0
     return {}, 0.0, 0.0
 
 
@@ -250,15 +242,7 @@ def run_job(
             say(f"privacy reserved: epsilon {planned['epsilon']:g} per site, sigma {sigma:.2f}")
 
         with clock.stage("training"):
-            model = train(
-                ctx,
-                strategy,
-                infos.ok,
-                rounds=rounds,
-                sigma=sigma,
-                clip=clip,
-                plan=planned.get("plan"),
-            )
+            model = train(ctx, strategy, infos.ok, rounds=rounds, plan=planned.get("plan"))
 
         with clock.stage("evaluation"):
             # Without registration there is no decision to make: the model alone.
@@ -458,82 +442,26 @@ def _log_plan(tracker: Any, plan: Any, say: Progress) -> None:
 
 
 def train(
-    ctx: JobContext,
-    strategy: str,
-    infos: dict[str, Any],
-    *,
-    rounds: int,
-    sigma: float,
-    clip: float,
-    plan: Any = None,
+    ctx: JobContext, strategy: str, infos: dict[str, Any], *, rounds: int, plan: Any = None
 ) -> Any:
     """Dispatch to the strategy's training; returns the in-memory global model.
 
-    `infos` are the sites' ``load`` replies; `sigma` and `clip` the planned noise
-    multiplier and clipping norm of ``dp-fedavg``; `plan` the privacy planner's plan
-    (:mod:`pipeline.privacy.planner`), which the private strategies follow when given.
+    `infos` are the sites' ``load`` replies; `plan` the privacy planner's plan
+    (:mod:`pipeline.privacy.planner`) that a private strategy follows.
     ``logistic`` takes Newton rounds to the pooled optimum, at most `rounds`."""
-    from pipeline.features import FeatureEncoder
-    from pipeline.federation.coordinator import (
-        GradientPlan,
-        gradient_rounds,
-        one_shot_average,
-        open_secure_session,
-    )
-    from pipeline.federation.strategy import FedAdam
     from pipeline.models import logistic_training
-    from pipeline.models.logistic import LogisticModel
 
-    runtime, cfg, contract, job_id, say = ctx.runtime, ctx.cfg, ctx.contract, ctx.job_id, ctx.say
-    dim = FeatureEncoder(contract).n_features_out
     if strategy == "xgboost":
         from pipeline.models.tree_training import train_federated_xgboost
 
         return train_federated_xgboost(ctx, infos)
     if strategy == "logistic":
         return logistic_training.train_newton(ctx, max_rounds=rounds)
-    if strategy == "dp-fedavg" and plan is not None:
+    if strategy == "dp-fedavg":
         return logistic_training.train_dp_fedavg(ctx, plan)
-    if strategy == "dp-logistic" and plan is not None:
-        return logistic_training.train_dp_logistic(ctx, plan)
     if strategy == "dp-logistic":
-        say("one-shot DP logistic regression at each site")
-        weights, _ = one_shot_average(
-            runtime, job_id=job_id, epsilon=cfg.privacy.epsilon_per_job, quorum=cfg.quorum
-        )
-        return LogisticModel(contract, weights)
-
-    schedule = GradientPlan(
-        strategy=strategy,
-        rounds=rounds,
-        epsilon=cfg.privacy.epsilon_per_job if strategy == "dp-fedavg" else 0.0,
-        clip=clip if strategy == "dp-fedavg" else None,
-        noise_multiplier=sigma,
-    )
-    secure = None
-    if cfg.training.secure_aggregation:
-        secure = open_secure_session(runtime, job_id, cfg.quorum)
-
-    def on_round(r: int, weights: np.ndarray, sites: list[str]) -> None:
-        if ctx.on_round is not None:
-            ctx.on_round(r + 1, rounds)
-        ctx.tracker.metrics(
-            {"sites_in_round": len(sites), "weight_norm": float(np.linalg.norm(weights))}, step=r
-        )
-
-    weights = gradient_rounds(
-        runtime,
-        job_id=job_id,
-        dim=dim,
-        optimizer=FedAdam(),
-        plan=schedule,
-        quorum=cfg.quorum,
-        secure=secure,
-        on_round=on_round,
-    )
-    if secure is not None:
-        ctx.tracker.metrics({"secure_restarts": secure.restarts})
-    return LogisticModel(contract, weights)
+        return logistic_training.train_dp_logistic(ctx, plan)
+    raise ValueError(f"unknown strategy {strategy!r}")
 
 
 def _log_plots(tracker, evaluations: dict[str, Evaluation]) -> None:  # noqa: ANN001
