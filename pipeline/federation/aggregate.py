@@ -18,14 +18,6 @@ def weighted_average(updates: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
     return sum(v * (n / total) for v, n in updates)
 
 
-def mean_gradient(sums: Sequence[np.ndarray], counts: Sequence[int]) -> np.ndarray:
-    """Global mean gradient from the sites' gradient sums and example counts."""
-    total = sum(counts)
-    if total <= 0:
-        raise ValueError("gradients cover no examples")
-    return sum(sums) / total
-
-
 def newton_step(
     weights: np.ndarray, stats: np.ndarray, count: float, l2: float
 ) -> tuple[np.ndarray, float]:

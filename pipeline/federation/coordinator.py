@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import QuorumError
-from pipeline.federation.aggregate import mean_gradient, weighted_average
+from pipeline.federation.aggregate import weighted_average
 from pipeline.federation.runtime import Replies, SiteRuntime
 from pipeline.federation.strategy import ServerOptimizer
 
@@ -108,6 +108,37 @@ def secure_sum_round(
         log.warning("round %d: restarting without %s", round_, sorted(replies.failed))
 
 
+def summed_release(
+    runtime: SiteRuntime,
+    secure: SecureSession | None,
+    sum_round: int,
+    quorum: int,
+    method: str,
+    /,
+    *args: Any,
+    stage: str | None = None,
+    **kwargs: Any,
+) -> tuple[np.ndarray, float, list[str]]:
+    """One release of `method` by every active site, summed: through secure aggregation
+    with `secure` (the coordinator decodes only the sum), else in the clear. Returns the
+    summed vector, the rows it covers and the sites summed (`sum_round` numbers the
+    secure sum's masks; keyword arguments go to the sites)."""
+    if secure is not None:
+        total, summed = secure_sum_round(
+            runtime,
+            secure,
+            sum_round,
+            quorum,
+            lambda sec: runtime.call(method, *args, secure=sec, **kwargs),
+            stage=stage,
+        )
+        return total[:-1], float(total[-1]), list(summed)
+    replies = runtime.call(method, *args, **kwargs)
+    runtime.require_quorum(quorum, stage or f"round {sum_round}")
+    rows = float(sum(r.n for r in replies.ok.values()))
+    return sum(r.vector for r in replies.ok.values()), rows, list(replies.ok)
+
+
 def gradient_rounds(
     runtime: SiteRuntime,
     *,
@@ -139,27 +170,18 @@ def gradient_rounds(
     if plan.sampling_rate < 1.0:
         kwargs["sampling_rate"] = plan.sampling_rate
     for round_ in range(plan.rounds):
-        if secure is not None:
-            total, summed = secure_sum_round(
-                runtime,
-                secure,
-                round_,
-                quorum,
-                lambda sec, w=weights, r=round_: runtime.call(
-                    "logistic_gradient", job_id, w, round_=r, secure=sec, **kwargs
-                ),
-            )
-            sites = list(summed)
-            grad_sum, count = total[:-1], total[-1]
-            gradient = grad_sum / max(count * plan.sampling_rate, 1.0)
-        else:
-            replies = runtime.call("logistic_gradient", job_id, weights, round_=round_, **kwargs)
-            runtime.require_quorum(quorum, f"round {round_}")
-            sites = list(replies.ok)
-            gradient = mean_gradient(
-                [r.vector for r in replies.ok.values()],
-                [r.n * plan.sampling_rate for r in replies.ok.values()],
-            )
+        grad_sum, count, sites = summed_release(
+            runtime,
+            secure,
+            round_,
+            quorum,
+            "logistic_gradient",
+            job_id,
+            weights,
+            round_=round_,
+            **kwargs,
+        )
+        gradient = grad_sum / max(count * plan.sampling_rate, 1.0)
         weights = optimizer.step(weights, gradient)
         if on_round is not None:
             on_round(round_, weights, sites)
@@ -195,19 +217,17 @@ def release_scales(
         "noise_multiplier": noise_multiplier,
         "bound": bound,
     }
-    if secure is not None:
-        total, _ = secure_sum_round(
-            runtime,
-            secure,
-            SCALE_ROUND,
-            quorum,
-            lambda sec: runtime.call("release_deviation", job_id, secure=sec, **kwargs),
-            stage="feature scales",
-        )
-        return total[:-1], int(round(total[-1]))
-    replies = runtime.call("release_deviation", job_id, **kwargs)
-    runtime.require_quorum(quorum, "feature scales")
-    return sum(r.vector for r in replies.ok.values()), sum(r.n for r in replies.ok.values())
+    total, rows, _ = summed_release(
+        runtime,
+        secure,
+        SCALE_ROUND,
+        quorum,
+        "release_deviation",
+        job_id,
+        stage="feature scales",
+        **kwargs,
+    )
+    return total, int(round(rows))
 
 
 def newton_rounds(
@@ -235,22 +255,9 @@ def newton_rounds(
 
     weights = np.zeros(dim + 1)
     for round_ in range(max_rounds):
-        if secure is not None:
-            total, summed = secure_sum_round(
-                runtime,
-                secure,
-                round_,
-                quorum,
-                lambda sec, w=weights: runtime.call("newton_statistics", job_id, w, secure=sec),
-            )
-            sites = list(summed)
-            stats, count = total[:-1], total[-1]
-        else:
-            replies = runtime.call("newton_statistics", job_id, weights)
-            runtime.require_quorum(quorum, f"round {round_}")
-            sites = list(replies.ok)
-            stats = sum(r.vector for r in replies.ok.values())
-            count = sum(r.n for r in replies.ok.values())
+        stats, count, sites = summed_release(
+            runtime, secure, round_, quorum, "newton_statistics", job_id, weights
+        )
         step, decrement = newton_step(weights, stats, float(count), l2)
         weights = weights - step
         if on_round is not None:
