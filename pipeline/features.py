@@ -17,6 +17,37 @@ import pandas as pd
 
 from pipeline.contract import Contract, Feature
 
+# The role of an encoded column: a feature's value (numeric or boolean), one level of a
+# category's one-hot block, or a nullable feature's missing flag.
+VALUE, LEVEL, MISSING = "value", "level", "missing"
+
+
+def encoded_columns(contract: Contract) -> list[tuple[Feature, str, str | None]]:
+    """Every column of the contract encoding, in order, as (feature, role, level): the
+    one layout that the encoder, the column names and the per-column privacy scales and
+    centres all follow."""
+    out: list[tuple[Feature, str, str | None]] = []
+    for f in contract.features:
+        if f.kind == "categorical":
+            out += [(f, LEVEL, c) for c in f.categories or []]
+        else:
+            out.append((f, VALUE, None))
+        if f.nullable:
+            out.append((f, MISSING, None))
+    return out
+
+
+def _column_name(f: Feature, role: str, level: str | None) -> str:
+    if role == LEVEL:
+        return f"{f.name}={level}"
+    return f"{f.name}__missing" if role == MISSING else f.name
+
+
+def _numeric_reach(f: Feature) -> float:
+    """How far a numeric feature's encoded value can reach from 0 (at most 1)."""
+    lo, hi = f.range  # type: ignore[misc]
+    return max(hi - f.impute_value, f.impute_value - lo) / (hi - lo)
+
 
 def missing_mask(feature: Feature, values: pd.Series) -> np.ndarray:
     """Missing per the contract: null, NaN, or one of the feature's missing codes."""
@@ -70,15 +101,7 @@ class FeatureEncoder:
 
     def __init__(self, contract: Contract) -> None:
         self.contract = contract
-        names: list[str] = []
-        for f in contract.features:
-            if f.kind == "categorical":
-                names += [f"{f.name}={c}" for c in f.categories or []]
-            else:
-                names.append(f.name)
-            if f.nullable:
-                names.append(f"{f.name}__missing")
-        self.feature_names_out = names
+        self.feature_names_out = [_column_name(*c) for c in encoded_columns(contract)]
 
     @property
     def n_features_out(self) -> int:
@@ -112,18 +135,10 @@ class FeatureEncoder:
         numeric column is stretched so its declared range reaches +-1 exactly. DP
         mechanisms whose noise scales with the data norm (objective perturbation) then
         use a norm of 1 that no row can exceed, without looking at a row."""
-        scale: list[float] = []
-        for f in self.contract.features:
-            if f.kind == "numeric":
-                lo, hi = f.range  # type: ignore[misc]
-                reach = max(hi - f.impute_value, f.impute_value - lo) / (hi - lo)
-                scale.append(1.0 / reach)
-            elif f.kind == "categorical":
-                scale += [1.0] * len(f.categories or [])
-            else:
-                scale.append(1.0)
-            if f.nullable:
-                scale.append(1.0)
+        scale = [
+            _numeric_reach(f) ** -1 if role == VALUE and f.kind == "numeric" else 1.0
+            for f, role, _ in encoded_columns(self.contract)
+        ]
         return np.array(scale) / np.sqrt(len(self.contract.features))
 
     def transform(self, df: pd.DataFrame) -> np.ndarray:

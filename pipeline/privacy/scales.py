@@ -34,7 +34,8 @@ import math
 
 import numpy as np
 
-from pipeline.contract import Contract
+from pipeline.contract import Contract, Feature
+from pipeline.features import LEVEL, VALUE, encoded_columns
 
 BINARY_SCALE = 0.5  # standard deviation of a balanced 0/1 column
 DEVIATION_BOUND = 0.15  # per numeric feature, in units of its declared range
@@ -44,15 +45,10 @@ _MAD_TO_SD = math.sqrt(math.pi / 2)  # SD / mean absolute deviation of a normal 
 
 def numeric_columns(contract: Contract) -> np.ndarray:
     """Which columns of the contract encoding hold a numeric feature's value."""
-    out: list[bool] = []
-    for f in contract.features:
-        if f.kind == "categorical":
-            out += [False] * len(f.categories or [])
-        else:
-            out.append(f.kind == "numeric")
-        if f.nullable:
-            out.append(False)
-    return np.array(out, dtype=bool)
+    return np.array(
+        [role == VALUE and f.kind == "numeric" for f, role, _ in encoded_columns(contract)],
+        dtype=bool,
+    )
 
 
 def deviation_bound(contract: Contract) -> float:
@@ -102,16 +98,13 @@ def column_centres(contract: Contract) -> np.ndarray:
     """Centre of every encoded column before scaling, from the contract alone: 0 for
     numeric columns (already centred on the contract's typical value) and missing flags,
     1/k for each column of a k-level category, 1/2 for a boolean."""
-    out: list[float] = []
-    for f in contract.features:
-        if f.kind == "categorical":
-            k = len(f.categories or [])
-            out += [1.0 / k] * k
-        else:
-            out.append(0.5 if f.kind == "boolean" else 0.0)
-        if f.nullable:
-            out.append(0.0)
-    return np.array(out)
+    return np.array([_centre(f, role) for f, role, _ in encoded_columns(contract)])
+
+
+def _centre(f: Feature, role: str) -> float:
+    if role == LEVEL:
+        return 1.0 / len(f.categories or [])
+    return 0.5 if role == VALUE and f.kind == "boolean" else 0.0
 
 
 def standardized_sq_norm(contract: Contract) -> float:
