@@ -38,10 +38,8 @@ def site_split(
     """One site's (training, held-out) rows and labels, exactly as its actor splits them:
     by key, or all of its extract against its held-out extract (``test_path``)."""
     df = read_frame(site.path, contract.arrow_schema)
-    if site.test_path is not None:
-        held = read_frame(site.test_path, contract.arrow_schema)
-        return (df, contract.labels(df)), (held, contract.labels(held))
-    return train_test(df, contract, cfg.training.seed, cfg.training.test_fraction)
+    held = None if site.test_path is None else read_frame(site.test_path, contract.arrow_schema)
+    return train_test(df, contract, cfg.training.seed, cfg.training.test_fraction, held=held)
 
 
 def site_rows(cfg: FederationConfig) -> tuple[Contract, list[SiteRows]]:

@@ -28,10 +28,17 @@ def held_out_mask(keys: pd.Series, seed: int, fraction: float) -> np.ndarray:
 
 
 def train_test(
-    df: pd.DataFrame, contract: Contract, seed: int, fraction: float
+    df: pd.DataFrame,
+    contract: Contract,
+    seed: int,
+    fraction: float,
+    held: pd.DataFrame | None = None,
 ) -> tuple[Part, Part]:
-    """A site's (train, held-out) rows and labels, by :func:`held_out_mask`: what the
+    """A site's (train, held-out) rows and labels, by :func:`held_out_mask`, or, when the
+    site keeps a held-out extract (its rows `held`), all of `df` against `held`: what the
     site's actor trains and evaluates on, and what a pooled baseline pools."""
+    if held is not None:
+        return (df, contract.labels(df)), (held, contract.labels(held))
     is_test = held_out_mask(df[contract.key.name], seed, fraction)
     y = contract.labels(df)
     return (df[~is_test], y[~is_test]), (df[is_test], y[is_test])

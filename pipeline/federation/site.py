@@ -288,10 +288,7 @@ class SiteActor:
         extract's rows `held`, all of `df` and `held`."""
         from pipeline.splits import train_test
 
-        if held is not None:
-            c = self.contract
-            return _Rows(df, c.labels(df), c), _Rows(held, c.labels(held), c)
-        train, test = train_test(df, self.contract, seed, test_fraction)
+        train, test = train_test(df, self.contract, seed, test_fraction, held=held)
         return _Rows(*train, self.contract), _Rows(*test, self.contract)
 
     def partitions(self, before_month: str) -> PartitionList:
