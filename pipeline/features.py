@@ -43,12 +43,6 @@ def _column_name(f: Feature, role: str, level: str | None) -> str:
     return f"{f.name}__missing" if role == MISSING else f.name
 
 
-def _numeric_reach(f: Feature) -> float:
-    """How far a numeric feature's encoded value can reach from 0 (at most 1)."""
-    lo, hi = f.range  # type: ignore[misc]
-    return max(hi - f.impute_value, f.impute_value - lo) / (hi - lo)
-
-
 def missing_mask(feature: Feature, values: pd.Series) -> np.ndarray:
     """Missing per the contract: null, NaN, or one of the feature's missing codes."""
     mask = values.isna().to_numpy().copy()
@@ -126,20 +120,6 @@ class FeatureEncoder:
             x = _numeric(values.astype("float64") if values.dtype == bool else values)
             cols[f.name] = np.where(missing, np.nan, x)
         return cols
-
-    @property
-    def unit_ball_scale(self) -> np.ndarray:
-        """Per-column factors that put every encoded row inside the unit ball, from the
-        contract's bounds alone: each feature's block (its value or one-hot columns and
-        its missing flag, never both non-zero) gets norm at most 1/sqrt(features), and a
-        numeric column is stretched so its declared range reaches +-1 exactly. DP
-        mechanisms whose noise scales with the data norm (objective perturbation) then
-        use a norm of 1 that no row can exceed, without looking at a row."""
-        scale = [
-            _numeric_reach(f) ** -1 if role == VALUE and f.kind == "numeric" else 1.0
-            for f, role, _ in encoded_columns(self.contract)
-        ]
-        return np.array(scale) / np.sqrt(len(self.contract.features))
 
     def transform(self, df: pd.DataFrame) -> np.ndarray:
         """Encode raw contract columns (clinical units) into a float64 design matrix."""

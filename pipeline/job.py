@@ -141,8 +141,12 @@ def plan_privacy(
     if strategy == "dp-logistic":
         from pipeline.privacy.planner import plan_dp_logistic
 
-        plan = plan_dp_logistic(epsilon=eps, counts=counts, contract=contract)
-        return {"epsilon": eps, "delta": 0.0, "plan": plan}, 0.0, 0.0
+        one_shot = plan_dp_logistic(epsilon=eps, delta=delta, counts=counts, contract=contract)
+        return (
+            {"epsilon": one_shot.epsilon, "delta": one_shot.delta, "plan": one_shot},
+            one_shot.noise_multiplier,
+            1.0,
+        )
     return {}, 0.0, 0.0
 
 
@@ -438,6 +442,11 @@ def _log_plan(tracker: Any, plan: Any, say: Progress) -> None:
         say(
             f"privacy plan: {plan.rounds} rounds, sigma {plan.noise_multiplier:.2f}, "
             f"noise per round {plan.noise_to_signal:.2f} of the signal"
+        )
+    else:
+        say(
+            f"privacy plan: one perturbed fit per site, lambda {plan.regularization:.1f}, "
+            f"sigma {plan.noise_multiplier:.2f}"
         )
 
 

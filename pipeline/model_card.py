@@ -33,8 +33,9 @@ _PRIVACY = {
         "only the sum over sites of each round's noisy gradient (secure aggregation)",
     ),
     "dp-logistic": (
-        "objective perturbation (Chaudhuri et al. 2011, diffprivlib), pure epsilon-DP, "
-        "one release per site",
+        "objective perturbation with Gaussian noise (Kifer et al. 2012; privacy profile of "
+        "Redberg et al. 2023; diffprivlib's analytic Gaussian and Laplace mechanisms), "
+        "(epsilon, delta)-DP, one release per site",
         "each site's differentially private model parameters",
     ),
     "xgboost": (

@@ -17,13 +17,14 @@ from dp_accounting import rdp
 from pipeline.config import load_config
 from pipeline.contract import load_contract
 from pipeline.errors import BudgetError
+from pipeline.features import FeatureEncoder
 from pipeline.federation.aggregate import newton_step
 from pipeline.federation.site import SiteActor
 from pipeline.pooled import site_split, train_logistic
 from pipeline.privacy.accounting import composed_gaussian_epsilon
 from pipeline.privacy.ledger import PrivacyLedger
-from pipeline.privacy.objective import objective_perturbation_logistic
-from pipeline.privacy.planner import plan_dp_fedavg, plan_dp_logistic
+from pipeline.privacy.objective import minimise, perturbation, perturbed_logistic
+from pipeline.privacy.planner import ONE_SHOT_NOISE_LIMIT, plan_dp_fedavg, plan_dp_logistic
 from pipeline.synth import synthesize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,7 +87,12 @@ def test_a_plan_is_a_function_of_counts_and_the_contract_alone() -> None:
         "noise_to_signal",
         "clip",
     }
-    assert set(inspect.signature(plan_dp_logistic).parameters) == {"epsilon", "counts", "contract"}
+    assert set(inspect.signature(plan_dp_logistic).parameters) == {
+        "epsilon",
+        "delta",
+        "counts",
+        "contract",
+    }
     assert _plan(HOSPITALS, HEART) == _plan(dict(HOSPITALS), HEART)
     renamed = dict(zip(["a", "b", "c", "d"], HOSPITALS.values(), strict=True))
     assert _plan(renamed, HEART) == _plan(HOSPITALS, HEART)
@@ -115,10 +121,64 @@ def test_a_contract_without_numeric_features_plans_no_scale_release() -> None:
     assert plan.epsilon == composed_gaussian_epsilon(plan.releases(), plan.delta)
 
 
+def _one_shot(counts: dict[str, int], contract=HEART, epsilon: float = 1.0):
+    return plan_dp_logistic(epsilon=epsilon, delta=1e-5, counts=counts, contract=contract)
+
+
 def test_one_shot_plan_names_the_sites_too_small_for_their_epsilon() -> None:
-    plan = plan_dp_logistic(epsilon=1.0, counts={"big": 50_000, **HOSPITALS}, contract=HEART)
-    assert plan.too_small == sorted(HOSPITALS)
-    assert plan.noise_to_signal["big"] < 0.1 < plan.noise_to_signal["cleveland"]
+    plan = _one_shot({"big": 50_000, **HOSPITALS})
+    limit = ONE_SHOT_NOISE_LIMIT
+    assert plan.noise_to_signal["big"] < plan.noise_to_signal["cleveland"] < limit
+    assert plan.too_small == sorted(s for s, r in plan.noise_to_signal.items() if r > limit)
+    assert "switzerland" in plan.too_small and "big" not in plan.too_small
+    assert _one_shot({"big": 50_000, **HOSPITALS}, epsilon=0.1).too_small == sorted(HOSPITALS)
+
+
+def test_one_shot_noise_meets_delta_by_an_independent_accountant() -> None:
+    """The objective perturbation's delta at its epsilon is twice the Gaussian
+    mechanism's delta after the regulariser's share (Redberg et al. 2023): computed here
+    with dp-accounting's privacy-loss distributions, not with the code under test."""
+    plan = _one_shot(HOSPITALS)
+    assert plan.epsilon == 1.0 and plan.delta == 1e-5
+    jacobian = -math.log(1.0 - 0.25 / plan.regularization)
+    remaining = plan.objective_epsilon - jacobian
+
+    def delta_at(sigma: float) -> float:
+        accountant = dp_accounting.pld.PLDAccountant()
+        accountant.compose(dp_accounting.GaussianDpEvent(sigma))
+        return 2.0 * accountant.get_delta(remaining)
+
+    assert delta_at(plan.noise_multiplier) == pytest.approx(plan.delta, rel=0.02)
+    assert delta_at(plan.noise_multiplier * 0.97) > plan.delta  # the smallest sigma that meets it
+    # The regulariser matches the expected noise norm, as the plan says.
+    ratio = plan.regularization / plan.noise_multiplier
+    assert ratio**2 == pytest.approx(FeatureEncoder(HEART).n_features_out + 1, rel=1e-6)
+
+
+def test_one_shot_noise_is_its_nominal_sigma() -> None:
+    plan = _one_shot(HOSPITALS)
+    args = (plan.objective_epsilon, plan.delta, plan.regularization)
+    draws = np.concatenate([perturbation(40, *args) for _ in range(100)])
+    assert float(np.std(draws)) == pytest.approx(plan.noise_multiplier, rel=0.05)
+    assert abs(float(np.mean(draws))) < 0.1 * plan.noise_multiplier
+
+
+def test_the_perturbed_objective_is_minimised_exactly() -> None:
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, 8))
+    X /= np.maximum(1.0, np.linalg.norm(X, axis=1))[:, None]
+    y = (rng.random(200) < 0.2).astype(float)
+    linear, lam, offset = rng.normal(0, 4, 8), 20.0, -1.3
+    w = minimise(X, y, regularization=lam, linear=linear, offset=offset)
+    p = 1.0 / (1.0 + np.exp(-(X @ w + offset)))
+    assert np.linalg.norm(X.T @ (p - y) + lam * w + linear) < 1e-9
+
+
+def test_objective_perturbation_refuses_rows_outside_the_unit_ball() -> None:
+    with pytest.raises(ValueError, match="norm at most 1"):
+        perturbed_logistic(
+            np.full((5, 2), 0.9), np.ones(5), epsilon=1, delta=1e-5, regularization=9
+        )
 
 
 def _noise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -195,15 +255,32 @@ def test_newton_steps_on_pooled_statistics_reach_the_pooled_optimum(tmp_path: Pa
     np.testing.assert_allclose(weights, pooled, atol=1e-5)
 
 
-def test_objective_perturbation_fits_a_one_class_site_and_is_never_reproducible() -> None:
-    rng = np.random.default_rng(0)
-    X = rng.uniform(-0.2, 0.2, size=(30, 6))
-    y = np.ones(30)  # every patient positive, as at one of the real hospitals
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        np.random.seed(0)
-        a = objective_perturbation_logistic(X, y, epsilon=1.0, data_norm=1.0, C=0.5)
-        np.random.seed(0)
-        b = objective_perturbation_logistic(X, y, epsilon=1.0, data_norm=1.0, C=0.5)
-    assert a.shape == (7,) and np.all(np.isfinite(a))
-    assert not np.allclose(a, b)
+def test_a_one_class_site_fits_once_and_is_never_reproducible(site: SiteActor) -> None:
+    """A site whose training rows are all positive (as at one of the heart hospitals)
+    still releases a model; its noise comes from the OS, so seeding NumPy changes
+    nothing; and it releases once per job."""
+    plan = plan_dp_logistic(
+        epsilon=1.0, delta=1e-5, counts={site.site: len(site._train)}, contract=site.contract
+    )
+    fit = dict(
+        epsilon=plan.epsilon,
+        delta=plan.delta,
+        regularization=plan.regularization,
+        count_epsilon=plan.count_epsilon,
+    )
+    rows = site._train
+    site._train = type(rows)(rows.frame, np.ones_like(rows.y), site.contract)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            np.random.seed(0)
+            a = site.fit_dp_logistic("one-class-a", **fit).vector
+            np.random.seed(0)
+            b = site.fit_dp_logistic("one-class-b", **fit).vector
+        with pytest.raises(BudgetError, match="already released"):
+            site.fit_dp_logistic("one-class-a", **fit)
+    finally:
+        site._train = rows
+    assert a.shape == (FeatureEncoder(site.contract).n_features_out + 1,)
+    assert np.all(np.isfinite(a)) and not np.allclose(a, b)
+    assert a[-1] > 0  # the intercept follows the (noisy) count: nearly every row positive

@@ -107,9 +107,14 @@ def _train_rows(cfg) -> dict[str, int]:
 def test_a_one_shot_job_warns_about_sites_too_small_for_their_epsilon(
     ray_session, small_sites: Path, tmp_path: Path, caplog
 ) -> None:
-    cfg = load_config(make_config(small_sites, tmp_path))
+    # At epsilon 0.1 the noise of a one-shot fit is more than a quarter of the largest
+    # mean gradient at every one of these sites (a few hundred training rows each).
+    cfg = load_config(make_config(small_sites, tmp_path, privacy={"epsilon_per_job": 0.1}))
     with caplog.at_level(logging.WARNING, logger="pipeline.models.logistic_training"):
         result = run_job(cfg, strategy="dp-logistic", register=False)
+    assert result.privacy == {s.name: (0.1, cfg.privacy.delta) for s in cfg.sites}
+    ledger = PrivacyLedger(cfg.privacy.ledger)
+    assert all(ledger.spent(s.name) == (0.1, cfg.privacy.delta) for s in cfg.sites)
     warned = [r.getMessage() for r in caplog.records if "too small" in r.getMessage()]
     assert len(warned) == 1 and all(s.name in warned[0] for s in cfg.sites)
     tags = mlflow.MlflowClient(cfg.tracking_uri).get_run(result.run_id).data.tags

@@ -268,17 +268,12 @@ def newton_rounds(
 
 
 def one_shot_average(
-    runtime: SiteRuntime,
-    *,
-    job_id: str,
-    epsilon: float,
-    quorum: int,
-    regularization: float | None = None,
+    runtime: SiteRuntime, *, job_id: str, quorum: int, **fit: float
 ) -> tuple[np.ndarray, list[str]]:
-    """Each site fits a DP model once; the coordinator takes the example-weighted mean
-    (one-shot parameter averaging, as in Zinkevich et al. 2010 / McMahan et al. 2017)."""
-    extra = {} if regularization is None else {"regularization": regularization}
-    replies = runtime.call("fit_dp_logistic", job_id, epsilon=epsilon, **extra)
+    """Each site fits a DP model once (:meth:`SiteActor.fit_dp_logistic` with `fit`);
+    the coordinator takes the example-weighted mean (one-shot parameter averaging, as in
+    Zinkevich et al. 2010 / McMahan et al. 2017)."""
+    replies = runtime.call("fit_dp_logistic", job_id, **fit)
     runtime.require_quorum(quorum, "one-shot DP logistic regression")
     if not replies.ok:
         raise QuorumError("no site returned a model")

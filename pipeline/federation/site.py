@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -475,31 +476,50 @@ class SiteActor:
         return self._masked(job_id, np.append(vector, n), secure)
 
     def fit_dp_logistic(
-        self, job_id: str, *, epsilon: float, regularization: float | None = None
+        self,
+        job_id: str,
+        *,
+        epsilon: float,
+        delta: float,
+        regularization: float,
+        count_epsilon: float,
+        clip_fraction: float = 0.5,
+        intercept: float = 0.3,
     ) -> ModelUpdate:
-        """One-shot DP logistic regression: objective perturbation (Chaudhuri, Monteleoni
-        & Sarwate 2011) with diffprivlib's Vector mechanism, on rows put in the unit ball
-        by the contract's bounds alone (:attr:`FeatureEncoder.unit_ball_scale`), so the
-        noise is calibrated to a data norm of 1 that no row can exceed. `regularization`
-        is the inverse strength C (default: the planner's,
-        :func:`pipeline.privacy.planner.dp_logistic_regularization`). Returns weights
-        over the encoder's columns."""
-        from pipeline.features import FeatureEncoder
-        from pipeline.privacy.objective import objective_perturbation_logistic
-        from pipeline.privacy.planner import dp_logistic_regularization
+        """One-shot DP logistic regression (:mod:`pipeline.privacy.objective`): the
+        site's count of positives, Laplace-noised at `count_epsilon`, sets the intercept's
+        offset; then the objective, perturbed by Gaussian noise that the site calibrates
+        itself from the rest of `epsilon`, `delta` and `regularization`, is minimised on
+        its rows in the contract's unit-ball coordinates. Released once per job, as
+        weights over the encoder's columns."""
+        from pipeline.privacy.objective import noisy_positive_count, perturbed_logistic
+        from pipeline.privacy.scales import UnitBallCoordinates
 
         self._require_data()
         job = self._authorize(job_id, "dp-logistic", epsilon)
         if job["releases"] >= 1:
             raise BudgetError(f"site {self.site}: job {job_id} already released its model")
+        if not 0 < count_epsilon < epsilon:
+            raise BudgetError(f"site {self.site}: the count's epsilon must be below the job's")
         X, y = self._train.linear, self._train.y  # type: ignore[union-attr]
-        scale = FeatureEncoder(self.contract).unit_ball_scale
-        C = regularization or dp_logistic_regularization(epsilon)
+        coords = UnitBallCoordinates.from_contract(
+            self.contract, clip_fraction=clip_fraction, intercept=intercept
+        )
         job["releases"] += 1
-        w = objective_perturbation_logistic(X * scale, y, epsilon=epsilon, data_norm=1.0, C=C)
-        self._audit("fit_dp_logistic", job_id, epsilon=epsilon, regularization=C)
-        vector = np.append(w[:-1] * scale, w[-1])
-        return ModelUpdate(site=self.site, vector=vector, n=len(y))
+        positives = noisy_positive_count(y, count_epsilon)
+        offset = math.log(positives / (len(y) - positives))
+        w = perturbed_logistic(
+            coords.rows(X),
+            y,
+            epsilon=epsilon - count_epsilon,
+            delta=delta,
+            regularization=regularization,
+            offset=offset,
+        )
+        self._audit(
+            "fit_dp_logistic", job_id, epsilon=epsilon, delta=delta, regularization=regularization
+        )
+        return ModelUpdate(site=self.site, vector=coords.to_encoder_weights(w, offset), n=len(y))
 
     def fit_local_logistic(self) -> ModelUpdate:
         """A local-only, non-private model: the baseline a site would have on its own.

@@ -23,6 +23,7 @@ import numpy as np
 
 from pipeline.features import FeatureEncoder
 from pipeline.models.logistic import LogisticModel
+from pipeline.privacy.planner import ONE_SHOT_NOISE_LIMIT
 
 if TYPE_CHECKING:
     from pipeline.context import JobContext
@@ -133,18 +134,18 @@ def train_dp_fedavg(ctx: JobContext, plan: DPFedAvgPlan) -> LogisticModel:
     return LogisticModel(contract, weights)
 
 
-def train_dp_logistic(ctx: JobContext, plan: DPLogisticPlan | None) -> LogisticModel:
+def train_dp_logistic(ctx: JobContext, plan: DPLogisticPlan) -> LogisticModel:
     """``dp-logistic``: one perturbed fit per site, example-weighted average."""
     from pipeline.federation.coordinator import one_shot_average
 
-    cfg = ctx.cfg
-    if plan is not None and plan.too_small:
+    if plan.too_small:
         worst = max(plan.noise_to_signal[s] for s in plan.too_small)
         message = (
             f"dp-logistic: sites {', '.join(plan.too_small)} are too small for epsilon "
-            f"{plan.epsilon:g}: the noise of their one-shot fit is up to {worst:.2f} of "
-            "the largest gradient (more than a tenth), so their models are mostly noise; "
-            "dp-fedavg uses the same budget far better at this size"
+            f"{plan.epsilon:g}: the noise of their one-shot fit is up to {worst:.2f} of the "
+            f"largest gradient their rows can carry (more than {ONE_SHOT_NOISE_LIMIT:g}), "
+            "so their models are mostly noise; dp-fedavg spends the same budget on the "
+            "sum over sites instead"
         )
         log.warning(message)
         ctx.tracker.tags({"dp_logistic_too_small": ",".join(plan.too_small)})
@@ -152,8 +153,12 @@ def train_dp_logistic(ctx: JobContext, plan: DPLogisticPlan | None) -> LogisticM
     weights, _ = one_shot_average(
         ctx.runtime,
         job_id=ctx.job_id,
-        epsilon=cfg.privacy.epsilon_per_job,
-        quorum=cfg.quorum,
-        regularization=None if plan is None else plan.regularization,
+        quorum=ctx.cfg.quorum,
+        epsilon=plan.epsilon,
+        delta=plan.delta,
+        regularization=plan.regularization,
+        count_epsilon=plan.count_epsilon,
+        clip_fraction=plan.clip_fraction,
+        intercept=plan.intercept,
     )
     return LogisticModel(ctx.contract, weights)

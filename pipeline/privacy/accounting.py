@@ -9,7 +9,7 @@ written here: Renyi-DP bookkeeping has subtle numerics (log-space sums, the RDP 
   order and is much tighter than basic composition over many rounds. Subsampled releases
   use the Poisson-subsampled Gaussian, the "moments accountant" of Abadi et al. 2016, "Deep
   Learning with Differential Privacy" (CCS).
-- Pure epsilon-DP spends (e.g. diffprivlib's logistic regression) add up (basic
+- Pure epsilon-DP spends (e.g. a Laplace-noised count) add up (basic
   composition, Dwork & Roth 2014, Thm 3.16).
 
 The noise multiplier everywhere is ``std / L2 sensitivity`` under the add-or-remove-one

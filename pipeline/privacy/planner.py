@@ -200,7 +200,10 @@ def _charged(plan: DPFedAvgPlan) -> DPFedAvgPlan:
 
 
 # -- one-shot DP logistic regression ------------------------------------------------------
-ONE_SHOT_NOISE_LIMIT = 0.1
+ONE_SHOT_NOISE_LIMIT = 0.25
+COUNT_SHARE = 0.1  # of epsilon, for the site's noisy count of positives (its intercept)
+CLIP_FRACTION_ONE_SHOT = 0.5  # rows clipped at half their typical norm
+INTERCEPT_COLUMN = 0.3
 
 
 @dataclass(frozen=True)
@@ -209,53 +212,79 @@ class DPLogisticPlan:
 
     Attributes
     ----------
-    epsilon : float
-        Pure epsilon per site (what the ledger records, with delta 0).
+    epsilon, delta : float
+        What every site's ledger records: ``count_epsilon`` plus the objective
+        perturbation's epsilon at ``delta``.
+    count_epsilon : float
+        Epsilon of the site's Laplace-noised count of positives (its intercept offset).
     regularization : float
-        Inverse regularisation strength C of every site's objective.
+        lambda of the perturbed objective ``sum log-loss + lambda / 2 ||w||^2 + b.w``.
+    noise_multiplier : float
+        Standard deviation of each coordinate of ``b`` (the per-row gradient bound is 1).
+    clip_fraction, intercept : float
+        The unit-ball coordinates (:class:`pipeline.privacy.scales.UnitBallCoordinates`).
     noise_to_signal : dict of site -> float
-        Expected norm of a site's random linear term over its row count, relative to the
-        largest gradient a row can have: how much of the objective is noise.
+        Expected norm of ``b`` over the site's row count: the noise relative to the
+        largest mean gradient the site's rows can have.
     too_small : list of str
-        Sites where that exceeds :data:`ONE_SHOT_NOISE_LIMIT`: their fit is mostly noise.
+        Sites where that exceeds :data:`ONE_SHOT_NOISE_LIMIT`.
     """
 
     epsilon: float
+    delta: float
+    count_epsilon: float
     regularization: float
+    noise_multiplier: float
+    clip_fraction: float
+    intercept: float
     noise_to_signal: dict[str, float]
     too_small: list[str]
+
+    @property
+    def objective_epsilon(self) -> float:
+        return self.epsilon - self.count_epsilon
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def dp_logistic_regularization(epsilon: float, data_norm: float = 1.0) -> float:
-    """The C at which objective perturbation keeps half of `epsilon` for its noise.
-
-    Chaudhuri et al. 2011 spend ``2 log(1 + c * norm * C)`` of epsilon on the curvature
-    the regulariser must dominate (c = 1/4 for the log-loss, norm with the intercept);
-    a larger C (weaker regularisation) leaves less for the noise, a smaller one shrinks
-    the model towards zero. Half and half: ``C = (exp(epsilon / 4) - 1) / (c * norm)``.
-    """
-    norm = math.sqrt(data_norm**2 + 1.0)
-    return math.expm1(epsilon / 4.0) / (0.25 * norm)
-
-
 def plan_dp_logistic(
-    *, epsilon: float, counts: Mapping[str, int], contract: Contract
+    *, epsilon: float, delta: float, counts: Mapping[str, int], contract: Contract
 ) -> DPLogisticPlan:
     """Plan a one-shot DP logistic regression from row counts and the contract.
 
-    With C from :func:`dp_logistic_regularization` the mechanism's noise term has expected
-    norm ``dim * 2 * norm / (epsilon / 2)`` (a Gamma(dim) norm) against a mean gradient of
-    norm at most ``norm``; over ``n`` rows that is ``4 dim / (epsilon n)``. A site where it
-    exceeds :data:`ONE_SHOT_NOISE_LIMIT` is too small for its epsilon.
+    The regulariser is set where its pull on a weight vector of norm 1 (in the unit-ball
+    coordinates) equals the expected norm of the noise, ``lambda = sigma * sqrt(dim)``:
+    weaker and the noise moves the weights further than any signal of a few hundred
+    rows can (the noise enters as ``(H + lambda I)^-1 b``); stronger and the fit shrinks
+    to its first gradient step. sigma itself depends on lambda (the regulariser's share
+    of epsilon, :func:`pipeline.privacy.objective.jacobian_epsilon`), so the two are
+    found together by fixed-point iteration. Nothing here reads a row.
     """
+    from pipeline.privacy.objective import noise_std
+
+    if not counts or any(int(n) < 1 for n in counts.values()):
+        raise ValueError("a plan needs at least one site with training rows")
     dim = FeatureEncoder(contract).n_features_out + 1
-    ratios = {site: 4.0 * dim / (epsilon * max(int(n), 1)) for site, n in counts.items()}
+    count_epsilon = COUNT_SHARE * epsilon
+    objective_epsilon = epsilon - count_epsilon
+    regularization = 5.0 * math.sqrt(dim)
+    for _ in range(50):
+        sigma = noise_std(objective_epsilon, delta, regularization)
+        updated = sigma * math.sqrt(dim)
+        if abs(updated - regularization) <= 1e-9 * regularization:
+            break
+        regularization = updated
+    sigma = noise_std(objective_epsilon, delta, regularization)
+    ratios = {site: sigma * math.sqrt(dim) / int(n) for site, n in counts.items()}
     return DPLogisticPlan(
         epsilon=epsilon,
-        regularization=dp_logistic_regularization(epsilon),
+        delta=delta,
+        count_epsilon=count_epsilon,
+        regularization=regularization,
+        noise_multiplier=sigma,
+        clip_fraction=CLIP_FRACTION_ONE_SHOT,
+        intercept=INTERCEPT_COLUMN,
         noise_to_signal=ratios,
         too_small=sorted(s for s, r in ratios.items() if r > ONE_SHOT_NOISE_LIMIT),
     )

@@ -31,6 +31,7 @@ advice for gradient descent, with the centre taken from the contract, not the da
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -120,3 +121,63 @@ def standardized_sq_norm(contract: Contract) -> float:
         else:
             total += 1.0
     return total
+
+
+# -- one-shot coordinates: the contract alone ---------------------------------------------
+RANGE_SPREAD = 1.0 / 6.0  # a declared range taken to span about six standard deviations
+
+
+def contract_scales(contract: Contract) -> np.ndarray:
+    """Scale of every encoded column from the contract alone, for a release that cannot
+    wait for the private scale release (a one-shot fit): numeric columns
+    :data:`RANGE_SPREAD` of their declared range, binary columns 1/2."""
+    return np.where(numeric_columns(contract), RANGE_SPREAD, BINARY_SCALE)
+
+
+@dataclass(frozen=True)
+class UnitBallCoordinates:
+    """Rows in the unit ball with their intercept column, from the contract alone: the
+    coordinates of objective perturbation (:mod:`pipeline.privacy.objective`).
+
+    Encoded columns less their centres over their :func:`contract_scales`, stretched so
+    that a typical row (:func:`standardized_sq_norm`) reaches ``1 / clip_fraction`` of
+    the ball's radius for the features, then clipped to that radius: like DP-FedAvg's
+    clip below the typical norm, most rows count by their direction, which raises the
+    signal against noise of a fixed size. The intercept column is the constant
+    ``intercept``; features and intercept together have norm at most 1.
+    """
+
+    centre: np.ndarray
+    scale: np.ndarray
+    stretch: float
+    radius: float
+    intercept: float
+
+    @classmethod
+    def from_contract(
+        cls, contract: Contract, *, clip_fraction: float = 0.5, intercept: float = 0.3
+    ) -> UnitBallCoordinates:
+        if not 0 < intercept < 1:
+            raise ValueError(f"intercept must be in (0, 1), got {intercept}")
+        radius = math.sqrt(1.0 - intercept**2)
+        typical = math.sqrt(standardized_sq_norm(contract) - 1.0)
+        return cls(
+            centre=column_centres(contract),
+            scale=contract_scales(contract),
+            stretch=radius / (clip_fraction * typical),
+            radius=radius,
+            intercept=intercept,
+        )
+
+    def rows(self, X: np.ndarray) -> np.ndarray:
+        """Encoded rows in these coordinates, the intercept column last."""
+        from pipeline.privacy.mechanisms import clip_rows
+
+        Z = (np.asarray(X, dtype=np.float64) - self.centre) / self.scale * self.stretch
+        return np.hstack([clip_rows(Z, self.radius), np.full((len(Z), 1), self.intercept)])
+
+    def to_encoder_weights(self, weights: np.ndarray, offset: float = 0.0) -> np.ndarray:
+        """Weights over these coordinates (plus a log-odds `offset`) as weights over the
+        encoder's own columns: the same score for every row inside the clip."""
+        coef = weights[:-1] * self.stretch / self.scale
+        return np.append(coef, weights[-1] * self.intercept + offset - float(coef @ self.centre))
