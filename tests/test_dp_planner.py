@@ -20,6 +20,7 @@ from pipeline.errors import BudgetError
 from pipeline.features import FeatureEncoder
 from pipeline.federation.aggregate import newton_step
 from pipeline.federation.site import SiteActor
+from pipeline.federation.strategy import DampedNewton
 from pipeline.pooled import site_split, train_logistic
 from pipeline.privacy.accounting import composed_gaussian_epsilon
 from pipeline.privacy.ledger import PrivacyLedger
@@ -284,3 +285,30 @@ def test_a_one_class_site_fits_once_and_is_never_reproducible(site: SiteActor) -
     assert a.shape == (FeatureEncoder(site.contract).n_features_out + 1,)
     assert np.all(np.isfinite(a)) and not np.allclose(a, b)
     assert a[-1] > 0  # the intercept follows the (noisy) count: nearly every row positive
+
+
+def test_a_single_round_takes_the_damped_newton_step() -> None:
+    """From all predictions at the prevalence, in standardized coordinates with
+    independent features, the Hessian is p(1 - p) I: the damped step goes in the
+    gradient's direction, shortened by 1 / (1 + decrement), and lowers the loss."""
+    rng = np.random.default_rng(5)
+    n, p = 4000, 0.3
+    Z = rng.normal(size=(n, 4))
+    y = (rng.random(n) < 1 / (1 + np.exp(-(np.log(p / (1 - p)) + Z @ [0.8, -0.5, 0.3, 0])))) * 1.0
+    Zb = np.hstack([Z, np.ones((n, 1))])
+    w0 = np.append(np.zeros(4), np.log(y.mean() / (1 - y.mean())))
+
+    def loss(w):
+        z = Zb @ w
+        return float(np.mean(np.logaddexp(0, z) - y * z))
+
+    gradient = Zb.T @ (1 / (1 + np.exp(-(Zb @ w0))) - y) / n
+    h = y.mean() * (1 - y.mean())
+    stepped = DampedNewton(curvature=h, gradient_scale=1.0).step(w0, gradient)
+    decrement = np.linalg.norm(gradient) / np.sqrt(h)
+    np.testing.assert_allclose(w0 - stepped, gradient / (h * (1 + decrement)), atol=1e-12)
+    assert loss(stepped) < loss(w0 - gradient) < loss(w0)  # further than a unit step
+    clipped = DampedNewton(curvature=h, gradient_scale=0.25).step(w0, 0.25 * gradient)
+    np.testing.assert_allclose(clipped, stepped, atol=1e-12)
+    one = _plan(HOSPITALS, HEART)
+    assert one.rounds == 1 and one.clip_fraction == pytest.approx(0.25)

@@ -17,6 +17,7 @@ before these run; nothing here seeds or logs noise.
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from pipeline.privacy.planner import ONE_SHOT_NOISE_LIMIT
 
 if TYPE_CHECKING:
     from pipeline.context import JobContext
+    from pipeline.federation.strategy import ServerOptimizer
     from pipeline.privacy.planner import DPFedAvgPlan, DPLogisticPlan
 
 log = logging.getLogger(__name__)
@@ -86,7 +88,6 @@ def train_newton(ctx: JobContext, *, max_rounds: int) -> LogisticModel:
 def train_dp_fedavg(ctx: JobContext, plan: DPFedAvgPlan) -> LogisticModel:
     """``dp-fedavg`` by the plan: feature scales, then the planned gradient rounds."""
     from pipeline.federation.coordinator import GradientPlan, gradient_rounds, release_scales
-    from pipeline.federation.strategy import FedAvgM
     from pipeline.privacy.scales import column_centres, column_scales, released_log_odds
 
     runtime, cfg, contract = ctx.runtime, ctx.cfg, ctx.contract
@@ -122,7 +123,7 @@ def train_dp_fedavg(ctx: JobContext, plan: DPFedAvgPlan) -> LogisticModel:
         runtime,
         job_id=ctx.job_id,
         dim=FeatureEncoder(contract).n_features_out,
-        optimizer=FedAvgM(learning_rate=plan.learning_rate, momentum=plan.momentum),
+        optimizer=_server_optimizer(plan, initial[-1]),
         plan=rounds,
         quorum=cfg.quorum,
         secure=secure,
@@ -132,6 +133,17 @@ def train_dp_fedavg(ctx: JobContext, plan: DPFedAvgPlan) -> LogisticModel:
     if secure is not None:
         ctx.tracker.metrics({"secure_restarts": secure.restarts})
     return LogisticModel(contract, weights)
+
+
+def _server_optimizer(plan: DPFedAvgPlan, intercept: float) -> ServerOptimizer:
+    """FedAvgM for a path of rounds; one damped Newton step when the plan has one round,
+    from the start's prevalence (the sigmoid of its intercept)."""
+    from pipeline.federation.strategy import DampedNewton, FedAvgM
+
+    if plan.rounds == 1:
+        p = 0.5 * (1.0 + math.tanh(0.5 * intercept))
+        return DampedNewton(curvature=p * (1.0 - p), gradient_scale=plan.clip_fraction)
+    return FedAvgM(learning_rate=plan.learning_rate, momentum=plan.momentum)
 
 
 def train_dp_logistic(ctx: JobContext, plan: DPLogisticPlan) -> LogisticModel:

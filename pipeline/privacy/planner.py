@@ -20,10 +20,12 @@ DP-FedAvg (:func:`plan_dp_fedavg`)
   with the square root of the rounds; the planner takes the most rounds (at most
   ``max_rounds``, at least one) that keep it at or below ``noise_to_signal``. A few hundred
   rows over four sites get one round; 25,000 rows per site, the cap. The step per round is
-  fixed in clipped units (``learning_rate * clip = 1``), so few rounds are large steps. At
-  a single round from zero weights the model is the noisy, clipped difference of the class
-  means in standardized coordinates, which on few rows ranks patients better than any
-  longer noisy path measured (``bench/dp_utility.py``).
+  fixed in clipped units (``learning_rate * clip = 1``), so few rounds are large steps. A
+  single round from the prevalence's intercept is the noisy, clipped difference of the
+  class means in standardized coordinates, which on few rows ranks patients better than
+  any longer noisy path measured (``bench/dp_utility.py``); its length is the damped
+  Newton step (:class:`pipeline.federation.strategy.DampedNewton`), since no later round
+  can correct it.
   This is the regime analysis of Bassily, Smith & Thakurta 2014 (private ERM: the excess
   risk is set by the total noise, not the number of steps) turned into a schedule.
 - **Server momentum** (FedAvgM, Hsu, Qi & Brown 2019, "Measuring the Effects of
@@ -82,8 +84,12 @@ class DPFedAvgPlan:
         L2 clip of one row's numeric deviations in that release.
     clip : float
         L2 clip of one row's gradient, in standardized coordinates.
+    clip_fraction : float
+        ``clip`` over the typical per-row gradient norm at the start (from the contract):
+        about how much clipping shrinks the mean gradient.
     learning_rate, momentum : float
-        The server's FedAvgM step.
+        The server's FedAvgM step, for plans of two or more rounds; a single round takes
+        the damped Newton step (:class:`pipeline.federation.strategy.DampedNewton`).
     noise_to_signal : float
         Expected noise of one round's mean gradient (L2) over the clip, the largest mean
         gradient a round can carry.
@@ -99,6 +105,7 @@ class DPFedAvgPlan:
     scale_noise_multiplier: float | None
     scale_bound: float
     clip: float
+    clip_fraction: float
     learning_rate: float
     momentum: float
     noise_to_signal: float
@@ -172,7 +179,8 @@ def plan_dp_fedavg(
     sigma = calibrate_noise_scale(epsilon, delta, releases)
     ratio = sigma * math.sqrt(sites * dim) / rows
     low, high = MOMENTUM_RANGE
-    clip = clip or CLIP_FRACTION * 0.5 * math.sqrt(standardized_sq_norm(contract))
+    typical_gradient = 0.5 * math.sqrt(standardized_sq_norm(contract))
+    clip = clip or CLIP_FRACTION * typical_gradient
     plan = DPFedAvgPlan(
         epsilon=0.0,
         delta=delta,
@@ -182,6 +190,7 @@ def plan_dp_fedavg(
         scale_noise_multiplier=sigma / math.sqrt(share) if share else None,
         scale_bound=deviation_bound(contract),
         clip=clip,
+        clip_fraction=clip / typical_gradient,
         learning_rate=STEP / clip,
         momentum=min(high, max(low, 1.0 - 10.0 * ratio)),
         noise_to_signal=ratio,
