@@ -208,3 +208,49 @@ def test_same_seed_gives_the_same_model_with_privacy_off(ray_session, four_sites
     a = run_job(cfg, strategy="logistic", register=False)
     b = run_job(cfg, strategy="logistic", register=False)
     np.testing.assert_array_equal(a.model.weights, b.model.weights)
+
+
+def test_a_later_job_reuses_healthy_site_processes_with_nothing_of_the_last_job(
+    ray_session, four_sites, tmp_path
+) -> None:
+    """A site actor of a finished job serves the next job of the same federation in this
+    process, holding none of the last job's rows but all of its releases; a dropped site
+    and a site whose config changed get a fresh one."""
+    cfg = load_config(make_config(four_sites, tmp_path))
+    names = [s.name for s in cfg.sites]
+
+    def pids(runtime: SiteRuntime) -> dict[str, int]:
+        return runtime.call("pid", raw=True).ok
+
+    with SiteRuntime(cfg.sites, str(cfg.contract), "reuse-1") as runtime:
+        first = pids(runtime)
+        runtime.call("load", 0.2, 0)
+        fit = dict(epsilon=1.0, delta=1e-5, regularization=30.0, count_epsilon=0.1)
+        assert runtime.call("fit_dp_logistic", "one-shot", **fit).ok
+        runtime.drop(names[0], "dropped by the test")
+    changed = cfg.model_copy(deep=True)
+    changed.sites[1].policy.max_epsilon_per_job = 0.5
+    with SiteRuntime(changed.sites, str(cfg.contract), "reuse-2") as runtime:
+        second = pids(runtime)
+        assert second[names[0]] != first[names[0]]  # dropped: a fresh process
+        assert second[names[1]] != first[names[1]]  # another policy: a fresh process
+        assert all(second[n] == first[n] for n in names[2:])  # the rest served again
+        gone = runtime.call(
+            "logistic_gradient",
+            "j",
+            np.zeros(1),
+            drop_failed=False,
+            strategy="logistic",
+            epsilon=0.0,
+            clip=None,
+            noise_multiplier=0.0,
+            rounds=1,
+            round_=0,
+            sites=[names[2]],
+        )
+        assert "not loaded" in gone.failed[names[2]]  # the last job's rows are gone
+        runtime.call("load", 0.2, 0, sites=[names[2]])
+        again = runtime.call(
+            "fit_dp_logistic", "one-shot", **fit, sites=[names[2]], drop_failed=False
+        )
+        assert "already released" in again.failed[names[2]]  # its releases are remembered

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipeline.config import SiteConfig
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # A tiny share of the site resource: the actor needs the node, not its capacity.
 _RESOURCE_SHARE = 0.01
+_MAX_IDLE = 8  # idle site actors kept for later jobs of this process, oldest ended first
+_CHECK_S = 5.0  # how long an idle actor may take to show it is alive, or to recycle
 
 
 def ensure_ray(
@@ -65,7 +68,8 @@ class Replies:
 
 
 class SiteRuntime:
-    """One actor per site, for one job. Use as a context manager.
+    """One actor per site for a job (an idle one of an earlier job of the same federation
+    in this process when there is one, see :meth:`stop`). Use as a context manager.
 
     Parameters
     ----------
@@ -112,8 +116,19 @@ class SiteRuntime:
     def start(self) -> None:
         resources = {s.resource: 1.0 for s in self.sites if s.resource}
         self._owns_ray = ensure_ray(self.ray_address, self.num_cpus, resources or None)
+        idle = {} if self._owns_ray else _IDLE.take({s.name: self._pool_key(s) for s in self.sites})
         for site in self.sites:
-            self.actors[site.name] = self._spawn(site, f"{self.job_id}:{site.name}")
+            actor = idle.get(site.name)
+            self.actors[site.name] = actor or self._spawn(site, f"{self.job_id}:{site.name}")
+
+    def _pool_key(self, site: SiteConfig) -> tuple:
+        """What an actor was made from: only an actor made from the same site config,
+        contract (its bytes), window and pinned keys serves another job."""
+        import hashlib
+
+        contract = hashlib.sha256(Path(self.contract_path).read_bytes()).hexdigest()
+        pinned = tuple(sorted((s.name, s.identity_key) for s in self.sites if s.identity_key))
+        return (site.model_dump_json(), self.contract_path, contract, self.before_month, pinned)
 
     def _spawn(self, site: SiteConfig, name: str) -> Any:
         options: dict[str, Any] = {
@@ -151,14 +166,24 @@ class SiteRuntime:
         self.actors[site] = self._spawn(next(s for s in self.sites if s.name == site), name)
 
     def stop(self) -> None:
+        """End the job's actors; in a process that keeps Ray running (a demo, a
+        retraining, the tests), healthy ones wait for the federation's next job."""
         import ray
 
-        for actor in self.actors.values():
-            _kill(actor)
-        self.actors.clear()
         if self._owns_ray:
+            for actor in self.actors.values():
+                _kill(actor)
+            self.actors.clear()
             ray.shutdown()
             self._owns_ray = False
+            return
+        healthy = {s: a for s, a in self.actors.items() if s not in self.dropped}
+        for site, actor in self.actors.items():
+            if site not in healthy:
+                _kill(actor)
+        sites = {s.name: s for s in self.sites}
+        _IDLE.give({self._pool_key(sites[name]): a for name, a in healthy.items()})
+        self.actors.clear()
 
     @property
     def active(self) -> list[str]:
@@ -240,6 +265,69 @@ class SiteRuntime:
                 f"{stage}: only {len(self.active)} site(s) left, quorum is {quorum} "
                 f"(dropped: {lost})"
             )
+
+
+class _IdleActors:
+    """Site actors of finished jobs, kept for the next job of the same federation in this
+    process and Ray session (at most :data:`_MAX_IDLE`); one per key."""
+
+    def __init__(self) -> None:
+        self._session: tuple | None = None
+        self._actors: dict[tuple, Any] = {}
+
+    def take(self, keys: dict[str, tuple]) -> dict[str, Any]:
+        """Idle actors for these sites (name -> key) that answer within :data:`_CHECK_S`."""
+        import ray
+
+        self._forget_other_sessions()
+        found = {site: self._actors.pop(key) for site, key in keys.items() if key in self._actors}
+        if not found:
+            return {}
+        refs = {site: actor.pid.remote() for site, actor in found.items()}
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=_CHECK_S)
+        alive = {}
+        for site, ref in refs.items():
+            try:
+                if ref in ready:
+                    ray.get(ref, timeout=1.0)
+                    alive[site] = found[site]
+                    continue
+            except Exception:  # noqa: BLE001 - a dead or stuck actor is simply replaced
+                pass
+            _kill(found[site])
+        return alive
+
+    def give(self, actors: dict[tuple, Any]) -> None:
+        """Keep these actors (key -> actor) for later jobs if they recycle in time."""
+        import ray
+
+        self._forget_other_sessions()
+        refs = {key: actor.recycle.remote() for key, actor in actors.items()}
+        ready = set(ray.wait(list(refs.values()), num_returns=len(refs), timeout=_CHECK_S)[0])
+        for key, ref in refs.items():
+            try:
+                reusable = ref in ready and ray.get(ref, timeout=1.0) is True
+            except Exception:  # noqa: BLE001 - not kept, ended below
+                reusable = False
+            if not reusable or key in self._actors:
+                _kill(actors[key])
+                continue
+            self._actors[key] = actors[key]
+        while len(self._actors) > _MAX_IDLE:
+            _kill(self._actors.pop(next(iter(self._actors))))
+
+    def _forget_other_sessions(self) -> None:
+        """Handles from an earlier Ray session are dead: drop them."""
+        import ray
+
+        context = ray.get_runtime_context()
+        session = (context.get_node_id(), context.get_job_id())
+        if session != self._session:
+            self._actors.clear()
+            self._session = session
+
+
+_IDLE = _IdleActors()
 
 
 @functools.cache

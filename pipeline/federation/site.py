@@ -154,6 +154,7 @@ class SiteActor:
         self._prepared: tuple[tuple[float, int], tuple[_Rows, _Rows]] | None = None
         self._jobs: dict[str, dict[str, Any]] = {}
         self._keys: dict[str, Any] = {}
+        self._joined_collective = False
         self.pinned = {k: bytes.fromhex(v) for k, v in (pinned or {}).items()}
         key = self.contract.cohort.partition
         self.window = Window(key, before_month) if key and before_month else None
@@ -182,6 +183,17 @@ class SiteActor:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def recycle(self) -> bool:
+        """Forget the finished job's rows, so the same process can serve the federation's
+        next job without paying again for its start (Ray's worker, Great Expectations'
+        import and first run: seconds of CPU per site). What each job released stays
+        on record (a finished job cannot release again). Returns False when this process
+        should not serve again: it joined an XGBoost collective, whose native state a
+        broken peer can leave stuck."""
+        self._train = self._test = self._prepared = None
+        self._audit("recycle", None)
+        return not self._joined_collective
 
     def node_id(self) -> str:
         import ray
@@ -563,6 +575,7 @@ class SiteActor:
 
         self._require_data()
         self._authorize(job_id, "xgboost", 0.0)
+        self._joined_collective = True
         self._audit(
             "xgb_train",
             job_id,
