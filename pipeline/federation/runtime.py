@@ -104,6 +104,7 @@ class SiteRuntime:
         self.actors: dict[str, Any] = {}
         self.dropped: dict[str, str] = {}
         self._restarts: dict[str, int] = {}
+        self._pool_keys: dict[str, tuple] = {}
         self._owns_ray = False
 
     def __enter__(self) -> SiteRuntime:
@@ -116,7 +117,9 @@ class SiteRuntime:
     def start(self) -> None:
         resources = {s.resource: 1.0 for s in self.sites if s.resource}
         self._owns_ray = ensure_ray(self.ray_address, self.num_cpus, resources or None)
-        idle = {} if self._owns_ray else _IDLE.take({s.name: self._pool_key(s) for s in self.sites})
+        # Keyed by what the actors are made from now (the contract file may change later).
+        self._pool_keys = {s.name: self._pool_key(s) for s in self.sites}
+        idle = {} if self._owns_ray else _IDLE.take(self._pool_keys)
         for site in self.sites:
             actor = idle.get(site.name)
             self.actors[site.name] = actor or self._spawn(site, f"{self.job_id}:{site.name}")
@@ -181,8 +184,7 @@ class SiteRuntime:
         for site, actor in self.actors.items():
             if site not in healthy:
                 _kill(actor)
-        sites = {s.name: s for s in self.sites}
-        _IDLE.give({self._pool_key(sites[name]): a for name, a in healthy.items()})
+        _IDLE.give({self._pool_keys[name]: actor for name, actor in healthy.items()})
         self.actors.clear()
 
     @property
