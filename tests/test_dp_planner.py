@@ -268,6 +268,8 @@ def test_a_one_class_site_fits_once_and_is_never_reproducible(site: SiteActor) -
         delta=plan.delta,
         regularization=plan.regularization,
         count_epsilon=plan.count_epsilon,
+        clip_fraction=plan.clip_fraction,
+        intercept=plan.intercept,
     )
     rows = site._train
     site._train = type(rows)(rows.frame, np.ones_like(rows.y), site.contract)

@@ -225,7 +225,14 @@ def test_a_later_job_reuses_healthy_site_processes_with_nothing_of_the_last_job(
     with SiteRuntime(cfg.sites, str(cfg.contract), "reuse-1") as runtime:
         first = pids(runtime)
         runtime.call("load", 0.2, 0)
-        fit = dict(epsilon=1.0, delta=1e-5, regularization=30.0, count_epsilon=0.1)
+        fit = dict(
+            epsilon=1.0,
+            delta=1e-5,
+            regularization=30.0,
+            count_epsilon=0.1,
+            clip_fraction=0.5,
+            intercept=0.3,
+        )
         assert runtime.call("fit_dp_logistic", "one-shot", **fit).ok
         runtime.drop(names[0], "dropped by the test")
     changed = cfg.model_copy(deep=True)

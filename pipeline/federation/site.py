@@ -495,14 +495,15 @@ class SiteActor:
         delta: float,
         regularization: float,
         count_epsilon: float,
-        clip_fraction: float = 0.5,
-        intercept: float = 0.3,
+        clip_fraction: float,
+        intercept: float,
     ) -> ModelUpdate:
         """One-shot DP logistic regression (:mod:`pipeline.privacy.objective`): the
         site's count of positives, Laplace-noised at `count_epsilon`, sets the intercept's
         offset; then the objective, perturbed by Gaussian noise that the site calibrates
         itself from the rest of `epsilon`, `delta` and `regularization`, is minimised on
-        its rows in the contract's unit-ball coordinates. Released once per job, as
+        its rows in the contract's unit-ball coordinates (`clip_fraction`, `intercept`:
+        :class:`pipeline.privacy.scales.UnitBallCoordinates`). Released once per job, as
         weights over the encoder's columns."""
         from pipeline.privacy.objective import noisy_positive_count, perturbed_logistic
         from pipeline.privacy.scales import UnitBallCoordinates

@@ -52,7 +52,13 @@ from dataclasses import asdict, dataclass
 
 from pipeline.contract import Contract
 from pipeline.features import FeatureEncoder
-from pipeline.privacy.scales import deviation_bound, numeric_columns, standardized_sq_norm
+from pipeline.privacy.scales import (
+    ONE_SHOT_CLIP_FRACTION,
+    ONE_SHOT_INTERCEPT,
+    deviation_bound,
+    numeric_columns,
+    standardized_sq_norm,
+)
 
 NOISE_TO_SIGNAL = 0.1
 SCALE_SHARE = 0.5  # the scale release costs as much as half a training round
@@ -158,8 +164,7 @@ def plan_dp_fedavg(
     """
     from pipeline.privacy.accounting import calibrate_noise_scale
 
-    if not counts or any(int(n) < 1 for n in counts.values()):
-        raise ValueError("a plan needs at least one site with training rows")
+    _check_counts(counts)
     if max_rounds < 1:
         raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
     if not noise_to_signal > 0:
@@ -201,6 +206,11 @@ def plan_dp_fedavg(
     return _charged(plan)
 
 
+def _check_counts(counts: Mapping[str, int]) -> None:
+    if not counts or any(int(n) < 1 for n in counts.values()):
+        raise ValueError("a plan needs at least one site with training rows")
+
+
 def _charged(plan: DPFedAvgPlan) -> DPFedAvgPlan:
     """The plan with the epsilon the accountant computes for its releases."""
     from dataclasses import replace
@@ -211,8 +221,6 @@ def _charged(plan: DPFedAvgPlan) -> DPFedAvgPlan:
 # -- one-shot DP logistic regression ------------------------------------------------------
 ONE_SHOT_NOISE_LIMIT = 0.25
 COUNT_SHARE = 0.1  # of epsilon, for the site's noisy count of positives (its intercept)
-CLIP_FRACTION_ONE_SHOT = 0.5  # rows clipped at half their typical norm
-INTERCEPT_COLUMN = 0.3
 
 
 @dataclass(frozen=True)
@@ -272,8 +280,7 @@ def plan_dp_logistic(
     """
     from pipeline.privacy.objective import noise_std
 
-    if not counts or any(int(n) < 1 for n in counts.values()):
-        raise ValueError("a plan needs at least one site with training rows")
+    _check_counts(counts)
     dim = FeatureEncoder(contract).n_features_out + 1
     count_epsilon = COUNT_SHARE * epsilon
     objective_epsilon = epsilon - count_epsilon
@@ -292,8 +299,8 @@ def plan_dp_logistic(
         count_epsilon=count_epsilon,
         regularization=regularization,
         noise_multiplier=sigma,
-        clip_fraction=CLIP_FRACTION_ONE_SHOT,
-        intercept=INTERCEPT_COLUMN,
+        clip_fraction=ONE_SHOT_CLIP_FRACTION,
+        intercept=ONE_SHOT_INTERCEPT,
         noise_to_signal=ratios,
         too_small=sorted(s for s, r in ratios.items() if r > ONE_SHOT_NOISE_LIMIT),
     )

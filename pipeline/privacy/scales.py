@@ -125,6 +125,8 @@ def standardized_sq_norm(contract: Contract) -> float:
 
 # -- one-shot coordinates: the contract alone ---------------------------------------------
 RANGE_SPREAD = 1.0 / 6.0  # a declared range taken to span about six standard deviations
+ONE_SHOT_CLIP_FRACTION = 0.5  # rows clipped at half their typical norm
+ONE_SHOT_INTERCEPT = 0.3  # the intercept column's constant
 
 
 def contract_scales(contract: Contract) -> np.ndarray:
@@ -155,7 +157,11 @@ class UnitBallCoordinates:
 
     @classmethod
     def from_contract(
-        cls, contract: Contract, *, clip_fraction: float = 0.5, intercept: float = 0.3
+        cls,
+        contract: Contract,
+        *,
+        clip_fraction: float = ONE_SHOT_CLIP_FRACTION,
+        intercept: float = ONE_SHOT_INTERCEPT,
     ) -> UnitBallCoordinates:
         if not 0 < intercept < 1:
             raise ValueError(f"intercept must be in (0, 1), got {intercept}")
