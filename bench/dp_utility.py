@@ -300,7 +300,7 @@ def _verdict(ok: bool) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=5, help="noise draws per private strategy")
+    ap.add_argument("--reps", type=int, default=25, help="noise draws per private strategy")
     ap.add_argument("--epsilon", type=float, default=1.0)
     ap.add_argument("--rounds", type=int, default=60, help="training.rounds (the planner's cap)")
     ap.add_argument("--seeds", type=int, nargs="*", default=[1, 2], help="synthetic federations")
