@@ -13,7 +13,8 @@ dimension: at 24 weights it puts about twice the noise of a Gaussian on every we
 and on a few hundred rows that decides whether the model ranks patients. The privacy
 profile is the tight one of Redberg, Koskela & Wang 2023 ("Improving the Privacy and
 Practicality of Objective Perturbation for Differentially Private Linear Learners",
-NeurIPS, Theorem 3.3 and its code): for a generalised linear loss whose per-row gradient
+NeurIPS; its privacy-profile bound as its reference code computes it): for a generalised
+linear loss whose per-row gradient
 has norm at most ``L`` and second derivative at most ``beta``, regulariser
 ``lambda / 2 ||w||^2`` with ``lambda > beta``, noise ``b ~ N(0, sigma^2 I)`` and the
 exact minimiser,
@@ -40,8 +41,12 @@ their epsilons (Dwork & Roth 2014, Thm 3.16).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from diffprivlib.mechanisms import GaussianAnalytic
 
 LIPSCHITZ = 1.0  # |p - y| * ||x|| for rows in the unit ball
 SMOOTHNESS = 0.25  # the log-loss's second derivative is at most 1/4 (times ||x||^2 <= 1)
@@ -58,7 +63,7 @@ def jacobian_epsilon(regularization: float) -> float:
     return -math.log1p(-SMOOTHNESS / regularization)
 
 
-def gaussian_mechanism(epsilon: float, delta: float, regularization: float):  # noqa: ANN201
+def gaussian_mechanism(epsilon: float, delta: float, regularization: float) -> GaussianAnalytic:
     """diffprivlib's analytic Gaussian mechanism whose noise, as the random linear term,
     makes the minimiser (`epsilon`, `delta`)-DP at this `regularization`."""
     from diffprivlib.mechanisms import GaussianAnalytic
