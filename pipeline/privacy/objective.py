@@ -15,9 +15,8 @@ profile is the tight one of Redberg, Koskela & Wang 2023 ("Improving the Privacy
 Practicality of Objective Perturbation for Differentially Private Linear Learners",
 NeurIPS; its privacy-profile bound as its reference code computes it): for a generalised
 linear loss whose per-row gradient has norm at most ``L`` and second derivative at most
-``beta``, regulariser
-``lambda / 2 ||w||^2`` with ``lambda > beta``, noise ``b ~ N(0, sigma^2 I)`` and the
-exact minimiser,
+``beta``, regulariser ``lambda / 2 ||w||^2`` with ``lambda > beta``, noise
+``b ~ N(0, sigma^2 I)`` and the exact minimiser,
 
     delta(epsilon) = 2 * delta_G(epsilon - log(1 / (1 - beta / lambda)); sigma / L)
 
