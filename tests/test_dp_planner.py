@@ -263,14 +263,7 @@ def test_a_one_class_site_fits_once_and_is_never_reproducible(site: SiteActor) -
     plan = plan_dp_logistic(
         epsilon=1.0, delta=1e-5, counts={site.site: len(site._train)}, contract=site.contract
     )
-    fit = dict(
-        epsilon=plan.epsilon,
-        delta=plan.delta,
-        regularization=plan.regularization,
-        count_epsilon=plan.count_epsilon,
-        clip_fraction=plan.clip_fraction,
-        intercept=plan.intercept,
-    )
+    fit = plan.site_request()
     rows = site._train
     site._train = type(rows)(rows.frame, np.ones_like(rows.y), site.contract)
     try:

@@ -163,14 +163,6 @@ def train_dp_logistic(ctx: JobContext, plan: DPLogisticPlan) -> LogisticModel:
         ctx.tracker.tags({"dp_logistic_too_small": ",".join(plan.too_small)})
     ctx.say("one-shot DP logistic regression at each site")
     weights, _ = one_shot_average(
-        ctx.runtime,
-        job_id=ctx.job_id,
-        quorum=ctx.cfg.quorum,
-        epsilon=plan.epsilon,
-        delta=plan.delta,
-        regularization=plan.regularization,
-        count_epsilon=plan.count_epsilon,
-        clip_fraction=plan.clip_fraction,
-        intercept=plan.intercept,
+        ctx.runtime, job_id=ctx.job_id, quorum=ctx.cfg.quorum, **plan.site_request()
     )
     return LogisticModel(ctx.contract, weights)

@@ -261,6 +261,17 @@ class DPLogisticPlan:
     def objective_epsilon(self) -> float:
         return self.epsilon - self.count_epsilon
 
+    def site_request(self) -> dict[str, float]:
+        """What every site's one-shot fit is asked (:meth:`SiteActor.fit_dp_logistic`)."""
+        return {
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "regularization": self.regularization,
+            "count_epsilon": self.count_epsilon,
+            "clip_fraction": self.clip_fraction,
+            "intercept": self.intercept,
+        }
+
     def as_dict(self) -> dict:
         return asdict(self)
 
