@@ -279,42 +279,23 @@ class _IdleActors:
 
     def take(self, keys: dict[str, tuple]) -> dict[str, Any]:
         """Idle actors for these sites (name -> key) that answer within :data:`_CHECK_S`."""
-        import ray
-
         self._forget_other_sessions()
         found = {site: self._actors.pop(key) for site, key in keys.items() if key in self._actors}
-        if not found:
-            return {}
-        refs = {site: actor.pid.remote() for site, actor in found.items()}
-        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=_CHECK_S)
-        alive = {}
-        for site, ref in refs.items():
-            try:
-                if ref in ready:
-                    ray.get(ref, timeout=1.0)
-                    alive[site] = found[site]
-                    continue
-            except Exception:  # noqa: BLE001 - a dead or stuck actor is simply replaced
-                pass
-            _kill(found[site])
-        return alive
+        answered = _answers(found, "pid")
+        for site, actor in found.items():
+            if site not in answered:  # a dead or stuck actor is simply replaced
+                _kill(actor)
+        return {site: actor for site, actor in found.items() if site in answered}
 
     def give(self, actors: dict[tuple, Any]) -> None:
         """Keep these actors (key -> actor) for later jobs if they recycle in time."""
-        import ray
-
         self._forget_other_sessions()
-        refs = {key: actor.recycle.remote() for key, actor in actors.items()}
-        ready = set(ray.wait(list(refs.values()), num_returns=len(refs), timeout=_CHECK_S)[0])
-        for key, ref in refs.items():
-            try:
-                reusable = ref in ready and ray.get(ref, timeout=1.0) is True
-            except Exception:  # noqa: BLE001 - not kept, ended below
-                reusable = False
-            if not reusable or key in self._actors:
-                _kill(actors[key])
+        recycled = _answers(actors, "recycle")
+        for key, actor in actors.items():
+            if recycled.get(key) is not True or key in self._actors:
+                _kill(actor)
                 continue
-            self._actors[key] = actors[key]
+            self._actors[key] = actor
         while len(self._actors) > _MAX_IDLE:
             _kill(self._actors.pop(next(iter(self._actors))))
 
@@ -330,6 +311,23 @@ class _IdleActors:
 
 
 _IDLE = _IdleActors()
+
+
+def _answers(actors: dict[Any, Any], method: str) -> dict[Any, Any]:
+    """Call `method` on every actor; the answers of those that reply within
+    :data:`_CHECK_S` (an actor that fails or does not answer is left out)."""
+    import ray
+
+    if not actors:
+        return {}
+    refs = {key: getattr(actor, method).remote() for key, actor in actors.items()}
+    ready = set(ray.wait(list(refs.values()), num_returns=len(refs), timeout=_CHECK_S)[0])
+    out = {}
+    for key, ref in refs.items():
+        if ref in ready:
+            with contextlib.suppress(Exception):
+                out[key] = ray.get(ref, timeout=1.0)
+    return out
 
 
 @functools.cache
