@@ -32,6 +32,18 @@ class SitePolicy(_Strict):
         default_factory=lambda: list(STRATEGIES)
     )
     max_epsilon_per_job: float = Field(1.0, gt=0)
+    distributed_noise: bool = Field(
+        False,
+        description="add only a share of a dp-fedavg release's noise when the job uses "
+        "distributed noise under secure aggregation (the guarantee then also rests on "
+        "other sites adding theirs); false: always the full noise",
+    )
+    min_collusion_threshold: int = Field(
+        1,
+        ge=0,
+        description="the fewest colluding sites a distributed-noise job must tolerate for "
+        "this site to add a share; below it the site adds its full noise",
+    )
 
 
 class SiteConfig(_Strict):
@@ -74,6 +86,17 @@ class PrivacyConfig(_Strict):
         gt=0,
         description="dp-fedavg planner: the most noise one round's mean gradient may carry, "
         "relative to the clip; it sets the number of rounds (at most training.rounds)",
+    )
+    noise: Literal["per-site", "distributed"] = Field(
+        "per-site",
+        description="dp-fedavg: every site adds the full noise of each release, or each adds "
+        "a share and secure aggregation sums them (pipeline.privacy.distributed)",
+    )
+    collusion_threshold: int = Field(
+        1,
+        ge=0,
+        description="distributed noise: how many sites may collude with the coordinator "
+        "(or leave a round) before a site's guarantee weakens",
     )
     ledger: Path = Path("privacy_ledger.sqlite")
 
@@ -230,7 +253,22 @@ class FederationConfig(_Strict):
             raise ValueError(f"site names must be unique; repeated: {dupes}")
         if self.min_sites is not None and self.min_sites > len(self.sites):
             raise ValueError(f"min_sites={self.min_sites} but only {len(self.sites)} sites")
+        if self.privacy.noise == "distributed":
+            if not self.training.secure_aggregation:
+                raise ValueError(
+                    "privacy.noise 'distributed' needs training.secure_aggregation: without "
+                    "it the coordinator sees each site's share of the noise"
+                )
+            self.noise_shares()
         return self
+
+    def noise_shares(self) -> int:
+        """Shares of each dp-fedavg release's noise: 1 when every site adds all of it."""
+        if self.privacy.noise != "distributed":
+            return 1
+        from pipeline.privacy.distributed import noise_shares
+
+        return noise_shares(self.quorum, self.privacy.collusion_threshold)
 
     @property
     def quorum(self) -> int:

@@ -132,9 +132,17 @@ def plan_privacy(
             max_rounds=rounds,
             noise_to_signal=cfg.privacy.noise_to_signal,
             clip=cfg.privacy.clip_norm,
+            noise_shares=cfg.noise_shares(),
+            collusion_threshold=cfg.privacy.collusion_threshold,
         )
+        mechanism = strategy
+        if plan.noise_shares > 1:
+            mechanism += (
+                f" (distributed noise: {plan.noise_shares} shares, "
+                f"tolerates {plan.collusion_threshold} colluding sites)"
+            )
         return (
-            {"epsilon": plan.epsilon, "delta": delta, "plan": plan},
+            {"epsilon": plan.epsilon, "delta": delta, "plan": plan, "mechanism": mechanism},
             plan.noise_multiplier,
             plan.clip,
         )
@@ -425,7 +433,12 @@ def reserve_privacy(
         runtime.drop(site, f"left out: {why}")
     sites = runtime.active
     per_site = {s: (eps, planned["delta"]) for s in sites}
-    ledger.reserve(job_id, per_site, {s: cfg.site_budget(s) for s in sites}, mechanism=strategy)
+    ledger.reserve(
+        job_id,
+        per_site,
+        {s: cfg.site_budget(s) for s in sites},
+        mechanism=planned.get("mechanism", strategy),
+    )
     return per_site
 
 
@@ -442,6 +455,11 @@ def _log_plan(tracker: Any, plan: Any, say: Progress) -> None:
         say(
             f"privacy plan: {plan.rounds} rounds, sigma {plan.noise_multiplier:.2f}, "
             f"noise per round {plan.noise_to_signal:.2f} of the signal"
+            + (
+                f", each site adding 1/{plan.noise_shares} of it (distributed noise)"
+                if plan.noise_shares > 1
+                else ""
+            )
         )
     else:
         say(

@@ -30,7 +30,8 @@ class GradientPlan:
 
     ``column_scale`` (from the job's private scale release, :func:`release_scales`) and
     ``column_centre`` put the rounds in standardized coordinates; ``sampling_rate`` below
-    1 makes them Poisson subsampled."""
+    1 makes them Poisson subsampled; ``noise_shares`` above 1 asks each site for a share of
+    the noise (:mod:`pipeline.privacy.distributed`)."""
 
     strategy: str
     rounds: int
@@ -40,6 +41,18 @@ class GradientPlan:
     column_scale: np.ndarray | None = None
     column_centre: np.ndarray | None = None
     sampling_rate: float = 1.0
+    noise_shares: int = 1
+    collusion_threshold: int = 0
+
+    def shares(self) -> dict[str, int]:
+        """The distributed-noise keywords of a site request (none without shares)."""
+        return _shares(self.noise_shares, self.collusion_threshold)
+
+
+def _shares(noise_shares: int, collusion_threshold: int) -> dict[str, int]:
+    if noise_shares <= 1:
+        return {}
+    return {"noise_shares": noise_shares, "collusion_threshold": collusion_threshold}
 
 
 SCALE_ROUND = 2**32  # the secure-sum round number of a job's scale release
@@ -169,6 +182,7 @@ def gradient_rounds(
             kwargs[name] = getattr(plan, name)
     if plan.sampling_rate < 1.0:
         kwargs["sampling_rate"] = plan.sampling_rate
+    kwargs.update(plan.shares())
     for round_ in range(plan.rounds):
         grad_sum, count, sites = summed_release(
             runtime,
@@ -208,6 +222,8 @@ def release_scales(
     bound: float,
     quorum: int,
     secure: SecureSession | None = None,
+    noise_shares: int = 1,
+    collusion_threshold: int = 0,
 ) -> tuple[np.ndarray, int]:
     """The job's feature-scale release: every site's noisy, clipped sum of numeric
     deviations (:meth:`SiteActor.release_deviation`), summed. Returns (sum, rows)."""
@@ -216,6 +232,7 @@ def release_scales(
         "epsilon": epsilon,
         "noise_multiplier": noise_multiplier,
         "bound": bound,
+        **_shares(noise_shares, collusion_threshold),
     }
     total, rows, _ = summed_release(
         runtime,

@@ -361,6 +361,8 @@ class SiteActor:
         column_scale: np.ndarray | None = None,
         column_centre: np.ndarray | None = None,
         sampling_rate: float = 1.0,
+        noise_shares: int = 1,
+        collusion_threshold: int = 0,
     ) -> ModelUpdate | MaskedUpdate:
         """Sum of per-example log-loss gradients at `weights` (DP-SGD style, Abadi et al.
         2016): each example's gradient clipped to `clip`, Gaussian noise of std
@@ -372,9 +374,9 @@ class SiteActor:
         coordinates, encoded columns less their centres divided by their scales, where
         `weights` then live. With `sampling_rate` below 1 each row takes
         part in the round with that probability, drawn from the operating system's
-        randomness (Poisson sampling, as the accountant assumes)."""
-        from pipeline.privacy.mechanisms import noisy_clipped_sum
-
+        randomness (Poisson sampling, as the accountant assumes). With `noise_shares`
+        above 1 the site adds only its share of the noise if its policy accepts
+        (:meth:`_release`)."""
         self._require_data()
         job = self._authorize(job_id, strategy, epsilon)
         cached = job.get("round_vector")
@@ -384,7 +386,10 @@ class SiteActor:
                     f"site {self.site}: job {job_id} asked for more rounds "
                     f"than it declared ({rounds})"
                 )
-            self._hold_to_declared(job, "gradient", noise_multiplier, clip, rounds)
+            shares = self._accepted_shares(
+                job, "gradient", noise_shares, collusion_threshold, secure
+            )
+            self._hold_to_declared(job, "gradient", noise_multiplier, clip, rounds, shares)
             X, y = self._train.linear, self._train.y  # type: ignore[union-attr]
             if column_centre is not None:
                 X = X - np.asarray(column_centre, dtype=np.float64)
@@ -396,7 +401,7 @@ class SiteActor:
             Xb = np.hstack([X, np.ones((len(X), 1))])
             per_example = Xb * (sigmoid(Xb @ weights) - y)[:, None]
             if noise_multiplier > 0:
-                vector = noisy_clipped_sum(per_example, clip, noise_multiplier)
+                vector = self._release(per_example, clip, noise_multiplier, shares)
             else:
                 vector = per_example.sum(axis=0)
             job["releases"] += 1
@@ -407,12 +412,10 @@ class SiteActor:
                 round=round_,
                 strategy=strategy,
                 noise_multiplier=noise_multiplier,
+                noise_shares=shares,
             )
         vector = job["round_vector"][1]
-        n = len(self._train)  # type: ignore[arg-type]
-        if secure is None:
-            return ModelUpdate(site=self.site, vector=vector, n=n)
-        return self._masked(job_id, np.append(vector, n), secure)
+        return self._send(job_id, job, "gradient", vector, secure)
 
     def release_deviation(
         self,
@@ -423,13 +426,15 @@ class SiteActor:
         noise_multiplier: float,
         bound: float,
         secure: dict | None = None,
+        noise_shares: int = 1,
+        collusion_threshold: int = 0,
     ) -> ModelUpdate | MaskedUpdate:
         """The job's one feature-scale release: the sum over training rows of each numeric
         column's absolute encoded value and of the (weighted) label, every row's vector
         clipped to `bound`, plus Gaussian noise of std noise_multiplier * bound
         (:mod:`pipeline.privacy.scales`).
-        Allowed once per job, before any gradient round; a restart reuses the vector."""
-        from pipeline.privacy.mechanisms import noisy_clipped_sum
+        Allowed once per job, before any gradient round; a restart reuses the vector.
+        `noise_shares` as in :meth:`logistic_gradient`."""
         from pipeline.privacy.scales import row_deviations
 
         self._require_data()
@@ -439,33 +444,110 @@ class SiteActor:
                 raise BudgetError(
                     f"site {self.site}: job {job_id} asked for feature scales after training"
                 )
-            self._hold_to_declared(job, "deviation", noise_multiplier, bound, 1)
+            shares = self._accepted_shares(
+                job, "deviation", noise_shares, collusion_threshold, secure
+            )
+            self._hold_to_declared(job, "deviation", noise_multiplier, bound, 1, shares)
             rows = self._train
             deviations = row_deviations(rows.linear, rows.y, self.contract)  # type: ignore[union-attr]
-            job["deviation"] = noisy_clipped_sum(deviations, bound, noise_multiplier)
+            job["deviation"] = self._release(deviations, bound, noise_multiplier, shares)
             self._audit(
-                "release_deviation", job_id, strategy=strategy, noise_multiplier=noise_multiplier
+                "release_deviation",
+                job_id,
+                strategy=strategy,
+                noise_multiplier=noise_multiplier,
+                noise_shares=shares,
             )
-        vector = job["deviation"]
-        n = len(self._train)  # type: ignore[arg-type]
-        if secure is None:
-            return ModelUpdate(site=self.site, vector=vector, n=n)
-        return self._masked(job_id, np.append(vector, n), secure)
+        return self._send(job_id, job, "deviation", job["deviation"], secure)
 
     def _hold_to_declared(
-        self, job: dict[str, Any], kind: str, noise_multiplier: float, bound: Any, count: int
+        self,
+        job: dict[str, Any],
+        kind: str,
+        noise_multiplier: float,
+        bound: Any,
+        count: int,
+        shares: int = 1,
     ) -> None:
-        """A job's first release of a kind fixes its noise, bound and count: a later
-        request with less noise, a larger bound or more releases is refused."""
-        declared = job.setdefault("declared", {}).setdefault(kind, (noise_multiplier, bound, count))
-        sigma, clip, most = declared
-        if noise_multiplier < sigma or (clip is not None and (bound is None or bound > clip)):
+        """A job's first release of a kind fixes its noise, bound, count and noise shares: a
+        later request with less noise, a larger bound, more releases or more shares (less
+        noise from this site) is refused."""
+        declared = job.setdefault("declared", {}).setdefault(
+            kind, (noise_multiplier, bound, count, shares)
+        )
+        sigma, clip, most, fewest_shares = declared
+        if (
+            noise_multiplier < sigma
+            or shares > fewest_shares
+            or (clip is not None and (bound is None or bound > clip))
+        ):
             raise BudgetError(
                 f"site {self.site}: a {kind} release with less noise or a larger bound "
                 "than the job declared"
             )
         if count > most:
             raise BudgetError(f"site {self.site}: more {kind} releases than the job declared")
+
+    # -- distributed noise (pipeline.privacy.distributed) ------------------------------
+    def _accepted_shares(
+        self,
+        job: dict[str, Any],
+        kind: str,
+        noise_shares: int,
+        collusion_threshold: int,
+        secure: dict | None,
+    ) -> int:
+        """The shares this site splits a release's noise into, kept with the job: the job's,
+        when the site's policy accepts the job's collusion threshold; otherwise 1, the
+        full noise."""
+        shares = int(noise_shares)
+        if (
+            shares <= 1
+            or not self.policy.distributed_noise
+            or collusion_threshold < self.policy.min_collusion_threshold
+        ):
+            shares, collusion_threshold = 1, 0
+        self._check_share_round(shares, collusion_threshold, secure)
+        job.setdefault("shares", {})[kind] = (shares, collusion_threshold)
+        return shares
+
+    def _check_share_round(self, shares: int, threshold: int, secure: dict | None) -> None:
+        """A share of the noise goes only into a secure sum of at least shares + threshold
+        sites: fewer, and the sum may hold fewer than `shares` honest shares."""
+        if shares <= 1:
+            return
+        if secure is None:
+            raise BudgetError(
+                f"site {self.site}: a share of the noise is released only through secure "
+                "aggregation, and this request has none"
+            )
+        if len(secure["roster"]) < shares + threshold:
+            raise BudgetError(
+                f"site {self.site}: its share of the noise needs a round of at least "
+                f"{shares + threshold} sites ({shares} shares, tolerating {threshold} "
+                f"colluding), this one has {len(secure['roster'])}"
+            )
+
+    @staticmethod
+    def _release(per_example: np.ndarray, bound: float, sigma: float, shares: int) -> np.ndarray:
+        from pipeline.privacy.distributed import noisy_clipped_share
+        from pipeline.privacy.mechanisms import noisy_clipped_sum
+
+        if shares > 1:
+            return noisy_clipped_share(per_example, bound, sigma, shares)
+        return noisy_clipped_sum(per_example, bound, sigma)
+
+    def _send(
+        self, job_id: str, job: dict[str, Any], kind: str, vector: np.ndarray, secure: dict | None
+    ) -> ModelUpdate | MaskedUpdate:
+        """A release with the site's row count, masked when the round is a secure sum; a
+        share of the noise is checked against every round it is sent in (a restarted
+        round may have lost sites)."""
+        self._check_share_round(*job.get("shares", {}).get(kind, (1, 0)), secure)
+        n = len(self._train)  # type: ignore[arg-type]
+        if secure is None:
+            return ModelUpdate(site=self.site, vector=vector, n=n)
+        return self._masked(job_id, np.append(vector, n), secure)
 
     def newton_statistics(
         self, job_id: str, weights: np.ndarray, *, secure: dict | None = None

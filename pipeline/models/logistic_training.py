@@ -104,6 +104,8 @@ def train_dp_fedavg(ctx: JobContext, plan: DPFedAvgPlan) -> LogisticModel:
             bound=plan.scale_bound,
             quorum=cfg.quorum,
             secure=secure,
+            noise_shares=plan.noise_shares,
+            collusion_threshold=plan.collusion_threshold,
         )
     scales = column_scales(contract, noisy_sum, rows)
     initial = np.zeros(len(scales) + 1)
@@ -118,6 +120,8 @@ def train_dp_fedavg(ctx: JobContext, plan: DPFedAvgPlan) -> LogisticModel:
         column_scale=scales,
         column_centre=column_centres(contract),
         sampling_rate=plan.sampling_rate,
+        noise_shares=plan.noise_shares,
+        collusion_threshold=plan.collusion_threshold,
     )
     weights = gradient_rounds(
         runtime,

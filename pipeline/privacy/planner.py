@@ -101,6 +101,12 @@ class DPFedAvgPlan:
         gradient a round can carry.
     rows, sites, dim : int
         The counts the plan was made from: training rows, sites, weights.
+    noise_shares : int
+        How many sites' shares make one release's noise (1: every site adds all of it;
+        more: distributed noise under secure aggregation, :mod:`pipeline.privacy.distributed`).
+    collusion_threshold : int
+        With shares: how many sites may collude with the coordinator (or leave a round)
+        before a site's guarantee weakens; every round needs ``noise_shares`` plus this.
     """
 
     epsilon: float
@@ -118,6 +124,8 @@ class DPFedAvgPlan:
     rows: int
     sites: int
     dim: int
+    noise_shares: int = 1
+    collusion_threshold: int = 0
 
     def releases(self) -> list[tuple[float, int, float]]:
         """(noise multiplier, count, sampling rate) of every release the plan makes."""
@@ -145,6 +153,8 @@ def plan_dp_fedavg(
     max_rounds: int,
     noise_to_signal: float = NOISE_TO_SIGNAL,
     clip: float | None = None,
+    noise_shares: int = 1,
+    collusion_threshold: int = 0,
 ) -> DPFedAvgPlan:
     """Plan a DP-FedAvg job from the admitted sites' training row counts and the contract.
 
@@ -161,6 +171,10 @@ def plan_dp_fedavg(
         The largest expected noise of a round relative to the clip.
     clip : float, optional
         A fixed clipping bound instead of the planner's (``privacy.clip_norm``).
+    noise_shares, collusion_threshold : int
+        Distributed noise (:meth:`pipeline.config.FederationConfig.noise_shares`): the sum
+        over sites then carries ``sites / noise_shares`` releases' noise instead of
+        ``sites``, which affords more rounds.
     """
     from pipeline.privacy.accounting import calibrate_noise_scale
 
@@ -172,17 +186,21 @@ def plan_dp_fedavg(
     sites, rows = len(counts), int(sum(int(n) for n in counts.values()))
     dim = FeatureEncoder(contract).n_features_out + 1
     share = SCALE_SHARE if numeric_columns(contract).any() else 0.0
+    if noise_shares < 1:
+        raise ValueError(f"noise_shares must be >= 1, got {noise_shares}")
+    # The sum over sites carries `noisy` releases' worth of noise variance.
+    noisy = sites / noise_shares
     # One release at sigma_1 costs epsilon; T rounds plus the scale release cost the same
     # at sigma_1 * sqrt(T + share) (RDP adds per order), so the ratio at T rounds is
-    # sigma_1 * sqrt((T + share) * sites * dim) / rows.
+    # sigma_1 * sqrt((T + share) * noisy * dim) / rows.
     sigma_1 = calibrate_noise_scale(epsilon, delta, [(1.0, 1, 1.0)])
-    affordable = (noise_to_signal * rows / sigma_1) ** 2 / (sites * dim) - share
+    affordable = (noise_to_signal * rows / sigma_1) ** 2 / (noisy * dim) - share
     rounds = max(min(MIN_ROUNDS, max_rounds), min(max_rounds, math.floor(affordable)))
     releases = [(1.0, rounds, 1.0)]
     if share:
         releases.append((1.0 / math.sqrt(share), 1, 1.0))
     sigma = calibrate_noise_scale(epsilon, delta, releases)
-    ratio = sigma * math.sqrt(sites * dim) / rows
+    ratio = sigma * math.sqrt(noisy * dim) / rows
     low, high = MOMENTUM_RANGE
     typical_gradient = 0.5 * math.sqrt(standardized_sq_norm(contract))
     clip = clip or CLIP_FRACTION * typical_gradient
@@ -202,6 +220,8 @@ def plan_dp_fedavg(
         rows=rows,
         sites=sites,
         dim=dim,
+        noise_shares=noise_shares,
+        collusion_threshold=collusion_threshold if noise_shares > 1 else 0,
     )
     return _charged(plan)
 
