@@ -16,7 +16,10 @@ aggregation, the privacy ledger):
 
 Per federation, side by side from one run: pooled logistic regression on the same rows
 (in this process), the non-private federated model, and ``--reps`` noise draws of each
-private strategy (the noise is never seeded), with the median and range of the
+private strategy (the noise is never seeded): ``dp-fedavg`` with every site adding the
+full noise (the default), ``dp-fedavg/shares`` with distributed noise (each site adds a
+share under secure aggregation, tolerating one colluding site, every site required:
+``pipeline.privacy.distributed``), and ``dp-logistic``, with the median and range of the
 pooled-test AUC (``JobResult.metrics.auc``), the paired bootstrap 95 % interval of the
 AUC difference against the non-private federated model (rows resampled here, scores from
 ``JobResult.model``), and the mean per-centre accuracy at threshold 1/2 (FLamby's
@@ -63,6 +66,8 @@ FLAMBY_DROPPED = ("slope", "ca", "thal")  # source columns 10-12
 SYNTH_SIZES = (500, 1100, 1900, 3000)
 SYNTH_EFFECTS = (0.0, -1.0, 0.45, -0.45)
 GOALS = {"heart": (0.01, 0.05), "synth": (0.02, None), "large": (0.01, None)}
+SHARES = "dp-fedavg/shares"
+PRIVATE = ("dp-fedavg", SHARES, "dp-logistic")
 
 
 @dataclass
@@ -148,6 +153,20 @@ def configure(config: Path, tmp: Path, epsilon: float, rounds: int) -> Federatio
     return load_config(config)
 
 
+def with_shares(config: Path) -> FederationConfig:
+    """The same federation with distributed noise: every site's policy accepts it, every
+    site is required (so each adds a third of the noise in a four-site federation), one
+    colluding site tolerated."""
+    raw = yaml.safe_load(config.read_text())
+    raw["privacy"] = {**raw["privacy"], "noise": "distributed", "collusion_threshold": 1}
+    raw["min_sites"] = len(raw["sites"])
+    for site in raw["sites"]:
+        site["policy"] = {**site.get("policy", {}), "distributed_noise": True}
+    path = config.with_name("federation-shares.yaml")
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return load_config(path)
+
+
 def held_out(
     cfg: FederationConfig, contract: Contract
 ) -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
@@ -176,7 +195,9 @@ def auc_of(
     return combine(stats).auc, float(np.mean(accuracy))
 
 
-def run_federation(name: str, cfg: FederationConfig, reps: int) -> dict[str, Outcome]:
+def run_federation(
+    name: str, cfg: FederationConfig, shared: FederationConfig, reps: int
+) -> dict[str, Outcome]:
     from pipeline.models.logistic import LogisticModel
 
     contract = load_contract(cfg.contract)
@@ -185,11 +206,14 @@ def run_federation(name: str, cfg: FederationConfig, reps: int) -> dict[str, Out
     pooled = LogisticModel(contract, pooled_model(cfg, contract))
     out["pooled LR"] = Outcome(*[[v] for v in auc_of(pooled.predict_proba, rows)])
     results: dict[str, list[JobResult]] = {}
-    for strategy, count in (("logistic", 1), ("dp-fedavg", reps), ("dp-logistic", reps)):
+    for strategy, count in (("logistic", 1), *((s, reps) for s in PRIVATE)):
         results[strategy] = []
         for i in range(count):
             start = time.perf_counter()
-            res = run_job(cfg, strategy=strategy, register=False)
+            if strategy == SHARES:
+                res = run_job(shared, strategy="dp-fedavg", register=False)
+            else:
+                res = run_job(cfg, strategy=strategy, register=False)
             results[strategy].append(res)
             acc = auc_of(res.model.predict_proba, rows)[1]
             outcome = out.setdefault(strategy, Outcome())
@@ -201,8 +225,9 @@ def run_federation(name: str, cfg: FederationConfig, reps: int) -> dict[str, Out
                 flush=True,
             )
     out["dp-fedavg"].plan = _plan_of(cfg, results["dp-fedavg"][0])
+    out[SHARES].plan = _plan_of(shared, results[SHARES][0])
     reference = results["logistic"][0].model.predict_proba
-    for strategy in ("dp-fedavg", "dp-logistic"):
+    for strategy in PRIVATE:
         for res in results[strategy]:
             out[strategy].paired.append(paired_bootstrap(res.model.predict_proba, reference, rows))
     return out
@@ -240,9 +265,11 @@ def _plan_of(cfg: FederationConfig, result: JobResult) -> str:
     params = mlflow.MlflowClient(cfg.tracking_uri).get_run(result.run_id).data.params
     sigma, clip = float(params["noise_multiplier"]), float(params["clip"])
     ratio = float(params["plan_noise_to_signal"])
+    shares = int(params.get("plan_noise_shares", 1))
     return (
         f"{params.get('plan_rounds')} rounds, sigma {sigma:.1f}, clip {clip:.2f}, "
         f"noise/signal {ratio:.2f}, momentum {float(params['plan_momentum']):.2f}"
+        + (f", noise in {shares} shares per release" if shares > 1 else "")
     )
 
 
@@ -251,7 +278,7 @@ def report(name: str, outcomes: dict[str, Outcome]) -> list[str]:
     lines = [
         f"\n{name}: pooled-test AUC, median [min, max] over noise draws; paired 95 % CI of "
         "the AUC difference against the non-private federated model (median draw)",
-        f"{'strategy':12s} {'AUC':>24s} {'vs non-private':>15s} {'paired CI':>20s} "
+        f"{'strategy':16s} {'AUC':>24s} {'vs non-private':>15s} {'paired CI':>20s} "
         f"{'per-centre acc':>15s}",
     ]
     passes = []
@@ -266,20 +293,22 @@ def report(name: str, outcomes: dict[str, Outcome]) -> list[str]:
             d, lo, hi = o.paired[int(order[len(order) // 2])]
             ci = f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]"
         lines.append(
-            f"{strategy:12s} {spread:>24s} {med - base:+15.4f} {ci:>20s} "
+            f"{strategy:16s} {spread:>24s} {med - base:+15.4f} {ci:>20s} "
             f"{statistics.median(o.accuracy):15.3f}"
         )
     kind = name.split("-")[0]
     dp_goal, one_shot_goal = GOALS[kind]
-    gap = base - statistics.median(outcomes["dp-fedavg"].auc)
-    passes.append(
-        f"dp-fedavg within {dp_goal} of non-private: {_verdict(gap <= dp_goal)} ({gap:+.4f})"
-    )
-    if kind == "heart":
-        acc = statistics.median(outcomes["dp-fedavg"].accuracy)
+    for strategy in ("dp-fedavg", SHARES):
+        gap = base - statistics.median(outcomes[strategy].auc)
         passes.append(
-            f"dp-fedavg mean per-centre accuracy >= 0.75: {_verdict(acc >= 0.75)} ({acc:.3f})"
+            f"{strategy} within {dp_goal} of non-private: {_verdict(gap <= dp_goal)} ({gap:+.4f})"
         )
+        if kind == "heart":
+            acc = statistics.median(outcomes[strategy].accuracy)
+            passes.append(
+                f"{strategy} mean per-centre accuracy >= 0.75: {_verdict(acc >= 0.75)} ({acc:.3f})"
+            )
+    if kind == "heart":
         gap = base - statistics.median(outcomes["dp-logistic"].auc)
         passes.append(
             f"dp-logistic within {one_shot_goal} of non-private: "
@@ -290,7 +319,8 @@ def report(name: str, outcomes: dict[str, Outcome]) -> list[str]:
             f"non-private federated within 0.002 of pooled LR: {_verdict(diff <= 0.002)} "
             f"({diff:.4f})"
         )
-    lines.append(f"dp-fedavg plan: {outcomes['dp-fedavg'].plan}")
+    for strategy in ("dp-fedavg", SHARES):
+        lines.append(f"{strategy} plan: {outcomes[strategy].plan}")
     return lines + passes
 
 
@@ -326,7 +356,7 @@ def main() -> None:
             s.name: len(site_split(cfg, s, load_contract(cfg.contract))[0][1]) for s in cfg.sites
         }
         print(f"{name}: training rows {sizes}", flush=True)
-        lines += report(name, run_federation(name, cfg, args.reps))
+        lines += report(name, run_federation(name, cfg, with_shares(config), args.reps))
     print("\n".join(lines))
 
 
