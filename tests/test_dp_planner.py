@@ -87,6 +87,8 @@ def test_a_plan_is_a_function_of_counts_and_the_contract_alone() -> None:
         "max_rounds",
         "noise_to_signal",
         "clip",
+        "noise_shares",
+        "collusion_threshold",
     }
     assert set(inspect.signature(plan_dp_logistic).parameters) == {
         "epsilon",
