@@ -24,7 +24,9 @@ Simplifications against the paper, and why they are safe here:
   the site it dropped (a late reply) could subtract and read that site's update. The
   coordinator must discard replies from the abandoned attempt; the paper's secret-shared
   self-masks are what remove this assumption. Each site's own DP noise (added before
-  masking) still bounds what such a leak reveals about its patients.
+  masking) still bounds what such a leak reveals about its patients; under distributed
+  noise (:mod:`pipeline.privacy.distributed`) a site adds only a share, so there the
+  assumption carries its guarantee.
 - A site masks at most one update per (round, attempt) with its job keys: two maskings
   under the same masks would hand the coordinator the exact difference of two updates.
 - A site that sends garbage breaks the sum (as in the paper without its extra rounds).

@@ -37,6 +37,9 @@ DP-FedAvg (:func:`plan_dp_fedavg`)
   the median norm is what Andrew et al. 2021 ("Differentially Private Learning with
   Adaptive Clipping", NeurIPS) find best; in standardized coordinates the typical norm is
   known in advance, so no budget is spent on estimating the quantile.
+- **Distributed noise** (opt-in, :mod:`pipeline.privacy.distributed`): when each site
+  adds a share, ``1/m`` of a release's noise variance, the sum over sites carries
+  ``sites / m`` releases' noise instead of ``sites``, and the ratio above uses that.
 - **Full batches.** Every round uses every row (sampling rate 1). Poisson subsampling
   amplifies privacy, but at epsilon around 1 the RDP accountant gives the same signal to
   noise either way (sqrt(rounds) * rate / sigma at epsilon 1, delta 1e-5: 0.247 for full
