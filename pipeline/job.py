@@ -456,7 +456,7 @@ def _log_plan(tracker: Any, plan: Any, say: Progress) -> None:
             f"privacy plan: {plan.rounds} rounds, sigma {plan.noise_multiplier:.2f}, "
             f"noise per round {plan.noise_to_signal:.2f} of the signal"
             + (
-                f", each site adding 1/{plan.noise_shares} of it (distributed noise)"
+                f", each site adding a share of 1/{plan.noise_shares} of its variance"
                 if plan.noise_shares > 1
                 else ""
             )

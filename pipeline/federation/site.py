@@ -475,10 +475,10 @@ class SiteActor:
         declared = job.setdefault("declared", {}).setdefault(
             kind, (noise_multiplier, bound, count, shares)
         )
-        sigma, clip, most, fewest_shares = declared
+        sigma, clip, most, declared_shares = declared
         if (
             noise_multiplier < sigma
-            or shares > fewest_shares
+            or shares > declared_shares
             or (clip is not None and (bound is None or bound > clip))
         ):
             raise BudgetError(
