@@ -44,12 +44,9 @@ class GradientPlan:
     noise_shares: int = 1
     collusion_threshold: int = 0
 
-    def shares(self) -> dict[str, int]:
-        """The distributed-noise keywords of a site request (none without shares)."""
-        return _shares(self.noise_shares, self.collusion_threshold)
-
 
 def _shares(noise_shares: int, collusion_threshold: int) -> dict[str, int]:
+    """The distributed-noise keywords of a site request (none without shares)."""
     if noise_shares <= 1:
         return {}
     return {"noise_shares": noise_shares, "collusion_threshold": collusion_threshold}
@@ -182,7 +179,7 @@ def gradient_rounds(
             kwargs[name] = getattr(plan, name)
     if plan.sampling_rate < 1.0:
         kwargs["sampling_rate"] = plan.sampling_rate
-    kwargs.update(plan.shares())
+    kwargs.update(_shares(plan.noise_shares, plan.collusion_threshold))
     for round_ in range(plan.rounds):
         grad_sum, count, sites = summed_release(
             runtime,
