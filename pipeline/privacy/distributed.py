@@ -35,18 +35,18 @@ coordinate by less than one grid step, so adding or removing one row changes the
 sum by at most ``clip * GRID + sqrt(dim)`` in L2, :func:`grid_sensitivity`) and then adds
 discrete Gaussian noise (Canonne, Kamath & Steinke 2020, "The Discrete Gaussian for
 Differential Privacy", NeurIPS). A sum of discrete Gaussians is not exactly one, but
-Kairouz, Liu & Steinke 2021 (Theorem 1) bound its Renyi divergence by the Gaussian's plus
+Kairouz, Liu & Steinke 2021 bound its Renyi divergence by the Gaussian's plus
 a term ``tau`` that vanishes when each share's std is many grid steps
 (:func:`sum_noise_multiplier`): here shares are thousands of steps wide and ``tau`` is
 zero in double precision, so the accountant charges the sum as one Gaussian release at
-the plan's noise multiplier, and a share that would charge more is refused.
+the plan's noise multiplier; shares too narrow for that are refused.
 
 The sampler is written here: diffprivlib's ``GaussianDiscrete`` calibrates from (epsilon,
-delta) by a search that gives up beyond a std of about 10^6 grid steps and draws with a
-Python loop per unit of std, where a share is 10^4-10^6 steps wide. It is Canonne et
-al.'s Algorithm 3 vectorized with NumPy (discrete Laplace proposals, Gaussian-ratio
-acceptance in floating point, not their exact rational arithmetic), drawing from the
-operating system's randomness, never seeded or logged.
+delta) by a search whose sum gives up beyond a std of about 26,000 grid steps, and draws
+with a Python loop of about one pass per unit of std, where a share is 10^4-10^6 steps
+wide. It is Canonne et al.'s Algorithm 3 vectorized with NumPy (discrete Laplace
+proposals, Gaussian-ratio acceptance in floating point, not their exact rational
+arithmetic), drawing from the operating system's randomness, never seeded or logged.
 """
 
 from __future__ import annotations
@@ -91,19 +91,18 @@ def share_std(noise_multiplier: float, bound: float, dim: int, shares: int) -> f
 
 def sum_noise_multiplier(std: float, shares: int, bound: float, dim: int) -> float:
     """The noise multiplier the accountant may charge for ``shares`` discrete Gaussian
-    shares of ``std`` grid steps each (Kairouz, Liu & Steinke 2021, Theorem 1).
+    shares of ``std`` grid steps each (Kairouz, Liu & Steinke 2021, their Renyi bound for
+    a sum of discrete Gaussians, which needs ``std >= 1/2``).
 
-    The sum is ``eps^2 / 2``-concentrated DP with
-    ``eps = min(sqrt(D^2 / (m s^2) + tau d / 2), D / (sqrt(m) s) + tau sqrt(d))``,
-    ``tau = 10 sum_{k<m} exp(-2 pi^2 s^2 k / (k + 1))``; a Gaussian release at noise
-    multiplier ``z`` is ``1 / (2 z^2)``-concentrated, so the answer is ``1 / eps``.
+    For sensitivity ``D`` the sum is ``eps^2 / 2``-concentrated DP with
+    ``eps = D / (sqrt(m) s) + tau sqrt(d)``, ``tau = 10 sum_{k<m} exp(-2 pi^2 s^2 k/(k+1))``;
+    a Gaussian release at noise multiplier ``z`` is ``1 / (2 z^2)``-concentrated, so the
+    answer is ``1 / eps``.
     """
-    delta = grid_sensitivity(bound, dim)
+    if std < 0.5:
+        return 0.0  # outside the bound's conditions: nothing may be charged for it
     tau = 10.0 * sum(math.exp(-2.0 * math.pi**2 * std**2 * k / (k + 1)) for k in range(1, shares))
-    eps = min(
-        math.sqrt(delta**2 / (shares * std**2) + 0.5 * tau * dim),
-        delta / (math.sqrt(shares) * std) + tau * math.sqrt(dim),
-    )
+    eps = grid_sensitivity(bound, dim) / (math.sqrt(shares) * std) + tau * math.sqrt(dim)
     return 1.0 / eps
 
 
