@@ -43,7 +43,7 @@ the plan's noise multiplier; shares too narrow for that are refused.
 
 The sampler is written here: diffprivlib's ``GaussianDiscrete`` calibrates from (epsilon,
 delta) by a search whose sum gives up beyond a std of about 26,000 grid steps, and draws
-with a Python loop of about one pass per unit of std, where a share is 10^4-10^6 steps
+with a Python loop of about one pass per unit of std, where a share is 10^3-10^6 steps
 wide. It is Canonne et al.'s Algorithm 3 vectorized with NumPy (discrete Laplace
 proposals, Gaussian-ratio acceptance in floating point, not their exact rational
 arithmetic), drawing from the operating system's randomness, never seeded or logged.
