@@ -45,6 +45,11 @@ class SitePolicy(_Strict):
         "this site to add a share; below it the site adds its full noise",
     )
 
+    def accepts_shares(self, collusion_threshold: int) -> bool:
+        """Whether this site adds only a share of the noise in a job tolerating
+        `collusion_threshold` colluding sites (otherwise it adds all of it)."""
+        return self.distributed_noise and collusion_threshold >= self.min_collusion_threshold
+
 
 class SiteConfig(_Strict):
     name: str

@@ -135,12 +135,17 @@ def plan_privacy(
             noise_shares=cfg.noise_shares(),
             collusion_threshold=cfg.privacy.collusion_threshold,
         )
-        mechanism = strategy
+        mechanism = {site: strategy for site in counts}
         if plan.noise_shares > 1:
-            mechanism += (
+            shared = (
                 f" (distributed noise: {plan.noise_shares} shares, "
                 f"tolerates {plan.collusion_threshold} colluding sites)"
             )
+            for site in counts:
+                if cfg.site(site).policy.accepts_shares(plan.collusion_threshold):
+                    mechanism[site] += shared
+                else:
+                    mechanism[site] += " (full noise at this site in a distributed-noise job)"
         return (
             {"epsilon": plan.epsilon, "delta": delta, "plan": plan, "mechanism": mechanism},
             plan.noise_multiplier,

@@ -62,6 +62,17 @@ def test_spends_survive_reopening(tmp_path):
     assert row["status"] == "reserved" and row["created_at"]
 
 
+def test_each_site_can_record_its_own_mechanism(ledger):
+    planned = {"north": (0.5, 1e-5), "south": (0.5, 1e-5)}
+    budgets = {"north": 1.0, "south": 1.0}
+    names = {"north": "dp-fedavg (shares)", "south": "dp-fedavg (full noise)"}
+    with pytest.raises(ValueError, match="every site"):
+        ledger.reserve("job-a", planned, budgets, {"north": "dp-fedavg"})
+    assert ledger.entries() == []
+    ledger.reserve("job-a", planned, budgets, names)
+    assert {e["site"]: e["mechanism"] for e in ledger.entries()} == names
+
+
 def test_a_job_reserves_once_per_site(ledger):
     ledger.reserve("job-1", {"north": (0.1, 0.0)}, {"north": 1.0}, "gaussian")
     with pytest.raises(BudgetError, match="already holds"):

@@ -501,11 +501,7 @@ class SiteActor:
         when the site's policy accepts the job's collusion threshold; otherwise 1, the
         full noise."""
         shares = int(noise_shares)
-        if (
-            shares <= 1
-            or not self.policy.distributed_noise
-            or collusion_threshold < self.policy.min_collusion_threshold
-        ):
+        if shares <= 1 or not self.policy.accepts_shares(collusion_threshold):
             shares, collusion_threshold = 1, 0
         self._check_share_round(shares, collusion_threshold, secure)
         job.setdefault("shares", {})[kind] = (shares, collusion_threshold)

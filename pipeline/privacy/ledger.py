@@ -93,9 +93,13 @@ class PrivacyLedger:
         job_id: str,
         planned: Mapping[str, tuple[float, float]],
         budgets: Mapping[str, float],
-        mechanism: str,
+        mechanism: str | Mapping[str, str],
     ) -> None:
         """Record a job's planned (epsilon, delta) at every site, or refuse the whole job.
+
+        ``mechanism`` names what the job releases, one name for every site or one per site
+        (a site may add different noise from the others, e.g. its full noise in a job
+        whose other sites add shares).
 
         In one write transaction: for every site, spent + planned epsilon is checked against
         that site's budget; if any site would exceed, ``BudgetError`` names the site, its
@@ -109,8 +113,13 @@ class PrivacyLedger:
         """
         if not job_id or not isinstance(job_id, str):
             raise ValueError("job_id must be a non-empty string")
-        if not mechanism or not isinstance(mechanism, str):
-            raise ValueError("mechanism must be a non-empty string")
+        names = (
+            {site: mechanism for site in planned}
+            if isinstance(mechanism, str)
+            else {site: mechanism.get(site) for site in planned}
+        )
+        if not all(name and isinstance(name, str) for name in names.values()):
+            raise ValueError("mechanism must be a non-empty string for every site")
         if not planned:
             raise ValueError(f"job {job_id!r}: no planned spend given")
         for site, (eps, delta) in planned.items():
@@ -142,7 +151,7 @@ class PrivacyLedger:
                 "INSERT INTO spends (job_id, site, epsilon, delta, mechanism, created_at, status)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (job_id, site, float(eps), float(delta), mechanism, created_at, RESERVED)
+                    (job_id, site, float(eps), float(delta), names[site], created_at, RESERVED)
                     for site, (eps, delta) in sorted(planned.items())
                 ],
             )
