@@ -55,10 +55,10 @@ import math
 
 import numpy as np
 
+from pipeline.federation.secure_sum import MIN_SITES as MIN_ROUND
 from pipeline.privacy.mechanisms import clipped_sum
 
 GRID = 2**16  # grid steps per unit of a clipped sum; divides the secure sum's 2^24
-MIN_ROUND = 3  # secure aggregation's smallest round (pipeline.federation.secure_sum)
 
 
 def noise_shares(smallest_round: int, collusion_threshold: int) -> int:
@@ -134,8 +134,8 @@ def noisy_clipped_share(
     """A site's share of a distributed release: its clipped sum on the grid plus one
     discrete Gaussian share, as floats on the grid (exact in the secure sum's fixed point).
 
-    Raises ``ValueError`` if the sum of ``shares`` such shares would charge more than
-    ``noise_multiplier`` (a share too narrow for :func:`sum_noise_multiplier`).
+    Raises ``ValueError`` if the accountant could not charge the sum of ``shares`` such
+    shares at ``noise_multiplier`` (shares too narrow for :func:`sum_noise_multiplier`).
     """
     if shares < 1:
         raise ValueError(f"shares must be >= 1, got {shares}")
