@@ -386,9 +386,7 @@ class SiteActor:
                     f"site {self.site}: job {job_id} asked for more rounds "
                     f"than it declared ({rounds})"
                 )
-            shares = self._accepted_shares(
-                job, "gradient", noise_shares, collusion_threshold, secure
-            )
+            shares = self._accepted_shares(noise_shares, collusion_threshold, secure)
             self._hold_to_declared(job, "gradient", noise_multiplier, clip, rounds, shares)
             X, y = self._train.linear, self._train.y  # type: ignore[union-attr]
             if column_centre is not None:
@@ -412,7 +410,7 @@ class SiteActor:
                 round=round_,
                 strategy=strategy,
                 noise_multiplier=noise_multiplier,
-                noise_shares=shares,
+                noise_shares=shares[0],
             )
         vector = job["round_vector"][1]
         return self._send(job_id, job, "gradient", vector, secure)
@@ -444,9 +442,7 @@ class SiteActor:
                 raise BudgetError(
                     f"site {self.site}: job {job_id} asked for feature scales after training"
                 )
-            shares = self._accepted_shares(
-                job, "deviation", noise_shares, collusion_threshold, secure
-            )
+            shares = self._accepted_shares(noise_shares, collusion_threshold, secure)
             self._hold_to_declared(job, "deviation", noise_multiplier, bound, 1, shares)
             rows = self._train
             deviations = row_deviations(rows.linear, rows.y, self.contract)  # type: ignore[union-attr]
@@ -456,7 +452,7 @@ class SiteActor:
                 job_id,
                 strategy=strategy,
                 noise_multiplier=noise_multiplier,
-                noise_shares=shares,
+                noise_shares=shares[0],
             )
         return self._send(job_id, job, "deviation", job["deviation"], secure)
 
@@ -467,18 +463,19 @@ class SiteActor:
         noise_multiplier: float,
         bound: Any,
         count: int,
-        shares: int = 1,
+        shares: tuple[int, int] = (1, 0),
     ) -> None:
-        """A job's first release of a kind fixes its noise, bound, count and noise shares: a
-        later request with less noise, a larger bound, more releases or more shares (less
-        noise from this site) is refused."""
+        """A job's first release of a kind fixes its noise, bound, count and noise shares
+        (with the collusion threshold they were sized for): a later request with less
+        noise, a larger bound, more releases or more shares (less noise from this site) is
+        refused."""
         declared = job.setdefault("declared", {}).setdefault(
-            kind, (noise_multiplier, bound, count, shares)
+            kind, (noise_multiplier, bound, count, *shares)
         )
-        sigma, clip, most, declared_shares = declared
+        sigma, clip, most, declared_shares, _ = declared
         if (
             noise_multiplier < sigma
-            or shares > declared_shares
+            or shares[0] > declared_shares
             or (clip is not None and (bound is None or bound > clip))
         ):
             raise BudgetError(
@@ -490,22 +487,16 @@ class SiteActor:
 
     # -- distributed noise (pipeline.privacy.distributed) ------------------------------
     def _accepted_shares(
-        self,
-        job: dict[str, Any],
-        kind: str,
-        noise_shares: int,
-        collusion_threshold: int,
-        secure: dict | None,
-    ) -> int:
-        """The shares this site splits a release's noise into, kept with the job: the job's,
-        when the site's policy accepts the job's collusion threshold; otherwise 1, the
-        full noise."""
+        self, noise_shares: int, collusion_threshold: int, secure: dict | None
+    ) -> tuple[int, int]:
+        """(shares, collusion threshold) this site splits a release's noise by: the job's,
+        when the site's policy accepts the job's threshold; otherwise (1, 0), the full
+        noise."""
         shares = int(noise_shares)
         if shares <= 1 or not self.policy.accepts_shares(collusion_threshold):
             shares, collusion_threshold = 1, 0
         self._check_share_round(shares, collusion_threshold, secure)
-        job.setdefault("shares", {})[kind] = (shares, collusion_threshold)
-        return shares
+        return shares, collusion_threshold
 
     def _check_share_round(self, shares: int, threshold: int, secure: dict | None) -> None:
         """A share of the noise goes only into a secure sum of at least shares + threshold
@@ -525,12 +516,14 @@ class SiteActor:
             )
 
     @staticmethod
-    def _release(per_example: np.ndarray, bound: float, sigma: float, shares: int) -> np.ndarray:
+    def _release(
+        per_example: np.ndarray, bound: float, sigma: float, shares: tuple[int, int]
+    ) -> np.ndarray:
         from pipeline.privacy.distributed import noisy_clipped_share
         from pipeline.privacy.mechanisms import noisy_clipped_sum
 
-        if shares > 1:
-            return noisy_clipped_share(per_example, bound, sigma, shares)
+        if shares[0] > 1:
+            return noisy_clipped_share(per_example, bound, sigma, shares[0])
         return noisy_clipped_sum(per_example, bound, sigma)
 
     def _send(
@@ -539,7 +532,7 @@ class SiteActor:
         """A release with the site's row count, masked when the round is a secure sum; a
         share of the noise is checked against every round it is sent in (a restarted
         round may have lost sites)."""
-        self._check_share_round(*job.get("shares", {}).get(kind, (1, 0)), secure)
+        self._check_share_round(*job["declared"][kind][3:], secure)
         n = len(self._train)  # type: ignore[arg-type]
         if secure is None:
             return ModelUpdate(site=self.site, vector=vector, n=n)
