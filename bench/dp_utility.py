@@ -45,10 +45,9 @@ import yaml
 
 from pipeline.config import FederationConfig, load_config
 from pipeline.contract import Contract, load_contract
-from pipeline.evaluation import combine
+from pipeline.evaluation import pooled_metrics, stats_vector
 from pipeline.features import FeatureEncoder
 from pipeline.federation.runtime import ensure_ray
-from pipeline.federation.site import eval_stats
 from pipeline.importer import csv_to_table
 from pipeline.job import JobResult, run_job
 from pipeline.pooled import site_split, train_logistic
@@ -186,13 +185,14 @@ def pooled_model(cfg: FederationConfig, contract: Contract) -> np.ndarray:
 def auc_of(
     predict: Callable[[pd.DataFrame], np.ndarray], rows: dict[str, tuple[pd.DataFrame, np.ndarray]]
 ) -> tuple[float, float]:
-    """(pooled AUC from the same histograms the sites return, mean per-centre accuracy)."""
-    stats, accuracy = [], []
-    for site, (frame, y) in rows.items():
+    """(pooled AUC from the statistics a job's evaluation sums over the sites, mean
+    per-centre accuracy)."""
+    total, accuracy = 0.0, []
+    for frame, y in rows.values():
         p = predict(frame)
-        stats.append(eval_stats(site, y, p))
+        total = total + stats_vector(y, p, [])
         accuracy.append(float(np.mean((p > 0.5) == (y == 1))))
-    return combine(stats).auc, float(np.mean(accuracy))
+    return pooled_metrics(np.asarray(total)).auc, float(np.mean(accuracy))
 
 
 def run_federation(
@@ -241,9 +241,10 @@ def paired_bootstrap(
 ) -> tuple[float, float, float]:
     """AUC(a) - AUC(b) on the pooled held-out rows with its paired 95 % percentile
     bootstrap interval, resampling rows (each row keeps both scores). Row level here,
-    where the bench reads the held-out rows anyway: the sites' binned joint counts
-    (``evaluate_pair``) tie too many of a few hundred rows to resolve differences of a
-    hundredth. The resampling is seeded: it is the bench's statistics, not DP noise."""
+    where the bench reads the held-out rows anyway: binned joint counts
+    (``paired_bootstrap.joint_counts``) tie too many of a few hundred rows to resolve
+    differences of a hundredth. The resampling is seeded: it is the bench's statistics,
+    not DP noise."""
     from sklearn.metrics import roc_auc_score
 
     y = np.concatenate([labels for _, labels in rows.values()])
@@ -337,7 +338,7 @@ def main() -> None:
     ap.add_argument("--no-heart", action="store_true")
     ap.add_argument("--large", action="store_true", help="also the 8 x 25,000-row federation")
     args = ap.parse_args()
-    logging.getLogger("pipeline.models.logistic_training").setLevel(logging.ERROR)
+    logging.getLogger("pipeline.strategies.dp_logistic.coordinator").setLevel(logging.ERROR)
     tmp = Path(tempfile.mkdtemp(prefix="bench-dp-"))
     federations: list[tuple[str, Path]] = []
     if not args.no_heart:

@@ -72,9 +72,9 @@ def main() -> None:
 
     import mlflow
     import ray
+    from paired_bootstrap import joint_counts, paired_bootstrap_auc
     from sklearn.metrics import roc_auc_score
 
-    from pipeline.evaluation import joint_counts, paired_bootstrap_auc
     from pipeline.features import FeatureEncoder
     from pipeline.job import run_job
     from pipeline.models import trees

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from pipeline import strategies
 from pipeline.errors import PipelineError
 
 for _var, _value in (
@@ -160,20 +161,17 @@ def validate(
 @_friendly
 def train(
     config: ConfigOpt,
-    model: Annotated[
-        str | None, typer.Option(help="logistic | dp-logistic | dp-fedavg | xgboost")
-    ] = None,
+    model: Annotated[str | None, typer.Option(help=strategies.help_text())] = None,
     rounds: Annotated[int | None, typer.Option(min=1, help="training rounds")] = None,
     ray_address: Annotated[str | None, typer.Option(help="join this Ray cluster")] = None,
 ) -> None:
     """Train a global model across the sites, track it in MLflow, register it as the
     challenger and let the promotion gate decide whether it becomes the champion."""
-    from pipeline.config import STRATEGIES, load_config
+    from pipeline.config import load_config
     from pipeline.job import run_job
     from pipeline.report import job_progress, print_job
 
-    if model is not None and model not in STRATEGIES:
-        raise typer.BadParameter(f"--model must be one of {', '.join(STRATEGIES)}")
+    _check_strategies([model] if model else [])
     cfg = load_config(config)
     with job_progress(console) as (say, on_round):
         result = run_job(
@@ -185,6 +183,12 @@ def train(
             on_round=on_round,
         )
     print_job(console, result)
+
+
+def _check_strategies(names: list[str]) -> None:
+    for name in names:
+        if name not in strategies.names():
+            raise typer.BadParameter(f"--model must be one of {', '.join(strategies.names())}")
 
 
 def _retrain_help() -> str:
@@ -205,19 +209,20 @@ def retrain(
     config: ConfigOpt,
     model: Annotated[
         list[str] | None,
-        typer.Option(help="strategy to retrain (repeat); default: retrain.strategies"),
+        typer.Option(
+            help=f"strategy to retrain (repeat; {strategies.help_text()}); default: "
+            "retrain.strategies"
+        ),
     ] = None,
     ray_address: Annotated[str | None, typer.Option(help="join this Ray cluster")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the audit record")] = False,
 ) -> None:
-    from pipeline.config import STRATEGIES, load_config
+    from pipeline.config import load_config
     from pipeline.console import stdout_to_stderr
     from pipeline.report import job_progress, print_retrain
     from pipeline.retrain import BAD_INPUT, run_retrain
 
-    for m in model or []:
-        if m not in STRATEGIES:
-            raise typer.BadParameter(f"--model must be one of {', '.join(STRATEGIES)}")
+    _check_strategies(model or [])
     try:
         cfg = load_config(config)
     except PipelineError as exc:
@@ -280,7 +285,7 @@ def promote(
 ) -> None:
     """Make a version the champion by hand, past the gate; recorded as such."""
     from pipeline.config import load_config
-    from pipeline.promotion import promote as promote_version
+    from pipeline.stages.promotion import promote as promote_version
 
     cfg = load_config(config)
     former = promote_version(cfg, version, reason)
@@ -295,7 +300,7 @@ def promote(
 def rollback(config: ConfigOpt) -> None:
     """Move the champion back to the previous champion."""
     from pipeline.config import load_config
-    from pipeline.promotion import rollback as roll_back
+    from pipeline.stages.promotion import rollback as roll_back
 
     restored, demoted = roll_back(load_config(config))
     console.print(
@@ -330,7 +335,7 @@ def serve(
 ) -> None:
     """Serve the registered model to clinicians: REST, CDS Hooks and a page."""
     from pipeline.config import load_config
-    from pipeline.serving.app import serve_config
+    from pipeline.serving.server import serve_config
 
     serve_config(load_config(config), alias=alias, host=host, port=port, console=console)
 

@@ -1,6 +1,12 @@
 """Federation config: one YAML file, checked by pydantic, with defaults for everything but
 the list of sites. Relative paths are relative to the config file, so a config can travel
-with its data."""
+with its data.
+
+The config is the coordinator's edge, read by the commands and the job's stages; nothing
+below them reads it whole. It is composed of what the layers below own: each site's
+policy (:mod:`pipeline.site.policy`), the strategies' training settings and their names
+(:mod:`pipeline.strategies`), the gate's policy (:mod:`pipeline.gate`).
+"""
 
 from __future__ import annotations
 
@@ -14,41 +20,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError, format_validation_error
+from pipeline.gate import GatePolicy
+from pipeline.site.policy import SitePolicy
+from pipeline.strategies import DEFAULT as DEFAULT_STRATEGY
+from pipeline.strategies import StrategyName
+from pipeline.strategies.settings import TrainingSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONTRACT = PROJECT_ROOT / "schemas" / "diabetes_ehr.yaml"
-STRATEGIES = ("logistic", "dp-logistic", "dp-fedavg", "xgboost")
 _SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class SitePolicy(_Strict):
-    """A site's own rules: the coordinator cannot override them."""
-
-    strategies: list[Literal["logistic", "dp-logistic", "dp-fedavg", "xgboost"]] = Field(
-        default_factory=lambda: list(STRATEGIES)
-    )
-    max_epsilon_per_job: float = Field(1.0, gt=0)
-    distributed_noise: bool = Field(
-        False,
-        description="add only a share of a dp-fedavg release's noise when the job uses "
-        "distributed noise under secure aggregation (the guarantee then also rests on "
-        "other sites adding theirs); false: always the full noise",
-    )
-    min_collusion_threshold: int = Field(
-        1,
-        ge=0,
-        description="the fewest colluding sites a distributed-noise job must tolerate for "
-        "this site to add a share; below it the site adds its full noise",
-    )
-
-    def accepts_shares(self, collusion_threshold: int) -> bool:
-        """Whether this site adds only a share of the noise in a job tolerating
-        `collusion_threshold` colluding sites (otherwise it adds all of it)."""
-        return self.distributed_noise and collusion_threshold >= self.min_collusion_threshold
 
 
 class SiteConfig(_Strict):
@@ -142,52 +126,11 @@ class ServingConfig(_Strict):
         return self
 
 
-class XGBoostConfig(_Strict):
-    """Federated XGBoost (``--model xgboost``): the sites as workers of one collective."""
+class TrainingConfig(TrainingSettings):
+    """What the strategies train with (:class:`pipeline.strategies.settings.
+    TrainingSettings`), and the strategy a job trains when it names none."""
 
-    communicator: Literal["auto", "federated", "rabit"] = Field(
-        "auto",
-        description="auto: the federated (mTLS) server when XGBoost is built with it, "
-        "else rabit (inside one trusted cluster only)",
-    )
-    rounds: int = Field(200, ge=1, description="most boosting rounds")
-    max_depth: int = Field(4, ge=1)
-    learning_rate: float = Field(0.1, gt=0, le=1)
-    early_stopping_rounds: int = Field(20, ge=1)
-    timeout_s: float = Field(600.0, gt=0, description="watchdog deadline of one collective")
-    max_bin: int = Field(256, ge=2, description="bins per numeric feature, over its range")
-    threads: int | None = Field(
-        None,
-        ge=1,
-        description="threads of each site's worker; default: every core the site's "
-        "process may use (a hospital's own node)",
-    )
-    server_host: str | None = Field(
-        None,
-        description="address the sites dial for the collective's server; default: "
-        "127.0.0.1 on one node, the coordinator node's Ray address on a cluster",
-    )
-
-
-class TrainingConfig(_Strict):
-    model: Literal["logistic", "dp-logistic", "dp-fedavg", "xgboost"] = "dp-fedavg"
-    rounds: int = Field(
-        60,
-        ge=1,
-        description="most rounds: Newton rounds of logistic (it stops when converged), "
-        "the cap of the dp-fedavg planner",
-    )
-    l2: float = Field(
-        1e-5,
-        ge=0,
-        description="ridge penalty of the non-private logistic regression (on the mean "
-        "log-loss, intercept unpenalised); the pooled baseline uses the same",
-    )
-    seed: int = 0
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    secure_aggregation: bool = True
-    round_timeout_s: float = Field(120.0, gt=0)
-    xgboost: XGBoostConfig = Field(default_factory=XGBoostConfig)
+    model: StrategyName = DEFAULT_STRATEGY
 
 
 class GateConfig(_Strict):
@@ -209,9 +152,7 @@ class GateConfig(_Strict):
             raise ValueError("calibration_slope must be [low, high] with 0 < low <= high")
         return v
 
-    def policy(self):  # -> pipeline.gate.GatePolicy
-        from pipeline.gate import GatePolicy
-
+    def policy(self) -> GatePolicy:
         return GatePolicy(
             auc_margin=self.auc_margin,
             auc_floor=self.auc_floor,
@@ -223,7 +164,7 @@ class GateConfig(_Strict):
 class RetrainConfig(_Strict):
     """Scheduled retraining (``pipeline retrain``)."""
 
-    strategies: list[Literal["logistic", "dp-logistic", "dp-fedavg", "xgboost"]] = Field(
+    strategies: list[StrategyName] = Field(
         default_factory=list, description="strategies to retrain; default: training.model"
     )
 

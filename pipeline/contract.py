@@ -34,7 +34,8 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "date": pa.date32(),
 }
 
-_OPS = {
+# The comparison operators of a contract's rules (cohort exclusions, label rules).
+COMPARISONS = {
     "<": operator.lt,
     "<=": operator.le,
     ">": operator.gt,
@@ -204,7 +205,7 @@ class Exclusion(_Strict):
 
         v = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
         with np.errstate(invalid="ignore"):
-            return np.asarray(_OPS[self.op](v, self.value)) & ~np.isnan(v)
+            return np.asarray(COMPARISONS[self.op](v, self.value)) & ~np.isnan(v)
 
 
 class Cohort(_Strict):

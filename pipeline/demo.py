@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from pipeline import strategies
 from pipeline.config import FederationConfig, load_config
 from pipeline.report import (
     job_progress,
@@ -17,8 +18,6 @@ from pipeline.report import (
     site_progress,
 )
 from pipeline.synth import append_month, synthesize
-
-DEMO_STRATEGIES = ("logistic", "dp-fedavg", "xgboost")
 
 
 def run_demo(console: Console, *, out: Path, sites: int, rows: int, seed: int) -> None:
@@ -49,7 +48,8 @@ def run_demo(console: Console, *, out: Path, sites: int, rows: int, seed: int) -
         print_validation(console, summaries)
 
         results = {}
-        for step, strategy in enumerate(DEMO_STRATEGIES, start=3):
+        trained = strategies.demo_names()
+        for step, strategy in enumerate(trained, start=3):
             console.rule(f"[bold]{step}. federated training: {strategy}")
             with job_progress(console) as (say, on_round):
                 results[strategy] = run_job(cfg, strategy=strategy, progress=say, on_round=on_round)
@@ -57,7 +57,7 @@ def run_demo(console: Console, *, out: Path, sites: int, rows: int, seed: int) -
         console.rule("[bold]the registry after the first cycle")
         champion_strategy = _print_registry(console, cfg)
 
-        step = 3 + len(DEMO_STRATEGIES)
+        step = 3 + len(trained)
         drifted = cfg.sites[-1].name
         console.rule(f"[bold]{step}. a new month arrives, with drift at {drifted}")
         month, added = append_month(config, drift_site=drifted)
@@ -67,9 +67,10 @@ def run_demo(console: Console, *, out: Path, sites: int, rows: int, seed: int) -
             "older and heavier"
         )
         console.rule(f"[bold]{step + 1}. scheduled retraining (pipeline retrain)")
-        strategies = [champion_strategy or "xgboost"]
+        # The champion's strategy; with no champion, the last one the demo trained.
+        again = [champion_strategy or trained[-1]]
         with job_progress(console) as (say, on_round):
-            retrained = run_retrain(cfg, strategies=strategies, progress=say, on_round=on_round)
+            retrained = run_retrain(cfg, strategies=again, progress=say, on_round=on_round)
         print_retrain(console, retrained)
     finally:
         if owns_ray:

@@ -12,6 +12,9 @@ squared norm, so ``data_norm`` is known before any row is read.
 
 from __future__ import annotations
 
+import functools
+from typing import Literal
+
 import numpy as np
 import pandas as pd
 
@@ -172,3 +175,41 @@ class FeatureEncoder:
             else:
                 out[:, j] = x
         return np.ascontiguousarray(out)
+
+
+Encoding = Literal["linear", "tree"]  # FeatureEncoder.transform's matrix, or tree_matrix's
+
+
+class EncodedRows:
+    """Rows of a split with their labels, encoded for a kind of model when a request
+    first needs it: a job trains one kind, and encoding costs more than reading the rows.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        The rows' raw contract columns.
+    y : array of 0/1
+        Their labels.
+    contract : Contract
+    """
+
+    def __init__(self, frame: pd.DataFrame, y: np.ndarray, contract: Contract) -> None:
+        self.frame, self.y, self._contract = frame, y, contract
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @functools.cached_property
+    def linear(self) -> np.ndarray:
+        """:meth:`FeatureEncoder.transform`: the design matrix of the logistic models."""
+        return FeatureEncoder(self._contract).transform(self.frame)
+
+    @functools.cached_property
+    def tree(self) -> np.ndarray:
+        """:meth:`FeatureEncoder.tree_matrix`: raw clinical values for the trees."""
+        return FeatureEncoder(self._contract).tree_matrix(self.frame)
+
+    def encoded(self, encoding: Encoding) -> np.ndarray:
+        if encoding not in ("linear", "tree"):
+            raise ValueError(f"unknown encoding {encoding!r}")
+        return getattr(self, encoding)

@@ -8,7 +8,6 @@ patient key) a stable derived key.
 from __future__ import annotations
 
 import hashlib
-import operator
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from pipeline.contract import Contract, load_contract
+from pipeline.contract import COMPARISONS, Contract, load_contract
 from pipeline.errors import ContractError, DataError
 from pipeline.features import missing_mask
 from pipeline.synth import SiteSummary, site_entry
-
-_OPS = {
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-    "==": operator.eq,
-    "!=": operator.ne,
-}
 
 
 def derived_key(contract: Contract, site: str, row: int) -> str:
@@ -79,7 +69,9 @@ def csv_to_table(contract: Contract, site: str, csv_path: Path) -> pa.Table:
     if label_src.isna().any():
         raise DataError(f"{csv_path}: column {rule.column!r} has missing labels")
     label = np.where(
-        _OPS[rule.op](label_src, rule.value), contract.label.positive, contract.label.negative
+        COMPARISONS[rule.op](label_src, rule.value),
+        contract.label.positive,
+        contract.label.negative,
     )
     columns[contract.label.name] = pa.array(
         label, type=contract.arrow_schema.field(contract.label.name).type

@@ -17,33 +17,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline import strategies
 from pipeline.contract import Contract
 
 CARD_FILE = "model_card.md"
-
-_PRIVACY = {
-    "logistic": (
-        "none (not differentially private)",
-        "the sum over sites of each round's gradient (secure aggregation hides each "
-        "site's own gradient when it is on)",
-    ),
-    "dp-fedavg": (
-        "Gaussian mechanism on per-patient clipped gradient sums (DP-FedAvg, McMahan et "
-        "al. 2018), composed with the Renyi-DP accountant",
-        "only the sum over sites of each round's noisy gradient (secure aggregation)",
-    ),
-    "dp-logistic": (
-        "objective perturbation with Gaussian noise (Kifer et al. 2012; privacy profile of "
-        "Redberg et al. 2023; diffprivlib's analytic Gaussian and Laplace mechanisms), "
-        "(epsilon, delta)-DP, one release per site",
-        "each site's differentially private model parameters",
-    ),
-    "xgboost": (
-        "none (not differentially private)",
-        "every site's gradient and hessian histograms per tree node, in plaintext, at the "
-        "collective's aggregator; bin edges come from the contract, never from a site",
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -198,8 +175,11 @@ def _bands(contract: Contract) -> list[str]:
     return [*out, ""]
 
 
-def _privacy(p: dict, strategy: str) -> list[str]:
-    mechanism, sees = _PRIVACY.get(strategy, ("unknown", "unknown"))
+def _privacy(p: dict, name: str) -> list[str]:
+    """The strategy's privacy as the registry describes it, and what the run spent."""
+    strategy = strategies.REGISTRY.get(name)
+    mechanism = strategy.privacy.mechanism if strategy else "unknown"
+    sees = strategy.privacy.aggregator_sees if strategy else "unknown"
     out = ["## Privacy", "", f"- **Mechanism:** {mechanism}"]
     if "epsilon_per_site" in p:
         out.append(
@@ -215,7 +195,7 @@ def _privacy(p: dict, strategy: str) -> list[str]:
         "- **Evaluation:** sites send masked statistics; only their sum over sites is "
         "decoded. No row and no single site's histogram leaves a site.",
     ]
-    if strategy in ("logistic", "dp-fedavg"):
+    if strategy is not None and strategy.privacy.secure_aggregation:
         on = str(p.get("secure_aggregation", "")).lower() == "true"
         out.append(f"- **Secure aggregation of training updates:** {'on' if on else 'off'}")
     return [*out, ""]

@@ -24,6 +24,7 @@ from pipeline.errors import PipelineError
 if TYPE_CHECKING:
     from pipeline.contract import Contract
     from pipeline.gate import Decision
+    from pipeline.models.base import Model
 
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -124,7 +125,7 @@ class JobTracker:
     # -- registry ----------------------------------------------------------------------
     def register(
         self,
-        model: Any,
+        model: Model,
         contract_path: str,
         model_name: str,
         tags: dict[str, str] | None = None,
@@ -133,7 +134,7 @@ class JobTracker:
         with `tags` on the version (what ``pipeline models`` lists without opening runs)."""
         import mlflow
 
-        from pipeline.serving import RiskModel
+        from pipeline.models.risk_model import RiskModel
 
         # MLflow warns that a Python-object model is pickled (this one holds only paths) and
         # that no signature was inferred (the contract checks input instead): both known.
@@ -147,9 +148,7 @@ class JobTracker:
             spec = Path(tmp) / "model.json"
             spec.write_text(json.dumps(model.to_dict()))
             artifacts = {"contract": contract_path, "model": str(spec)}
-            artifacts.update(
-                model.extra_artifacts(Path(tmp)) if hasattr(model, "extra_artifacts") else {}
-            )
+            artifacts.update(model.extra_artifacts(Path(tmp)))
             info = mlflow.pyfunc.log_model(
                 name="risk_model",
                 python_model=RiskModel(),
@@ -179,19 +178,14 @@ def _mlflow_level(level: int) -> Iterator[None]:
 
 
 def _requirements() -> list[str]:
+    """The served model's pinned requirements: its own, and what any strategy's model
+    needs (every version is served by the same pyfunc)."""
     from importlib.metadata import version
 
-    names = [
-        "mlflow",
-        "numpy",
-        "pandas",
-        "pyarrow",
-        "pydantic",
-        "pyyaml",
-        "scikit-learn",
-        "xgboost",
-    ]
-    return [f"{n}=={version(n)}" for n in names]
+    from pipeline.strategies import model_requirements
+
+    names = ["mlflow", "numpy", "pandas", "pyarrow", "pydantic", "pyyaml", "scikit-learn"]
+    return [f"{n}=={version(n)}" for n in [*names, *model_requirements()]]
 
 
 def registry_client(tracking_uri: str) -> Any:
@@ -234,7 +228,7 @@ class RegisteredModel:
 
     version: str
     run_id: str
-    model: Any  # LogisticModel or TreeModel
+    model: Model
     contract: Contract
 
 
@@ -246,7 +240,7 @@ def load_version(client: Any, model_name: str, version: str, workdir: Path) -> R
     import yaml
 
     from pipeline.contract import load_contract
-    from pipeline.serving.model import build_model
+    from pipeline.models.kinds import from_spec
 
     mv = client.get_model_version(model_name, version)
     local = Path(
@@ -258,9 +252,7 @@ def load_version(client: Any, model_name: str, version: str, workdir: Path) -> R
     artifacts = {k: str(local / v["path"]) for k, v in flavor["artifacts"].items()}
     contract = load_contract(artifacts["contract"])
     spec = json.loads(Path(artifacts["model"]).read_text())
-    return RegisteredModel(
-        str(version), mv.run_id, build_model(contract, spec, artifacts), contract
-    )
+    return RegisteredModel(str(version), mv.run_id, from_spec(contract, spec, artifacts), contract)
 
 
 def apply_decision(client: Any, model_name: str, version: str, decision: Decision) -> str | None:

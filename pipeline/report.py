@@ -140,7 +140,7 @@ def print_models(console: Console, model_name: str, rows) -> None:  # noqa: ANN0
 def print_retrain(console: Console, result) -> None:  # noqa: ANN001
     """A retraining run: new months and drift per site, then each retrained model's
     gate decision, then the outcome with its exit code."""
-    from pipeline.drift import level
+    from pipeline.evaluation.drift import level
 
     record = result.record
     drift = (record.get("drift") or {}).get("sites", {})

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import FederationConfig
-from pipeline.context import Progress, RoundProgress
 from pipeline.errors import BudgetError, PipelineError, QuorumError
+from pipeline.strategies.base import Progress, RoundProgress
 
 TRAINED, NOTHING_NEW, BAD_INPUT, QUORUM_LOST, BUDGET_EXHAUSTED, LOCKED = 0, 3, 2, 4, 5, 6
 # exit code -> (status, what it means); quoted by `pipeline retrain --help` and the README.
@@ -204,11 +204,12 @@ def _retrain(
     say: Progress,
     on_round: RoundProgress | None,
 ) -> RetrainResult:
-    from pipeline.context import StageClock
     from pipeline.contract import load_contract
     from pipeline.extract import current_month
     from pipeline.federation.secure_drift import measure_drift
-    from pipeline.job import run_job, site_runtime
+    from pipeline.job import run_job
+    from pipeline.stages.context import StageClock
+    from pipeline.stages.sites import site_runtime
 
     strategies = strategies or list(cfg.retrain.strategies or [cfg.training.model])
     contract = load_contract(cfg.contract)

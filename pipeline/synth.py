@@ -377,7 +377,7 @@ def synthesize(
 
 def site_entry(name: str, extract: Path) -> dict:
     """A config entry for a site, pinning the identity key created at the site."""
-    from pipeline.federation.identity import load_or_create_identity, public_hex
+    from pipeline.protocol.identity import load_or_create_identity, public_hex
 
     return {
         "name": name,

@@ -18,7 +18,7 @@ def run_validation(
 ) -> tuple[dict[str, ValidationSummary], list[str], dict[str, list[str]]]:
     """Redacted summaries per site, the admitted sites, and the quarantined ones.
     `on_site(site)` is called as each site finishes."""
-    from pipeline.job import site_runtime, validate_sites
+    from pipeline.stages.sites import site_runtime, validate_sites
 
     job_id = f"validate-{uuid.uuid4().hex[:10]}"
     with site_runtime(cfg, job_id, ray_address) as runtime:

@@ -7,7 +7,7 @@ import json
 from datetime import UTC, date, datetime
 
 import pytest
-from serving_support import (
+from support.serving import (
     CONTRACT,
     MODEL_NAME,
     fhir_bundle,

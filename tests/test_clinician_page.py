@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from serving_support import (
+from support.serving import (
     MODEL_NAME,
     PATIENT,
     fitted_logistic,

@@ -26,8 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 DRIVER = """
 import json, os, sys, ray
 from pipeline.config import load_config
-from pipeline.federation.runtime import SiteRuntime
 from pipeline.job import run_job
+from pipeline.stages.sites import runtime_for
 cfg = load_config(sys.argv[1])
 blocked = []
 for site in cfg.sites:
@@ -36,7 +36,7 @@ for site in cfg.sites:
     except PermissionError:
         blocked.append(site.name)
 ray.init(address=sys.argv[2])
-with SiteRuntime(cfg.sites, str(cfg.contract), "placement") as rt:
+with runtime_for(cfg.sites, cfg.contract, "placement") as rt:
     nodes = rt.call("node_id", raw=True)
 resources = {n["NodeID"]: sorted(k for k in n["Resources"] if k.startswith("site:"))
              for n in ray.nodes() if n["Alive"]}

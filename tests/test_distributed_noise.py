@@ -11,12 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_config
+from support.federation import make_config
 
 from pipeline.config import load_config
 from pipeline.errors import BudgetError, ConfigError
-from pipeline.federation.secure_sum import decode, encode, unmask_sum, verify_roster
-from pipeline.federation.site import SiteActor, audit_log_path
 from pipeline.job import run_job
 from pipeline.privacy.distributed import (
     GRID,
@@ -28,7 +26,10 @@ from pipeline.privacy.distributed import (
     sum_noise_multiplier,
 )
 from pipeline.privacy.ledger import PrivacyLedger
-from pipeline.privacy.planner import plan_dp_fedavg
+from pipeline.protocol.secure_sum import decode, encode, unmask_sum, verify_roster
+from pipeline.site.actor import SiteActor
+from pipeline.site.audit import audit_log_path
+from pipeline.strategies.dp_fedavg.plan import plan_dp_fedavg
 from pipeline.synth import synthesize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,7 +121,7 @@ def test_the_plan_with_shares_is_charged_alike_and_carries_less_noise_per_round(
 
 # -- four site actors summing their shares ------------------------------------------------
 @pytest.fixture(scope="module")
-def four_sites(tmp_path_factory: pytest.TempPathFactory) -> list[SiteActor]:
+def four_actors(tmp_path_factory: pytest.TempPathFactory) -> list[SiteActor]:
     config, _ = synthesize(tmp_path_factory.mktemp("four"), sites=4, rows=1600, seed=12)
     cfg = load_config(config)
     policies = [{"distributed_noise": True}] * 3 + [{}]  # the last site keeps its full noise
@@ -138,17 +139,20 @@ def _secure_round(actors: list[SiteActor], job: str, **request) -> np.ndarray:
     keys = [a.public_key(job).signed_key for a in actors]
     pinned = {a.site: a.identity_key() for a in actors}
     secure = {"roster": keys, "pinned": pinned, "round": 0, "attempt": 0}
-    dim = actors[0]._train.linear.shape[1] + 1
+    dim = actors[0].boundary.train_rows().linear.shape[1] + 1
     replies = {
-        a.site: a.logistic_gradient(job, np.zeros(dim), secure=secure, **request).masked
-        for a in actors
+        a.site: _gradient(a, job, np.zeros(dim), secure=secure, **request).masked for a in actors
     }
     roster = verify_roster(keys, {s: bytes.fromhex(k) for s, k in pinned.items()}, job)
     return unmask_sum(replies, roster)[:-1]
 
 
+def _gradient(actor: SiteActor, job: str, weights: np.ndarray, **request):
+    """A DP-FedAvg gradient release, asked of the site as the coordinator asks it."""
+    return actor.handle("dp-fedavg", "logistic_gradient", job, weights, **request)
+
+
 REQUEST = dict(
-    strategy="dp-fedavg",
     epsilon=1.0,
     clip=CLIP,
     noise_multiplier=SIGMA,
@@ -159,11 +163,11 @@ REQUEST = dict(
 )
 
 
-def test_the_secure_sum_of_shares_carries_the_planned_noise(four_sites: list[SiteActor]) -> None:
+def test_the_secure_sum_of_shares_carries_the_planned_noise(four_actors: list[SiteActor]) -> None:
     """Three sites add a third of the noise variance, the fourth (whose policy does not
     accept distributed noise) all of it: the sum carries 1 + 1 = 2 releases' variance,
     where four full-noise sites would carry 4."""
-    sums = np.array([_secure_round(four_sites, f"s{i}", **REQUEST) for i in range(60)])
+    sums = np.array([_secure_round(four_actors, f"s{i}", **REQUEST) for i in range(60)])
     measured = float(np.std(sums - sums.mean(axis=0)))
     dim = sums.shape[1]
     nominal = SIGMA * CLIP * math.sqrt(2.0) * (1 + math.sqrt(dim) / (CLIP * GRID))
@@ -171,26 +175,26 @@ def test_the_secure_sum_of_shares_carries_the_planned_noise(four_sites: list[Sit
 
 
 def test_a_share_is_refused_outside_a_large_enough_secure_round(
-    four_sites: list[SiteActor],
+    four_actors: list[SiteActor],
 ) -> None:
-    sharing = four_sites[0]
-    dim = sharing._train.linear.shape[1] + 1
+    sharing = four_actors[0]
+    dim = sharing.boundary.train_rows().linear.shape[1] + 1
     with pytest.raises(BudgetError, match="only through secure aggregation"):
-        sharing.logistic_gradient("plain", np.zeros(dim), **REQUEST)
+        _gradient(sharing, "plain", np.zeros(dim), **REQUEST)
     # A round that lost a site: three sites cannot hold three honest shares and one colluder.
     with pytest.raises(BudgetError, match="at least 4 sites"):
-        _secure_round(four_sites[:3], "three", **REQUEST)
+        _secure_round(four_actors[:3], "three", **REQUEST)
     # A site whose policy does not accept shares answers with its full noise, unmasked too.
-    alone = four_sites[3].logistic_gradient("full", np.zeros(dim), **REQUEST)
+    alone = _gradient(four_actors[3], "full", np.zeros(dim), **REQUEST)
     assert alone.vector.shape == (dim,)
 
 
 def test_a_job_cannot_ask_a_site_for_more_shares_than_it_declared(
-    four_sites: list[SiteActor],
+    four_actors: list[SiteActor],
 ) -> None:
-    _secure_round(four_sites, "declared", **{**REQUEST, "rounds": 2, "noise_shares": 2})
+    _secure_round(four_actors, "declared", **{**REQUEST, "rounds": 2, "noise_shares": 2})
     with pytest.raises(BudgetError, match="less noise"):
-        _secure_round(four_sites, "declared", **{**REQUEST, "rounds": 2, "round_": 1})
+        _secure_round(four_actors, "declared", **{**REQUEST, "rounds": 2, "round_": 1})
 
 
 @pytest.mark.slow

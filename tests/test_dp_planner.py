@@ -17,15 +17,16 @@ from dp_accounting import rdp
 from pipeline.config import load_config
 from pipeline.contract import load_contract
 from pipeline.errors import BudgetError
-from pipeline.features import FeatureEncoder
-from pipeline.federation.aggregate import newton_step
-from pipeline.federation.site import SiteActor
-from pipeline.federation.strategy import DampedNewton
+from pipeline.features import EncodedRows, FeatureEncoder
+from pipeline.federation.optimizers import DampedNewton
 from pipeline.pooled import site_split, train_logistic
 from pipeline.privacy.accounting import composed_gaussian_epsilon
 from pipeline.privacy.ledger import PrivacyLedger
 from pipeline.privacy.objective import minimise, perturbation, perturbed_logistic
-from pipeline.privacy.planner import ONE_SHOT_NOISE_LIMIT, plan_dp_fedavg, plan_dp_logistic
+from pipeline.site.actor import SiteActor
+from pipeline.strategies.dp_fedavg.plan import plan_dp_fedavg
+from pipeline.strategies.dp_logistic.plan import ONE_SHOT_NOISE_LIMIT, plan_dp_logistic
+from pipeline.strategies.logistic.newton import newton_step
 from pipeline.synth import synthesize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,22 +185,41 @@ def test_objective_perturbation_refuses_rows_outside_the_unit_ball() -> None:
         )
 
 
+def _ask(site: SiteActor, strategy: str, request: str, job: str, *args, **kwargs):
+    """A request of `strategy`'s site handler, asked as the coordinator asks it."""
+    return site.handle(strategy, request, job, *args, **kwargs)
+
+
 def _noise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Two releases of the same value differ by two independent noise draws."""
     return (a - b) / math.sqrt(2.0)
 
 
 def test_gradient_release_noise_is_its_nominal_sigma(site: SiteActor) -> None:
-    dim = site._train.linear.shape[1] + 1
+    dim = site.boundary.train_rows().linear.shape[1] + 1
     weights, sigma, clip = np.full(dim, 0.01), 3.0, 0.7
     scale = np.linspace(0.2, 0.6, dim - 1)
-    kwargs = dict(
-        strategy="dp-fedavg", epsilon=1.0, clip=clip, noise_multiplier=sigma, rounds=1, round_=0
-    )
+    kwargs = dict(epsilon=1.0, clip=clip, noise_multiplier=sigma, rounds=1, round_=0)
     noise = [
         _noise(
-            site.logistic_gradient(f"a{i}", weights, column_scale=scale, **kwargs).vector,
-            site.logistic_gradient(f"b{i}", weights, column_scale=scale, **kwargs).vector,
+            _ask(
+                site,
+                "dp-fedavg",
+                "logistic_gradient",
+                f"a{i}",
+                weights,
+                column_scale=scale,
+                **kwargs,
+            ).vector,
+            _ask(
+                site,
+                "dp-fedavg",
+                "logistic_gradient",
+                f"b{i}",
+                weights,
+                column_scale=scale,
+                **kwargs,
+            ).vector,
         )
         for i in range(150)
     ]
@@ -209,11 +229,11 @@ def test_gradient_release_noise_is_its_nominal_sigma(site: SiteActor) -> None:
 
 def test_scale_release_noise_is_its_nominal_sigma(site: SiteActor) -> None:
     sigma, bound = 9.0, 0.4
-    kwargs = dict(strategy="dp-fedavg", epsilon=1.0, noise_multiplier=sigma, bound=bound)
+    kwargs = dict(epsilon=1.0, noise_multiplier=sigma, bound=bound)
     noise = [
         _noise(
-            site.release_deviation(f"sa{i}", **kwargs).vector,
-            site.release_deviation(f"sb{i}", **kwargs).vector,
+            _ask(site, "dp-fedavg", "release_deviation", f"sa{i}", **kwargs).vector,
+            _ask(site, "dp-fedavg", "release_deviation", f"sb{i}", **kwargs).vector,
         )
         for i in range(600)
     ]
@@ -222,17 +242,19 @@ def test_scale_release_noise_is_its_nominal_sigma(site: SiteActor) -> None:
 
 
 def test_a_job_releases_scales_once_and_never_with_less_noise(site: SiteActor) -> None:
-    kwargs = dict(strategy="dp-fedavg", epsilon=1.0, bound=0.4)
-    first = site.release_deviation("once", noise_multiplier=9.0, **kwargs).vector
-    again = site.release_deviation("once", noise_multiplier=9.0, **kwargs).vector
+    kwargs = dict(epsilon=1.0, bound=0.4)
+    scales = ("dp-fedavg", "release_deviation")
+    first = _ask(site, *scales, "once", noise_multiplier=9.0, **kwargs).vector
+    again = _ask(site, *scales, "once", noise_multiplier=9.0, **kwargs).vector
     np.testing.assert_array_equal(first, again)  # a restart reuses the release
-    dim = site._train.linear.shape[1] + 1
-    grad = dict(strategy="dp-fedavg", epsilon=1.0, clip=0.5, rounds=2)
-    site.logistic_gradient("less", np.zeros(dim), noise_multiplier=5.0, round_=0, **grad)
+    dim = site.boundary.train_rows().linear.shape[1] + 1
+    grad = dict(epsilon=1.0, clip=0.5, rounds=2)
+    gradient = ("dp-fedavg", "logistic_gradient", "less", np.zeros(dim))
+    _ask(site, *gradient, noise_multiplier=5.0, round_=0, **grad)
     with pytest.raises(BudgetError, match="less noise"):
-        site.logistic_gradient("less", np.zeros(dim), noise_multiplier=1.0, round_=1, **grad)
+        _ask(site, *gradient, noise_multiplier=1.0, round_=1, **grad)
     with pytest.raises(BudgetError, match="after training"):
-        site.release_deviation("less", noise_multiplier=9.0, **kwargs)
+        _ask(site, *scales, "less", noise_multiplier=9.0, **kwargs)
 
 
 def test_newton_steps_on_pooled_statistics_reach_the_pooled_optimum(tmp_path: Path) -> None:
@@ -241,10 +263,10 @@ def test_newton_steps_on_pooled_statistics_reach_the_pooled_optimum(tmp_path: Pa
     actors = [SiteActor(s.name, str(s.path), str(cfg.contract), {}) for s in cfg.sites]
     for a in actors:
         a.load(cfg.training.test_fraction, cfg.training.seed)
-    dim = actors[0]._train.linear.shape[1] + 1
+    dim = actors[0].boundary.train_rows().linear.shape[1] + 1
     weights = np.zeros(dim)
     for _ in range(12):
-        replies = [a.newton_statistics("n", weights) for a in actors]
+        replies = [_ask(a, "logistic", "newton_statistics", "n", weights) for a in actors]
         stats = sum(r.vector for r in replies)
         step, _ = newton_step(weights, stats, float(sum(r.n for r in replies)), cfg.training.l2)
         weights = weights - step
@@ -262,23 +284,24 @@ def test_a_one_class_site_fits_once_and_is_never_reproducible(site: SiteActor) -
     """A site whose training rows are all positive (as at one of the heart hospitals)
     still releases a model; its noise comes from the OS, so seeding NumPy changes
     nothing; and it releases once per job."""
+    train, test = site.boundary.rows
     plan = plan_dp_logistic(
-        epsilon=1.0, delta=1e-5, counts={site.site: len(site._train)}, contract=site.contract
+        epsilon=1.0, delta=1e-5, counts={site.site: len(train)}, contract=site.contract
     )
     fit = plan.site_request()
-    rows = site._train
-    site._train = type(rows)(rows.frame, np.ones_like(rows.y), site.contract)
+    one_shot = ("dp-logistic", "fit_dp_logistic")
+    site.boundary.rows = EncodedRows(train.frame, np.ones_like(train.y), site.contract), test
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             np.random.seed(0)
-            a = site.fit_dp_logistic("one-class-a", **fit).vector
+            a = _ask(site, *one_shot, "one-class-a", **fit).vector
             np.random.seed(0)
-            b = site.fit_dp_logistic("one-class-b", **fit).vector
+            b = _ask(site, *one_shot, "one-class-b", **fit).vector
         with pytest.raises(BudgetError, match="already released"):
-            site.fit_dp_logistic("one-class-a", **fit)
+            _ask(site, *one_shot, "one-class-a", **fit)
     finally:
-        site._train = rows
+        site.boundary.rows = train, test
     assert a.shape == (FeatureEncoder(site.contract).n_features_out + 1,)
     assert np.all(np.isfinite(a)) and not np.allclose(a, b)
     assert a[-1] > 0  # the intercept follows the (noisy) count: nearly every row positive

@@ -11,24 +11,21 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import make_config, served_probabilities, unseen_hospital_rows
+from support.federation import make_config, served_probabilities, unseen_hospital_rows
 
 from pipeline.config import load_config
 from pipeline.contract import load_contract
 from pipeline.errors import BudgetError, QuorumError
 from pipeline.features import FeatureEncoder
-from pipeline.federation.runtime import SiteRuntime
+from pipeline.federation.rounds import open_secure_session, secure_sum_round
+from pipeline.federation.runtime import Replies, SiteRuntime
 from pipeline.job import run_job
+from pipeline.models.logistic import LogisticModel
 from pipeline.privacy.ledger import PrivacyLedger
+from pipeline.stages.sites import runtime_for
 from pipeline.synth import synthesize
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def four_sites(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config, _ = synthesize(tmp_path_factory.mktemp("fed4"), sites=4, rows=8000, seed=21)
-    return config
 
 
 def _kill_site_at_round(ray, site: str, at: int) -> tuple[list[str], callable]:
@@ -117,31 +114,36 @@ def test_ledger_refuses_an_over_budget_job_before_training(ray_session, four_sit
 def test_site_refuses_a_request_outside_its_policy(ray_session, four_sites, tmp_path) -> None:
     cfg = load_config(make_config(four_sites, tmp_path))
     site = cfg.sites[0]
-    site.policy.strategies = ["logistic"]
+    site.policy.strategies = ["dp-fedavg"]
     site.policy.max_epsilon_per_job = 0.5
-    with SiteRuntime([site], str(cfg.contract), "policy-test") as runtime:
+    with runtime_for([site], cfg.contract, "policy-test") as runtime:
         runtime.call("load", 0.2, 0)
         dim = FeatureEncoder(load_contract(cfg.contract)).n_features_out
-        kwargs = dict(clip=1.0, noise_multiplier=5.0, rounds=3, round_=0)
-        strat = runtime.call(
-            "logistic_gradient",
-            "job-a",
-            np.zeros(dim + 1),
-            strategy="dp-fedavg",
+        fit = dict(
             epsilon=0.5,
-            drop_failed=False,
-            **kwargs,
+            delta=1e-5,
+            regularization=30.0,
+            count_epsilon=0.05,
+            clip_fraction=0.5,
+            intercept=0.3,
+        )
+        strat = runtime.call(
+            "handle", "dp-logistic", "fit_dp_logistic", "job-a", drop_failed=False, **fit
         )
         eps = runtime.call(
+            "handle",
+            "dp-fedavg",
             "logistic_gradient",
             "job-b",
             np.zeros(dim + 1),
-            strategy="logistic",
             epsilon=1.0,
             drop_failed=False,
-            **kwargs,
+            clip=1.0,
+            noise_multiplier=5.0,
+            rounds=3,
+            round_=0,
         )
-    assert "refuses strategy 'dp-fedavg'" in strat.failed[site.name]
+    assert "refuses strategy 'dp-logistic'" in strat.failed[site.name]
     assert "at most 0.5" in eps.failed[site.name]
     audit = [
         json.loads(line)
@@ -153,28 +155,36 @@ def test_site_refuses_a_request_outside_its_policy(ray_session, four_sites, tmp_
 def test_reply_size_does_not_grow_with_the_row_count(ray_session, tmp_path) -> None:
     small, _ = synthesize(tmp_path / "small", sites=1, rows=2_000, seed=5)
     large, _ = synthesize(tmp_path / "large", sites=1, rows=20_000, seed=5)
-    sites = [load_config(small).sites[0], load_config(large).sites[0]]
-    sites[1].name = "large"
-    contract = str(load_config(small).contract)
+    third, _ = synthesize(tmp_path / "third", sites=1, rows=2_000, seed=6)
+    sites = [load_config(small).sites[0], load_config(large).sites[0], load_config(third).sites[0]]
+    sites[1].name, sites[2].name = "large", "third"  # a secure sum takes three
+    contract = load_contract(load_config(small).contract)
     sizes: dict[str, list[int]] = {}
-    with SiteRuntime(sites, contract, "size-test") as runtime:
-        w = np.zeros(FeatureEncoder(load_contract(contract)).n_features_out + 1)
+    with runtime_for(sites, contract.path, "size-test") as runtime:
+        w = np.zeros(FeatureEncoder(contract).n_features_out + 1)
         replies = [
             runtime.call("validate", min_rows=100),
             runtime.call("load", 0.2, 0),
             runtime.call(
+                "handle",
+                "dp-fedavg",
                 "logistic_gradient",
                 "j",
                 w,
-                strategy="dp-fedavg",
                 epsilon=1.0,
                 clip=1.0,
                 noise_multiplier=3.0,
                 rounds=1,
                 round_=0,
             ),
-            runtime.call("evaluate", {"kind": "logistic", "weights": w}),
         ]
+        payload = {"m": LogisticModel(contract, w).site_payload()}
+
+        def evaluate(secure: dict | None) -> Replies:
+            replies.append(runtime.call("evaluate_models", "e", payload, secure=secure))
+            return replies[-1]
+
+        secure_sum_round(runtime, open_secure_session(runtime, "e", 3), 0, 3, evaluate)
     for r in replies:
         assert not r.failed, r.failed
         for site, reply in r.ok.items():
@@ -189,8 +199,12 @@ def test_a_job_trains_on_exactly_the_rows_that_passed_validation(ray_session, tm
     two calls is not read; a later load without prepared rows reads the extract again."""
     cfg = load_config(synthesize(tmp_path / "one", sites=1, rows=2_000, seed=7)[0])
     site = cfg.sites[0]
-    with SiteRuntime([site], str(cfg.contract), "prepare-test") as runtime:
-        checked = runtime.call("validate", min_rows=100, prepare={"test_fraction": 0.2, "seed": 0})
+    with runtime_for([site], cfg.contract, "prepare-test") as runtime:
+        checked = runtime.call(
+            "validate",
+            min_rows=100,
+            prepare={"test_fraction": 0.2, "seed": 0, "strategy": "logistic"},
+        )
         summary = checked.ok[site.name].summary
         assert summary["passed"], summary
         first = sorted(Path(site.path).rglob("*.parquet"))[0]
@@ -222,7 +236,7 @@ def test_a_later_job_reuses_healthy_site_processes_with_nothing_of_the_last_job(
     def pids(runtime: SiteRuntime) -> dict[str, int]:
         return runtime.call("pid", raw=True).ok
 
-    with SiteRuntime(cfg.sites, str(cfg.contract), "reuse-1") as runtime:
+    with runtime_for(cfg.sites, cfg.contract, "reuse-1") as runtime:
         first = pids(runtime)
         runtime.call("load", 0.2, 0)
         fit = dict(
@@ -233,21 +247,22 @@ def test_a_later_job_reuses_healthy_site_processes_with_nothing_of_the_last_job(
             clip_fraction=0.5,
             intercept=0.3,
         )
-        assert runtime.call("fit_dp_logistic", "one-shot", **fit).ok
+        assert runtime.call("handle", "dp-logistic", "fit_dp_logistic", "one-shot", **fit).ok
         runtime.drop(names[0], "dropped by the test")
     changed = cfg.model_copy(deep=True)
     changed.sites[1].policy.max_epsilon_per_job = 0.5
-    with SiteRuntime(changed.sites, str(cfg.contract), "reuse-2") as runtime:
+    with runtime_for(changed.sites, cfg.contract, "reuse-2") as runtime:
         second = pids(runtime)
         assert second[names[0]] != first[names[0]]  # dropped: a fresh process
         assert second[names[1]] != first[names[1]]  # another policy: a fresh process
         assert all(second[n] == first[n] for n in names[2:])  # the rest served again
         gone = runtime.call(
+            "handle",
+            "dp-fedavg",
             "logistic_gradient",
             "j",
             np.zeros(1),
             drop_failed=False,
-            strategy="logistic",
             epsilon=0.0,
             clip=None,
             noise_multiplier=0.0,
@@ -258,6 +273,12 @@ def test_a_later_job_reuses_healthy_site_processes_with_nothing_of_the_last_job(
         assert "not loaded" in gone.failed[names[2]]  # the last job's rows are gone
         runtime.call("load", 0.2, 0, sites=[names[2]])
         again = runtime.call(
-            "fit_dp_logistic", "one-shot", **fit, sites=[names[2]], drop_failed=False
+            "handle",
+            "dp-logistic",
+            "fit_dp_logistic",
+            "one-shot",
+            **fit,
+            sites=[names[2]],
+            drop_failed=False,
         )
         assert "already released" in again.failed[names[2]]  # its releases are remembered

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import HEART_DATA, HEART_FILES
+from support.federation import HEART_DATA, HEART_FILES
 
 from pipeline.config import load_config
 from pipeline.contract import load_contract

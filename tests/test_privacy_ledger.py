@@ -79,29 +79,6 @@ def test_a_job_reserves_once_per_site(ledger):
         ledger.reserve("job-1", {"north": (0.1, 0.0)}, {"north": 1.0}, "gaussian")
 
 
-def test_unused_reservation_is_given_back(ledger):
-    ledger.reserve("job-1", {"north": (0.6, 1e-5)}, {"north": 1.0}, "gaussian")
-    ledger.release("job-1", "north")
-    assert ledger.spent("north") == (0.0, 0.0)
-    assert ledger.entries("north")[0]["status"] == "unused"
-    with pytest.raises(BudgetError, match="released as unused"):
-        ledger.mark_released("job-1", "north")
-
-
-def test_a_released_spend_cannot_be_given_back(ledger):
-    ledger.reserve("job-1", {"north": (0.6, 1e-5)}, {"north": 1.0}, "gaussian")
-    ledger.mark_released("job-1", "north")
-    ledger.mark_released("job-1", "north")  # every round may record its release
-    with pytest.raises(BudgetError, match="spend is final"):
-        ledger.release("job-1", "north")
-    assert ledger.spent("north")[0] == pytest.approx(0.6)
-
-
-def test_releasing_without_a_reservation_is_refused(ledger):
-    with pytest.raises(BudgetError, match="no reservation"):
-        ledger.mark_released("job-9", "north")
-
-
 @pytest.mark.parametrize(
     ("planned", "budgets", "message"),
     [

@@ -16,18 +16,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_config
+from support.federation import make_config
 
 from pipeline.config import load_config
 from pipeline.contract import load_contract
 from pipeline.extract import read_table
 from pipeline.features import FeatureEncoder
-from pipeline.federation.identity import identity_path
 from pipeline.job import run_job
 from pipeline.pooled import site_split, train_logistic
 from pipeline.privacy.accounting import composed_gaussian_epsilon
 from pipeline.privacy.ledger import PrivacyLedger
-from pipeline.privacy.planner import DPFedAvgPlan
+from pipeline.protocol.identity import identity_path
+from pipeline.strategies.dp_fedavg.plan import DPFedAvgPlan
 from pipeline.synth import synthesize
 
 pytestmark = pytest.mark.slow
@@ -110,7 +110,7 @@ def test_a_one_shot_job_warns_about_sites_too_small_for_their_epsilon(
     # At epsilon 0.1 the noise of a one-shot fit is more than a quarter of the largest
     # mean gradient at every one of these sites (a few hundred training rows each).
     cfg = load_config(make_config(small_sites, tmp_path, privacy={"epsilon_per_job": 0.1}))
-    with caplog.at_level(logging.WARNING, logger="pipeline.models.logistic_training"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.strategies.dp_logistic.coordinator"):
         result = run_job(cfg, strategy="dp-logistic", register=False)
     assert result.privacy == {s.name: (0.1, cfg.privacy.delta) for s in cfg.sites}
     ledger = PrivacyLedger(cfg.privacy.ledger)

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import make_config
+from support.federation import make_config
 
 from pipeline.config import load_config
 from pipeline.errors import BudgetError
 from pipeline.job import run_job
 from pipeline.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, alias_version
-from pipeline.synth import synthesize
 
 pytestmark = pytest.mark.slow
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
@@ -44,9 +43,9 @@ def _aliases(client, name: str = "diabetes-risk") -> dict[str, str | None]:
 
 
 def test_the_gate_promotes_better_models_keeps_worse_ones_and_rollback_restores(
-    ray_session, tmp_path: Path
+    ray_session, four_sites: Path, tmp_path: Path
 ) -> None:
-    base, _ = synthesize(tmp_path / "data", sites=4, rows=8000, seed=21)
+    base = four_sites
     config = make_config(base, tmp_path, training={"rounds": 60})
     cfg = load_config(config)
     client = mlflow.MlflowClient(cfg.tracking_uri, cfg.tracking_uri)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-from conftest import ROOT
+from support.federation import ROOT
 
 from pipeline.contract import load_contract
 from pipeline.features import FeatureEncoder

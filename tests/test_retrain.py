@@ -16,15 +16,16 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
-from conftest import make_config
+from support.federation import make_config
 
 from pipeline.config import load_config
 from pipeline.contract import load_contract
-from pipeline.drift import histogram_vector
+from pipeline.evaluation.drift import histogram_vector
 from pipeline.extract import read_months
-from pipeline.federation import messages, runtime
-from pipeline.federation.secure_sum import encode
+from pipeline.federation import runtime
 from pipeline.privacy.ledger import PrivacyLedger
+from pipeline.protocol import messages
+from pipeline.protocol.secure_sum import encode
 from pipeline.registry import CHAMPION, alias_version
 from pipeline.retrain import (
     BUDGET_EXHAUSTED,
@@ -63,9 +64,9 @@ def _audit(cfg) -> list[dict]:
 
 
 def test_a_rerun_does_nothing_and_a_new_month_is_trained_with_its_drift(
-    ray_session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ray_session, four_sites_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    base, _ = synthesize(tmp_path / "data", sites=4, rows=8000, seed=21)
+    base = four_sites_copy
     cfg = load_config(make_config(base, tmp_path, training={"rounds": 10}))
 
     first = run_retrain(cfg, strategies=["dp-fedavg"])

@@ -10,15 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_config
 from sklearn.metrics import brier_score_loss, roc_auc_score
+from support.federation import make_config
 
 from pipeline import pooled
 from pipeline.config import DEFAULT_CONTRACT, load_config
 from pipeline.evaluation import MIN_CELL, Suppressed, stats_vector
-from pipeline.federation import messages, runtime
-from pipeline.federation.secure_sum import encode
+from pipeline.federation import runtime
 from pipeline.job import run_job
+from pipeline.protocol import messages
+from pipeline.protocol.secure_sum import encode
 from pipeline.synth import synthesize
 
 pytestmark = pytest.mark.slow
@@ -83,7 +84,14 @@ def test_secure_evaluation_matches_row_level_metrics_and_releases_masked_vectors
     # What reached the coordinator: masked vectors and suppressed per-site AUCs only.
     evaluations = [r for r in replies if isinstance(r, messages.MaskedEvaluation)]
     assert sorted(r.site for r in evaluations) == sorted(y)
-    assert not [r for r in replies if isinstance(r, messages.EvalStats | messages.JointStats)]
+    # Nothing else: every update and every evaluation statistic came masked.
+    assert {type(r) for r in replies} == {
+        messages.ValidationReply,
+        messages.SiteInfo,
+        messages.PublicKeyReply,
+        messages.MaskedUpdate,
+        messages.MaskedEvaluation,
+    }
     for reply in evaluations:
         site_rows = next(r for r in rows if r.name == reply.site)
         groups = list(contract.subgroup_masks(site_rows.test).values())

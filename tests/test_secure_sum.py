@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline.federation.secure_sum import (
+from pipeline.protocol.secure_sum import (
     RosterError,
     SiteKeys,
     VerifiedRoster,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_support import (
+from support.serving import (
     CONTRACT,
     MODEL_NAME,
     PATIENT,
@@ -537,7 +537,7 @@ def test_a_server_beyond_loopback_refuses_requests_without_the_token(champion) -
 
 
 def test_tls_is_served_when_given_a_certificate(champion, tmp_path: Path) -> None:
-    from pipeline.federation.tls import JobPKI
+    from pipeline.protocol.tls import JobPKI
 
     _, uri, _, _ = champion
     with JobPKI.create(tmp_path / "pki", ["client"]) as pki:

@@ -11,11 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from serving_support import CONTRACT, PATIENT, fhir_bundle, fhir_observation, fitted_logistic
+from support.serving import CONTRACT, PATIENT, fhir_bundle, fhir_observation, fitted_logistic
 
 from pipeline.contract import load_contract
 from pipeline.errors import ContractError
-from pipeline.serving import RequestError, check_request, score
+from pipeline.models.request import RequestError, check_request
+from pipeline.models.risk_model import score
 from pipeline.serving.cds_hooks import HookError, features_from_prefetch
 
 MARK = "Zelda-Quux-7731"
@@ -100,7 +101,7 @@ def test_factors_follow_the_contributions_sign(fitted) -> None:
 
 
 def test_tree_models_answer_with_treeshap_factors(fitted, tmp_path: Path) -> None:
-    from serving_support import write_config
+    from support.serving import write_config
 
     from pipeline.config import load_config
     from pipeline.features import FeatureEncoder
@@ -122,7 +123,7 @@ def test_tree_models_answer_with_treeshap_factors(fitted, tmp_path: Path) -> Non
 def test_the_json_encoding_is_mlflows_own_bytes(fitted) -> None:
     from mlflow.pyfunc import scoring_server
 
-    from pipeline.serving.app import predictions_to_json
+    from pipeline.serving.champion import predictions_to_json
 
     model, frame = fitted
     res = score(contract, model, frame[contract.feature_names].head(50))

@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from serving_support import (
+from support.serving import (
     MODEL_NAME,
     PATIENT,
     fitted_logistic,

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.extract import read_table
-from pipeline.federation.runtime import SiteRuntime
+from pipeline.stages.sites import runtime_for
 from pipeline.synth import synthesize
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def test_sentinels_never_reach_the_driver(ray_session, tmp_path: Path, capfd) ->
     pq.write_table(table, planted / "part-0.parquet")
     site.path = planted
 
-    with SiteRuntime([site], str(load_config(config).contract), "sentinel") as runtime:
+    with runtime_for([site], load_config(config).contract, "sentinel") as runtime:
         validated = runtime.call("validate", drop_failed=False)
         loaded = runtime.call("load", 0.2, 0, drop_failed=False)
     time.sleep(2.0)  # let Ray forward the workers' logs

@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from pipeline.federation.tls import JobPKI, site_uri
+from pipeline.protocol.tls import JobPKI, site_uri
 
 SITES = ["northgate", "riverside", "st-jude"]
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from corruptions import CORRUPTIONS, Corruption, replace_where, set_values, write
+from support.corruptions import CORRUPTIONS, Corruption, replace_where, set_values, write
 
 from pipeline.config import DEFAULT_CONTRACT
 from pipeline.contract import Contract, load_contract
@@ -286,13 +286,13 @@ def test_import_is_cheap() -> None:
 def test_leakage_auc_matches_sklearn() -> None:
     from sklearn.metrics import roc_auc_score
 
-    from pipeline.validation import _leak_scores
+    from pipeline.validation.leakage import leak_scores
 
     rng = np.random.default_rng(0)
     y = rng.random(2000) < 0.3
     x = np.round(rng.normal(0, 1, 2000) + 0.8 * y, 1)  # ties on purpose
-    scores = _leak_scores(pd.Series(x), y)
+    scores = leak_scores(pd.Series(x), y)
     assert scores[0] == pytest.approx(roc_auc_score(y, x))
     categories = pd.Series(pd.Categorical(np.where(y, "a", rng.choice(["a", "b", "c"], 2000))))
     best = max(roc_auc_score(y, categories.map({"a": 1, "b": 0, "c": 0}).astype(float)), 0.5)
-    assert _leak_scores(categories, y)[0] == pytest.approx(best)
+    assert leak_scores(categories, y)[0] == pytest.approx(best)

@@ -18,17 +18,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_config, served_probabilities, unseen_hospital_rows
 from sklearn.metrics import roc_auc_score
+from support.federation import make_config, served_probabilities, unseen_hospital_rows
 
 from pipeline import pooled
 from pipeline.config import FederationConfig, load_config
 from pipeline.features import FeatureEncoder
-from pipeline.federation import messages, runtime
-from pipeline.federation.runtime import SiteRuntime
+from pipeline.federation import runtime
 from pipeline.job import run_job
-from pipeline.models import collective, tree_training, trees
-from pipeline.models.tree_training import CollectiveError, agreed_booster, train_collective
+from pipeline.models import trees
+from pipeline.protocol import messages
+from pipeline.stages.sites import runtime_for
+from pipeline.strategies.xgboost import collective, watchdog
+from pipeline.strategies.xgboost.watchdog import CollectiveError, agreed_booster, train_collective
 from pipeline.synth import synthesize
 
 pytestmark = pytest.mark.slow
@@ -173,7 +175,7 @@ def test_sites_stuck_in_a_broken_collective_get_fresh_actors_and_train_in_the_re
     victim = cfg.sites[1].name
     survivors = [s.name for s in cfg.sites if s.name != victim]
     said, progress = _kill_during_training(ray_session, victim, after_s=3.0)
-    with SiteRuntime(cfg.sites, str(cfg.contract), "stuck", timeout_s=120) as runtime:
+    with runtime_for(cfg.sites, cfg.contract, "stuck", timeout_s=120) as runtime:
         infos = runtime.call("load", 0.2, 0).ok
 
         def params_for(sites: list[str]) -> dict:
@@ -191,6 +193,7 @@ def test_sites_stuck_in_a_broken_collective_get_fresh_actors_and_train_in_the_re
         result = train_collective(
             runtime,
             "stuck",
+            strategy="xgboost",
             communicator="rabit",
             quorum=2,
             params_for=params_for,
@@ -256,15 +259,21 @@ def test_a_value_planted_at_one_site_reaches_no_split_and_no_reply(
         return checked(reply)
 
     monkeypatch.setattr(runtime, "check_reply", record)
-    monkeypatch.setattr(tree_training, "check_reply", record)
+    monkeypatch.setattr(watchdog, "check_reply", record)
     result = run_job(cfg, strategy="xgboost")
     time.sleep(2.0)  # let Ray forward the workers' logs
     out, err = capfd.readouterr()
 
     assert not result.dropped and not result.quarantined
     kinds = {type(r) for r in replies}
-    assert {messages.ValidationReply, messages.SiteInfo, messages.BoosterReply} <= kinds
-    assert messages.MaskedEvaluation in kinds and messages.EvalStats not in kinds
+    # The trees, and nothing unmasked besides: evaluation statistics came masked.
+    assert kinds == {
+        messages.ValidationReply,
+        messages.SiteInfo,
+        messages.BoosterReply,
+        messages.PublicKeyReply,
+        messages.MaskedEvaluation,
+    }
     booster = result.model.booster_
     grid = trees.contract_grid(result.model.contract, cfg.training.xgboost.max_bin)
     assert booster.attr(trees.GRID_ATTR) == trees.grid_digest(grid)

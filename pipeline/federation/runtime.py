@@ -3,7 +3,9 @@ sites with timeouts, and split replies into valid and failed at one edge.
 
 Placement: embedded local Ray by default; an existing cluster by address. A site whose
 config names a custom resource (``site:<name>``) only runs on a node offering it, which is
-how a hospital's actor lands on the hospital's node.
+how a hospital's actor lands on the hospital's node. The runtime is given the site actor's
+class and what to make each site's actor from (:class:`Placement`); it never imports the
+site, and it reads no config.
 """
 
 from __future__ import annotations
@@ -15,12 +17,10 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from pipeline.config import SiteConfig
 from pipeline.errors import PipelineError, QuorumError
-from pipeline.federation.messages import check_reply
+from pipeline.protocol.messages import check_reply
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,33 @@ def ensure_ray(
     return True
 
 
+@dataclass(frozen=True)
+class Placement:
+    """How one site's actor is made and where it runs.
+
+    Attributes
+    ----------
+    name : str
+        The site's name in the federation.
+    args, kwargs :
+        The site actor class's arguments.
+    resource : str, optional
+        The Ray custom resource only the site's node offers.
+    identity_key : str, optional
+        The site's pinned Ed25519 public key (hex), for secure aggregation.
+    key : tuple
+        What the actor is made from (its config, the contract's bytes, the data window,
+        the pinned keys): an idle actor serves a later job only under the same key.
+    """
+
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    resource: str | None = None
+    identity_key: str | None = None
+    key: tuple = ()
+
+
 @dataclass
 class Replies:
     """Valid replies by site, and failures by site with a reason."""
@@ -73,30 +100,28 @@ class SiteRuntime:
 
     Parameters
     ----------
-    sites : sequence of SiteConfig
-    contract_path : str
+    placements : sequence of Placement
+        One per site.
+    actor_class : type
+        The site actor (:class:`pipeline.site.actor.SiteActor`), made a Ray actor here.
     job_id : str
         Names the actors, so two jobs never share one.
     timeout_s : float
         Upper bound on every wait for a site.
-    before_month : str, optional
-        Sites read only partitions of follow-up months before this one (YYYY-MM).
     """
 
     def __init__(
         self,
-        sites: Sequence[SiteConfig],
-        contract_path: str,
+        placements: Sequence[Placement],
+        actor_class: type,
         job_id: str,
         *,
         timeout_s: float = 120.0,
         ray_address: str | None = None,
         num_cpus: int | None = None,
-        before_month: str | None = None,
     ) -> None:
-        self.sites = list(sites)
-        self.before_month = before_month
-        self.contract_path = contract_path
+        self.sites = list(placements)
+        self.actor_class = actor_class
         self.job_id = job_id
         self.timeout_s = timeout_s
         self.ray_address = ray_address
@@ -106,6 +131,11 @@ class SiteRuntime:
         self._restarts: dict[str, int] = {}
         self._pool_keys: dict[str, tuple] = {}
         self._owns_ray = False
+
+    @property
+    def pins(self) -> dict[str, str]:
+        """Site -> pinned identity key (hex), for the sites that have one."""
+        return {s.name: s.identity_key for s in self.sites if s.identity_key}
 
     def __enter__(self) -> SiteRuntime:
         self.start()
@@ -117,23 +147,13 @@ class SiteRuntime:
     def start(self) -> None:
         resources = {s.resource: 1.0 for s in self.sites if s.resource}
         self._owns_ray = ensure_ray(self.ray_address, self.num_cpus, resources or None)
-        # Keyed by what the actors are made from now (the contract file may change later).
-        self._pool_keys = {s.name: self._pool_key(s) for s in self.sites}
+        self._pool_keys = {s.name: (self.actor_class.__qualname__, *s.key) for s in self.sites}
         idle = {} if self._owns_ray else _IDLE.take(self._pool_keys)
         for site in self.sites:
             actor = idle.get(site.name)
             self.actors[site.name] = actor or self._spawn(site, f"{self.job_id}:{site.name}")
 
-    def _pool_key(self, site: SiteConfig) -> tuple:
-        """What an actor was made from: only an actor made from the same site config,
-        contract (its bytes), window and pinned keys serves another job."""
-        import hashlib
-
-        contract = hashlib.sha256(Path(self.contract_path).read_bytes()).hexdigest()
-        pinned = tuple(sorted((s.name, s.identity_key) for s in self.sites if s.identity_key))
-        return (site.model_dump_json(), self.contract_path, contract, self.before_month, pinned)
-
-    def _spawn(self, site: SiteConfig, name: str) -> Any:
+    def _spawn(self, site: Placement, name: str) -> Any:
         options: dict[str, Any] = {
             "name": name,
             "num_cpus": 0,
@@ -142,19 +162,8 @@ class SiteRuntime:
         }
         if site.resource:
             options["resources"] = {site.resource: _RESOURCE_SHARE}
-        pinned = {s.name: s.identity_key for s in self.sites if s.identity_key}
         return (
-            _site_actor_class()
-            .options(**options)
-            .remote(
-                site.name,
-                str(site.path),
-                self.contract_path,
-                site.policy.model_dump(),
-                pinned,
-                before_month=self.before_month,
-                test_extract=str(site.test_path) if site.test_path else None,
-            )
+            _ray_actor_class(self.actor_class).options(**options).remote(*site.args, **site.kwargs)
         )
 
     def restart(self, site: str) -> None:
@@ -331,15 +340,13 @@ def _answers(actors: dict[Any, Any], method: str) -> dict[Any, Any]:
 
 
 @functools.cache
-def _site_actor_class() -> Any:
-    """The site actor as a Ray actor class, made once per process: Ray exports a class
-    (hashing its disassembled code, 80 ms) each time one is made, and once per Ray
-    session for a class it has seen."""
+def _ray_actor_class(cls: type) -> Any:
+    """`cls` as a Ray actor class, made once per process: Ray exports a class (hashing
+    its disassembled code, 80 ms) each time one is made, and once per Ray session for a
+    class it has seen."""
     import ray
 
-    from pipeline.federation.site import SiteActor
-
-    return ray.remote(SiteActor)
+    return ray.remote(cls)
 
 
 def _kill(actor: Any) -> None:

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pipeline.contract import Contract
-from pipeline.drift import psi_by_feature, vector_length
-from pipeline.federation.coordinator import open_secure_session, secure_sum_round
+from pipeline.evaluation.drift import psi_by_feature, vector_length
+from pipeline.federation.rounds import open_secure_session, secure_sum_round
 from pipeline.federation.runtime import SiteRuntime
 
 

@@ -21,7 +21,7 @@ from pipeline.evaluation import (
     pooled_metrics,
     split_groups,
 )
-from pipeline.federation.coordinator import open_secure_session, secure_sum_round
+from pipeline.federation.rounds import open_secure_session, secure_sum_round
 from pipeline.federation.runtime import SiteRuntime
 
 

@@ -19,7 +19,7 @@ stay at their sites. Two conditions make that exact and keep the invariants:
   (sum of the sites' positives over the sum of their rows, see :func:`global_base_score`);
   no ``scale_pos_weight`` tuned on one site's balance.
 
-The communicator's server (:mod:`pipeline.models.collective`) sees every site's gradient
+The communicator's server (:mod:`pipeline.strategies.xgboost.collective`) sees every site's gradient
 histograms (see the trust model in ARCHITECTURE.md).
 
 Evaluation metrics in a collective are reduced across workers: ``logloss`` (the default

@@ -3,7 +3,7 @@
 With every site adding the full noise its own guarantee needs, a sum over ``k`` sites
 carries ``sqrt(k)`` times the noise one release needs: on a few hundred rows per site that
 extra noise is what separates a private model from the non-private one. Under secure
-aggregation (:mod:`pipeline.federation.secure_sum`) the coordinator sees only the sum, so
+aggregation (:mod:`pipeline.protocol.secure_sum`) the coordinator sees only the sum, so
 each site can add a share, variance ``1/m`` of the release's, and the sum still carries the
 whole noise. This is distributed differential privacy with secure aggregation (Truex et
 al. 2019, "A Hybrid Approach to Privacy-Preserving Federated Learning", AISec; Kairouz,
@@ -55,8 +55,8 @@ import math
 
 import numpy as np
 
-from pipeline.federation.secure_sum import MIN_SITES as MIN_ROUND
 from pipeline.privacy.mechanisms import clipped_sum
+from pipeline.protocol.secure_sum import MIN_SITES as MIN_ROUND
 
 GRID = 2**16  # grid steps per unit of a clipped sum; divides the secure sum's 2^24
 

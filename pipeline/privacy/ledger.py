@@ -16,14 +16,11 @@ Composition across jobs is basic composition: epsilons add and deltas add (Dwork
 2014, Thm 3.16). Within a job, the planned epsilon already comes from the RDP accountant
 (``accounting.gaussian_epsilon``), so the ledger never re-composes rounds.
 
-Row lifecycle (``status``)::
-
-    reserved --mark_released--> released     (a noisy value left the site: spend is final)
-    reserved --release--------> unused       (the job never released noise there)
-
-``reserved`` and ``released`` rows count as spent; ``unused`` rows do not. A reservation
-is refunded only while no noisy value was released under it: once ``mark_released`` has
-run, ``release`` refuses, because the privacy loss has happened.
+Every row is written ``reserved`` and counts as spent from then on, whether or not the
+job finished: the coordinator cannot tell which sites released a noisy value before a job
+failed, so it never refunds. The ``status`` column also has room for ``released`` (spend
+final) and ``unused`` (given back); both count as they read, so a ledger file that holds
+them is read correctly.
 """
 
 from __future__ import annotations
@@ -38,8 +35,8 @@ from pathlib import Path
 
 from pipeline.errors import BudgetError
 
-RESERVED, RELEASED, UNUSED = "reserved", "released", "unused"
-_COUNTED = (RESERVED, RELEASED)
+RESERVED, RELEASED = "reserved", "released"
+_COUNTED = (RESERVED, RELEASED)  # rows that count as spent; "unused" rows do not
 _BUSY_TIMEOUT_S = 30.0
 
 _SCHEMA = """
@@ -177,46 +174,6 @@ class PrivacyLedger:
             conn.row_factory = sqlite3.Row
             return [dict(row) for row in conn.execute(query + " ORDER BY id", args)]
 
-    def mark_released(self, job_id: str, site: str) -> None:
-        """Record that a noisy value left ``site`` under ``job_id``: the spend is now final.
-
-        Idempotent, so a multi-round job may call it every round. Refuses (``BudgetError``)
-        a job with no reservation at the site or whose reservation was given back: noise
-        must never be released without a live reservation.
-        """
-        with self._transaction() as conn:
-            status = _status(conn, job_id, site)
-            if status == UNUSED:
-                raise BudgetError(
-                    f"job {job_id!r}: the reservation at site {site!r} was released as "
-                    "unused; no noisy value may be released under it"
-                )
-            if status == RESERVED:
-                conn.execute(
-                    "UPDATE spends SET status = ? WHERE job_id = ? AND site = ?",
-                    (RELEASED, job_id, site),
-                )
-
-    def release(self, job_id: str, site: str) -> None:
-        """Give back a reservation that was never used (no noisy value left the site).
-
-        For jobs that fail or drop a site before its first release. Refuses
-        (``BudgetError``) once ``mark_released`` has run: a released value has spent the
-        privacy, whether or not the job finished. Releasing twice is a no-op.
-        """
-        with self._transaction() as conn:
-            status = _status(conn, job_id, site)
-            if status == RELEASED:
-                raise BudgetError(
-                    f"job {job_id!r}: site {site!r} already released a noisy value; "
-                    "its spend is final and cannot be given back"
-                )
-            if status == RESERVED:
-                conn.execute(
-                    "UPDATE spends SET status = ? WHERE job_id = ? AND site = ?",
-                    (UNUSED, job_id, site),
-                )
-
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves.
         return sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
@@ -247,15 +204,6 @@ def _spent(conn: sqlite3.Connection, site: str) -> tuple[float, float]:
     # fsum: ten spends of 0.1 are exactly 1.0, so a budget of 1.0 is not exceeded by rounding.
     epsilons, deltas = _counted(conn, site)
     return math.fsum(epsilons), math.fsum(deltas)
-
-
-def _status(conn: sqlite3.Connection, job_id: str, site: str) -> str:
-    row = conn.execute(
-        "SELECT status FROM spends WHERE job_id = ? AND site = ?", (job_id, site)
-    ).fetchone()
-    if row is None:
-        raise BudgetError(f"job {job_id!r} holds no reservation at site {site!r}")
-    return row[0]
 
 
 def _check_spend(site: str, eps: float, delta: float) -> None:

@@ -9,8 +9,8 @@ exactly the numeric features. Standardising each column (Hessian preconditioning
 feature variances) removes that, but a variance read from the data is not private. Here
 the spread of each numeric column is *released* privately instead: every site sends the
 Gaussian-noised, clipped sum of its rows' absolute deviations from the contract's typical
-value, once, charged in the same accountant as the training rounds (the planner,
-:mod:`pipeline.privacy.planner`, budgets it), and the coordinator turns the sums into
+value, once, charged in the same accountant as the training rounds (the DP-FedAvg plan,
+:mod:`pipeline.strategies.dp_fedavg.plan`, budgets it), and the coordinator turns the sums into
 scales. Binary columns (one-hot categories, booleans, missing flags) take the spread of a
 balanced binary, 1/2, from the contract alone, and are centred on their balanced value
 (1/k for a category of k levels, 1/2 for a boolean, 0 for a missing flag): uncentred 0/1

@@ -1,25 +1,15 @@
 """Serving the champion to clinicians.
 
-- :mod:`pipeline.serving.model`: the pyfunc risk model (contract check, probability, band,
-  factors), logged with every registered version;
-- :mod:`pipeline.serving.app`: the ASGI app around MLflow's scoring app (errors, limits,
-  access control, metrics, hot swap of the champion);
-- :mod:`pipeline.serving.routes`: the page, CDS Hooks, the model card and the metrics;
-- :mod:`pipeline.serving.cds_hooks`: the HL7 CDS Hooks service (FHIR in, cards out);
-- :mod:`pipeline.serving.page`: the clinician page (no external assets);
-- :mod:`pipeline.serving.client`: ``pipeline score``.
+- :mod:`~pipeline.serving.server`: ``pipeline serve``, assembling the service and running it;
+- :mod:`~pipeline.serving.guard`: the ASGI layer around MLflow's scoring app (errors,
+  limits, access control, the access log);
+- :mod:`~pipeline.serving.body`: reading a request's body in MLflow's four formats;
+- :mod:`~pipeline.serving.champion`: the served version, following its registry alias;
+- :mod:`~pipeline.serving.routes`: the page, CDS Hooks, the model card and the metrics;
+- :mod:`~pipeline.serving.cds_hooks`: the HL7 CDS Hooks service (FHIR in, cards out);
+- :mod:`~pipeline.serving.page`: the clinician page (no external assets);
+- :mod:`~pipeline.serving.metrics` and :mod:`~pipeline.serving.errors`;
+- :mod:`~pipeline.serving.client`: ``pipeline score``, which imports none of the above.
 
-The model's names are imported on first use, so ``pipeline score`` never imports MLflow.
+The risk model every registered version is lives in :mod:`pipeline.models.risk_model`.
 """
-
-from typing import Any
-
-__all__ = ["RequestError", "RiskModel", "Violation", "check_request", "score"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from pipeline.serving import model
-
-        return getattr(model, name)
-    raise AttributeError(name)

@@ -23,7 +23,8 @@ from typing import Any
 import pandas as pd
 
 from pipeline.contract import Contract, Feature, FhirSource
-from pipeline.serving.model import RequestError, answer, check_request
+from pipeline.models.answer import answer
+from pipeline.models.request import RequestError, check_request
 
 HOOK = "patient-view"
 FINAL = {"final", "amended", "corrected"}
@@ -302,7 +303,7 @@ def _fmt(value: Any, unit: str | None) -> str:
 
 def card_for(
     contract: Contract,
-    explainer: Any,
+    model: Any,
     record: dict[str, Any],
     *,
     model_name: str,
@@ -330,7 +331,7 @@ def card_for(
             "detail": "The model cannot score this patient yet:\n\n" + "\n".join(lines),
             "source": source,
         }
-    res = answer(contract, explainer, cols, model_name=model_name, model_version=model_version)
+    res = answer(contract, model, cols, model_name=model_name, model_version=model_version)
     row = res.iloc[0]
     p, band = float(row["risk_probability"]), str(row["risk_band"])
     bands = [b.name for b in contract.risk_bands]
@@ -371,7 +372,7 @@ def _why(contract: Contract, v: Any) -> str:
 
 def hook_response(
     contract: Contract,
-    explainer: Any,
+    model: Any,
     body: Any,
     *,
     model_name: str,
@@ -384,7 +385,7 @@ def hook_response(
     record = features_from_prefetch(contract, prefetch, today)
     card = card_for(
         contract,
-        explainer,
+        model,
         record,
         model_name=model_name,
         model_version=model_version,

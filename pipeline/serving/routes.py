@@ -12,7 +12,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from pipeline.serving import cds_hooks, page
-from pipeline.serving.app import BadRequest, Champion, Metrics, model_card, parse_json
+from pipeline.serving.body import parse_json
+from pipeline.serving.champion import Champion, model_card
+from pipeline.serving.errors import BadRequest
+from pipeline.serving.metrics import Metrics
 
 
 def _error(exc: BadRequest | cds_hooks.HookError, status: int | None = None) -> JSONResponse:
@@ -94,7 +97,7 @@ def routes(champion: Champion, metrics: Metrics, *, auth_required: bool) -> Fast
             answer = await asyncio.to_thread(
                 cds_hooks.hook_response,
                 s.contract,
-                s.risk_model.explainer,
+                s.risk_model.model,
                 body,
                 model_name=s.name,
                 model_version=s.version,

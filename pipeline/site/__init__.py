@@ -1,0 +1,10 @@
+"""The site: what runs inside a hospital's boundary, beside its extract.
+
+- :mod:`~pipeline.site.actor`: the site actor, the site's composition root (one Ray actor
+  per hospital);
+- :mod:`~pipeline.site.boundary`: the one place a strategy's request passes the site's
+  policy, is audited and lets a value out;
+- :mod:`~pipeline.site.rows`: reading and splitting the extract;
+- :mod:`~pipeline.site.policy` and :mod:`~pipeline.site.audit`: the site's own rules and
+  its audit log.
+"""

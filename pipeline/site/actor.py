@@ -1,0 +1,288 @@
+"""The site actor: one Ray actor per hospital, the site's composition root.
+
+It holds the site's extract, contract, policy and identity, and answers with aggregates
+only, from the allow-list of :mod:`pipeline.protocol.messages`. What every job needs is
+here (validation, loading and splitting, the per-job keys of the secure sum, evaluation
+and drift statistics); what one strategy computes is that strategy's site handler, to
+which :meth:`SiteActor.handle` gives each request once the site's policy allows the
+strategy. Heavy libraries are imported inside the methods that need them, so a site that
+only validates does not pay for XGBoost.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.contract import load_contract
+from pipeline.errors import BudgetError, DataError
+from pipeline.extract import Window
+from pipeline.features import EncodedRows
+from pipeline.protocol.messages import (
+    DriftReply,
+    MaskedEvaluation,
+    PartitionList,
+    PublicKeyReply,
+    SiteInfo,
+    ValidationReply,
+)
+from pipeline.site.boundary import Boundary
+from pipeline.site.policy import SitePolicy
+from pipeline.site.rows import SplitKey, read_split, split
+from pipeline.strategies.base import SiteHandler
+
+
+class SiteActor:
+    """One hospital. Create with ``ray.remote(SiteActor).options(...).remote(...)``.
+
+    Parameters
+    ----------
+    site : str
+        The site's name in the federation.
+    extract : str
+        Path of the site's Parquet extract, as seen from the site's node.
+    contract_path : str
+        The task's contract.
+    policy : dict
+        The site's :class:`pipeline.site.policy.SitePolicy` (strategies, epsilon per job).
+    pinned : dict
+        Site name -> pinned Ed25519 identity key (hex) of every site, from the site's own
+        copy of the federation config; secure-aggregation keys are checked against it.
+    before_month : str, optional
+        Read only the partitions of follow-up months before this one (YYYY-MM): the
+        cohorts whose follow-up has closed. None: every partition.
+    test_extract : str, optional
+        A Parquet extract of held-out rows the site keeps apart (a later period, or a
+        benchmark's published split): the site then trains on every row of `extract` and
+        evaluates on these, instead of splitting `extract` by key.
+    """
+
+    def __init__(
+        self,
+        site: str,
+        extract: str,
+        contract_path: str,
+        policy: dict,
+        pinned: dict[str, str] | None = None,
+        before_month: str | None = None,
+        test_extract: str | None = None,
+    ) -> None:
+        # Set before any OpenMP runtime loads in this process (XGBoost's is loaded by its
+        # worker): a worker blocked in a collective allreduce must sleep, not spin its
+        # threads on cores that other sites' workers on the same node need.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        self.site = site
+        self.extract = Path(extract)
+        self.test_extract = Path(test_extract) if test_extract else None
+        self.contract = load_contract(contract_path)
+        self.boundary = Boundary(
+            site,
+            self.extract,
+            self.contract,
+            SitePolicy.model_validate(policy),
+            {k: bytes.fromhex(v) for k, v in (pinned or {}).items()},
+        )
+        self._prepared: tuple[SplitKey, tuple[EncodedRows, EncodedRows]] | None = None
+        self._handlers: dict[str, SiteHandler] = {}
+        key = self.contract.cohort.partition
+        self.window = Window(key, before_month) if key and before_month else None
+
+    # -- the process -------------------------------------------------------------------
+    def pid(self) -> int:
+        return os.getpid()
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def recycle(self) -> bool:
+        """Forget the finished job's rows, so the same process can serve the federation's
+        next job without paying again for its start (Ray's worker, Great Expectations'
+        import and first run: seconds of CPU per site). What each job released stays
+        on record (a finished job cannot release again). Returns False when this process
+        should not serve again (a handler said so: it joined native state, such as an
+        XGBoost collective, that a broken peer can leave stuck)."""
+        self.boundary.rows = self._prepared = None
+        self.boundary.audit("recycle", None)
+        return self.boundary.reusable
+
+    # -- a strategy's requests ----------------------------------------------------------
+    def handle(self, strategy: str, request: str, job_id: str, *args: Any, **kwargs: Any) -> Any:
+        """Answer `request` of `strategy`'s site handler for job `job_id`, once the site's
+        policy allows the strategy; only the handler's declared requests are reachable."""
+        self.boundary.allow(job_id, strategy)
+        handler = self._handler(strategy)
+        if request not in handler.requests:
+            self.boundary.audit("refused", job_id, strategy=strategy, reason="request")
+            raise BudgetError(f"site {self.site}: strategy {strategy!r} has no {request!r}")
+        return getattr(handler, request)(job_id, *args, **kwargs)
+
+    def _handler(self, strategy: str) -> SiteHandler:
+        from pipeline import strategies
+
+        if strategy not in self._handlers:
+            cls = strategies.get(strategy).site_handler()
+            self._handlers[strategy] = cls(self.boundary, strategy)
+        return self._handlers[strategy]
+
+    # -- validation and loading ---------------------------------------------------------
+    def validate(
+        self,
+        unknown_columns: str = "fail",
+        min_rows: int = 100,
+        leakage_auc: float = 0.98,
+        prepare: dict[str, Any] | None = None,
+    ) -> ValidationReply:
+        """Validate the extract here; only the redacted summary leaves.
+
+        With `prepare` (the job's ``test_fraction``, ``seed`` and ``strategy``), a site
+        whose extract passed also splits and encodes the rows it has just validated for
+        that strategy, keeping them for the job's ``load``: the extract is read once, and
+        the job trains on exactly the rows that passed even if a file changes in between.
+        Nothing more is returned."""
+        from pipeline.validation import validate
+
+        self.boundary.audit("validate", None)
+        self._prepared = None
+        paths = [self.extract] + ([self.test_extract] if self.test_extract else [])
+        summary, tables = validate(
+            paths,
+            self.contract,
+            site=self.site,
+            unknown_columns=unknown_columns,  # type: ignore[arg-type]
+            min_rows=min_rows,
+            leakage_auc=leakage_auc,
+            write_docs=True,
+            window=self.window,
+        )
+        if prepare is not None and tables is not None:
+            self._prepare(tables, prepare)
+        return ValidationReply(site=self.site, summary=summary.to_dict())
+
+    def _prepare(self, tables: tuple[Any, ...], prepare: dict[str, Any]) -> None:
+        """Split and encode the validated tables for the job's strategy; a failure leaves
+        nothing prepared (``load`` reads again and reports it)."""
+        from pipeline import strategies
+
+        key = SplitKey(float(prepare["test_fraction"]), int(prepare["seed"]))
+        strategy = strategies.get(str(prepare["strategy"]))
+        try:
+            held = tables[1].to_pandas() if len(tables) > 1 else None
+            rows = split(tables[0].to_pandas(), self.contract, key, held)
+            for part in rows:
+                part.encoded(strategy.encoding)
+            self._prepared = (key, rows)
+        except Exception:  # noqa: BLE001 - load reads again and reports the error
+            self._prepared = None
+        strategy.site_handler().prepare()
+
+    def load(self, test_fraction: float, seed: int) -> SiteInfo:
+        """Split the extract by a keyed hash of the patient key, so the split is stable
+        across jobs and identical for every strategy (rows prepared by ``validate`` for
+        the same split are used as they are). A site with a held-out extract trains on
+        all of its extract and holds out that file's rows instead."""
+        self.boundary.audit("load", None, test_fraction=test_fraction, seed=seed)
+        prepared, self._prepared = self._prepared, None
+        key = SplitKey(float(test_fraction), int(seed))
+        if prepared is not None and prepared[0] == key:
+            rows = prepared[1]
+        else:
+            rows = read_split(self.extract, self.test_extract, self.contract, key, self.window)
+        self.boundary.rows = rows
+        train, test = rows
+        if len(train) == 0 or len(test) == 0:
+            raise DataError(f"site {self.site}: too few rows to split into train and test")
+        return SiteInfo(
+            site=self.site,
+            rows=len(train) + len(test),
+            n_train=len(train),
+            n_test=len(test),
+            positives_train=int(train.y.sum()),
+            partitions=self._partitions(self.window),
+        )
+
+    def _partitions(self, window: Window | None = None) -> tuple[str, ...]:
+        """The values of the contract's partition key among the extract's files (the
+        follow-up months it holds): file names, not rows."""
+        from pipeline.extract import partition_values
+
+        key = self.contract.cohort.partition
+        return partition_values(self.extract, key, window) if key else ()
+
+    def partitions(self, before_month: str) -> PartitionList:
+        """The extract's follow-up months: closed (before `before_month`) and open. File
+        names only: nothing is read."""
+        self.boundary.audit("partitions", None, before=before_month)
+        values = self._partitions()
+        return PartitionList(
+            site=self.site,
+            closed=tuple(v for v in values if v < before_month),
+            open=tuple(v for v in values if v >= before_month),
+            node=self.node_id(),
+        )
+
+    # -- secure aggregation ------------------------------------------------------------
+    def identity_key(self) -> str:
+        """The site's identity public key (hex), for pinning in the config."""
+        from pipeline.protocol.identity import load_or_create_identity, public_hex
+
+        return public_hex(load_or_create_identity(self.extract))
+
+    def public_key(self, job_id: str) -> PublicKeyReply:
+        """A fresh per-job X25519 key, signed with the site's long-lived identity."""
+        from pipeline.protocol.identity import load_or_create_identity
+        from pipeline.protocol.secure_sum import SiteKeys
+
+        keys = SiteKeys.generate(self.site, load_or_create_identity(self.extract))
+        self.boundary.keys[job_id] = keys
+        self.boundary.audit("public_key", job_id)
+        return PublicKeyReply(site=self.site, signed_key=keys.signed_public_key(job_id))
+
+    # -- evaluation and drift ----------------------------------------------------------
+    def evaluate_models(
+        self, eval_id: str, models: dict[str, dict], *, secure: dict
+    ) -> MaskedEvaluation:
+        """Evaluation statistics of every model in `models` (name -> payload) on this
+        site's held-out rows, for the whole cohort and each of the contract's subgroups,
+        masked for the secure sum (keys from ``public_key(eval_id)``): the coordinator sees
+        only the pooled statistics. Each model's own AUC here is released as a number
+        only when both classes hold at least 11 patients."""
+        from pipeline.evaluation import site_auc, stats_vector
+        from pipeline.models.kinds import from_payload
+
+        rows = self.boundary.test_rows()
+        groups = list(self.contract.subgroup_masks(rows.frame).values())
+        vectors, aucs = [], {}
+        for name, payload in models.items():
+            p = from_payload(self.contract, payload).predict_rows(rows)
+            vectors.append(stats_vector(rows.y, p, groups))
+            aucs[name] = site_auc(rows.y, p)
+        self.boundary.audit("evaluate_models", eval_id, models=",".join(models))
+        masked = self.boundary.masked(eval_id, np.concatenate(vectors), secure)
+        return MaskedEvaluation(site=self.site, masked=masked.masked, auc=aucs)
+
+    def drift(
+        self, drift_id: str, *, reference: list[str], current: list[str], secure: dict
+    ) -> DriftReply:
+        """Per-feature histograms of the rows in the `reference` months and in the
+        `current` (new) months, masked for the secure sum under keys of `drift_id`, and
+        this site's own PSI per feature (suppressed where a bin cannot hold 11 patients of
+        each). Only those leave the site."""
+        from pipeline.evaluation.drift import histogram_vector, psi_by_feature
+        from pipeline.extract import read_months
+
+        key = self.contract.cohort.partition
+        if not key:
+            raise DataError(f"site {self.site}: the contract has no partition key to compare")
+        schema = self.contract.arrow_schema
+        ref = histogram_vector(read_months(self.extract, key, reference, schema), self.contract)
+        cur = histogram_vector(read_months(self.extract, key, current, schema), self.contract)
+        self.boundary.audit("drift", drift_id, reference=len(reference), current=len(current))
+        masked = self.boundary.masked(drift_id, np.concatenate([ref, cur]), secure)
+        return DriftReply(
+            site=self.site, masked=masked.masked, psi=psi_by_feature(ref, cur, self.contract)
+        )
