@@ -22,8 +22,9 @@ import pytest
 import xgboost as xgb
 
 from pipeline.contract import Contract, load_contract
-from pipeline.models import collective, trees
+from pipeline.models import trees
 from pipeline.protocol.tls import JobPKI
+from pipeline.strategies.xgboost import collective
 
 # Every spawned worker imports this module to find its target: data loading, synthesis
 # and metrics are imported where they are used, so a worker starts sooner.

@@ -27,6 +27,7 @@ from pipeline.features import FeatureEncoder
 from pipeline.federation import runtime
 from pipeline.job import run_job
 from pipeline.models import trees
+from pipeline.models.tree_model import TreeModel
 from pipeline.protocol import messages
 from pipeline.stages.sites import runtime_for
 from pipeline.strategies.xgboost import collective, watchdog
@@ -63,7 +64,7 @@ def test_xgboost_job_registers_a_served_model_matching_pooled_training(
     result = run_job(cfg, strategy="xgboost")
     model = result.model
     assert result.model_version == "1"
-    assert model.kind == "xgboost" and not result.dropped
+    assert isinstance(model, TreeModel) and not result.dropped
 
     run = mlflow.MlflowClient(cfg.tracking_uri).get_run(result.run_id)
     assert run.data.params["xgboost_communicator"] == communicator

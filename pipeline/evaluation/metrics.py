@@ -4,13 +4,14 @@ by subgroup and by site."""
 
 from __future__ import annotations
 
-from dataclasses import field
+from dataclasses import dataclass, field
 
 import numpy as np
 
 MIN_CELL = 11  # fewer patients than this in a class: suppressed
 
 
+@dataclass(frozen=True)
 class Metrics:
     """Metrics of one model on one group of held-out patients.
 
@@ -53,6 +54,7 @@ def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
+@dataclass(frozen=True)
 class Suppressed:
     """A group too small to report: fewer than ``MIN_CELL`` patients in a class."""
 
@@ -62,6 +64,7 @@ class Suppressed:
         return {"suppressed": self.reason}
 
 
+@dataclass(frozen=True)
 class Evaluation:
     """One model on the held-out rows of the sites that evaluated it.
 
