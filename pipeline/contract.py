@@ -3,6 +3,11 @@
 A contract is a YAML file under ``schemas/``. Everything downstream (the Parquet schema,
 the validation suite, the feature encoding, the bounds that differential privacy needs and
 the tree bin grid) is derived from it here, so a new task is a new YAML file and no code.
+
+One piece, on purpose: the schema of one YAML file, section by section in the order the
+file has them, so a reader checks a contract against one page; what is derived from it
+lives where it is used (the encoding in :mod:`pipeline.features`, the suite in
+:mod:`pipeline.validation.suite`, the grid in :mod:`pipeline.models.trees`).
 """
 
 from __future__ import annotations

@@ -83,9 +83,11 @@ class JobTracker:
         self.run_id = run.info.run_id
         return self
 
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> None:
+    def __exit__(self, *exc_info: Any) -> None:
+        """End the run FINISHED, or FAILED with the reason when the job raised."""
         import mlflow
 
+        exc = exc_info[1]
         if exc is None:
             mlflow.end_run(status="FINISHED")
             return

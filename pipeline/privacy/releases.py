@@ -94,6 +94,3 @@ class JobReleases:
     def keep(self, kind: str, vector: np.ndarray, round_: int = 0) -> None:
         """Record the vector released for `kind` in `round_`: a restart sends it again."""
         self._kept[kind] = (round_, vector)
-
-    def has_released(self, kind: str) -> bool:
-        return kind in self._kept

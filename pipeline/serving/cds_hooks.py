@@ -16,7 +16,6 @@ what is missing, not an error: the clinician sees why there is no score.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -147,12 +146,6 @@ def _matches(codings: list[str], wanted: list[str]) -> bool:
         elif code in codings:
             return True
     return False
-
-
-@dataclass
-class _Reading:
-    value: Any
-    missing_reason: str | None = None
 
 
 def _when(obs: Any) -> str:
