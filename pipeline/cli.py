@@ -157,7 +157,16 @@ def validate(
     out.print(f"[green]quorum met:[/] {len(admitted)} of {len(cfg.sites)} sites admitted")
 
 
-@app.command()
+def _train_help() -> str:
+    listed = "\n\n".join(f"{s.name}: {s.summary}" for s in strategies.REGISTRY.values())
+    return (
+        "Train a global model across the sites, track it in MLflow, register it as the "
+        "challenger and let the promotion gate decide whether it becomes the champion. "
+        "The strategies (--model; default: the config's training.model):\n\n" + listed
+    )
+
+
+@app.command(help=_train_help())
 @_friendly
 def train(
     config: ConfigOpt,
@@ -165,8 +174,6 @@ def train(
     rounds: Annotated[int | None, typer.Option(min=1, help="training rounds")] = None,
     ray_address: Annotated[str | None, typer.Option(help="join this Ray cluster")] = None,
 ) -> None:
-    """Train a global model across the sites, track it in MLflow, register it as the
-    challenger and let the promotion gate decide whether it becomes the champion."""
     from pipeline.config import load_config
     from pipeline.job import run_job
     from pipeline.report import job_progress, print_job

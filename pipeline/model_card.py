@@ -13,12 +13,12 @@ promotion by hand, and says nothing the run does not hold.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import strategies
 from pipeline.contract import Contract
+from pipeline.registry import run_document
 
 CARD_FILE = "model_card.md"
 
@@ -36,16 +36,12 @@ class RunRecord:
 
 def read_run(client: Any, run_id: str) -> RunRecord:
     """The run's parameters, tags, metrics and the JSON artifacts a card needs."""
-    import mlflow
-
     run = client.get_run(run_id)
     documents = {}
     for name in ("evaluation.json", "sites.json", "gate.json", "privacy_spend.json"):
-        try:
-            text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/{name}")
-        except Exception:  # noqa: BLE001 - a run without that stage has no such file
-            continue
-        documents[name] = json.loads(text)
+        document = run_document(client, run_id, name)
+        if document is not None:
+            documents[name] = document
     return RunRecord(
         run_id=run_id,
         params=dict(run.data.params),

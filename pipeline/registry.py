@@ -198,6 +198,19 @@ def registry_client(tracking_uri: str) -> Any:
     return mlflow.MlflowClient(tracking_uri, tracking_uri)
 
 
+def run_document(client: Any, run_id: str, name: str) -> Any | None:
+    """A JSON artifact at the root of a run (``sites.json``, ``gate.json``, ...), or None
+    when the run has none (a run that failed before that stage)."""
+    import mlflow
+
+    run = client.get_run(run_id)
+    try:
+        text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/{name}")
+    except Exception:  # noqa: BLE001 - MLflow raises several kinds for a missing file
+        return None
+    return json.loads(text)
+
+
 def alias_version(client: Any, model_name: str, alias: str) -> str | None:
     """The version an alias points at, or None when the alias (or the model) is unset."""
     from mlflow.exceptions import MlflowException

@@ -144,19 +144,14 @@ def last_record(cfg: FederationConfig, codes: tuple[int, ...]) -> dict[str, Any]
 def champion_partitions(cfg: FederationConfig) -> dict[str, list[str]]:
     """The months each site contributed to the champion's training (its run's
     ``sites.json``); empty without a champion."""
-    import mlflow
-
-    from pipeline.registry import CHAMPION, alias_version, registry_client
+    from pipeline.registry import CHAMPION, alias_version, registry_client, run_document
 
     client = registry_client(cfg.tracking_uri)
     version = alias_version(client, cfg.mlflow.model_name, CHAMPION)
     if version is None:
         return {}
-    run = client.get_run(client.get_model_version(cfg.mlflow.model_name, version).run_id)
-    try:
-        sites = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/sites.json"))
-    except Exception:  # noqa: BLE001 - a champion without the record: treat all as new
-        return {}
+    run_id = client.get_model_version(cfg.mlflow.model_name, version).run_id
+    sites = run_document(client, run_id, "sites.json") or {}  # none: treat all as new
     return {s: list(info.get("partitions", [])) for s, info in sites.items()}
 
 
