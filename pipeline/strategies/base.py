@@ -184,9 +184,9 @@ class Strategy(Generic[Plan]):
         """What a site's ledger row names as the mechanism its spend rests on."""
         return self.name
 
-    def train(self, job: TrainingJob, plan: Plan | None) -> Model:
-        """Train with the sites (by `plan`, for a private strategy); returns the global
-        model."""
+    def train(self, job: TrainingJob, plan: Plan) -> Model:
+        """Train with the sites by the plan of :meth:`plan` (None for a strategy that
+        adds no noise); returns the global model."""
         raise NotImplementedError
 
     def site_handler(self) -> type[SiteHandler]:

@@ -55,11 +55,9 @@ class DPFedAvg(Strategy["DPFedAvgPlan"]):
     def ledger_mechanism(self, plan: DPFedAvgPlan, policy: SharePolicy) -> str:
         return self.name + plan.trust(policy)
 
-    def train(self, job: TrainingJob, plan: DPFedAvgPlan | None) -> Model:
+    def train(self, job: TrainingJob, plan: DPFedAvgPlan) -> Model:
         from pipeline.strategies.dp_fedavg.coordinator import train
 
-        if plan is None:
-            raise ValueError("dp-fedavg trains only by a privacy plan")
         return train(job, plan)
 
     def site_handler(self) -> type[SiteHandler]:

@@ -35,11 +35,9 @@ class DPLogistic(Strategy["DPLogisticPlan"]):
             epsilon=terms.epsilon, delta=terms.delta, counts=counts, contract=contract
         )
 
-    def train(self, job: TrainingJob, plan: DPLogisticPlan | None) -> Model:
+    def train(self, job: TrainingJob, plan: DPLogisticPlan) -> Model:
         from pipeline.strategies.dp_logistic.coordinator import train
 
-        if plan is None:
-            raise ValueError("dp-logistic trains only by a privacy plan")
         return train(job, plan)
 
     def site_handler(self) -> type[SiteHandler]:
