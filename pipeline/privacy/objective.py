@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.link import sigmoid
+
 if TYPE_CHECKING:
     from diffprivlib.mechanisms import GaussianAnalytic
 
@@ -146,7 +148,7 @@ def minimise(
 
     for _ in range(_NEWTON_STEPS):
         z = X @ w + offset
-        p = 0.5 * (1.0 + np.tanh(0.5 * z))
+        p = sigmoid(z)
         grad = X.T @ (p - y) + regularization * w + linear
         if np.linalg.norm(grad) < _NEWTON_TOL:
             return w

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.contract import load_contract
 from pipeline.errors import BudgetError, DataError
 from pipeline.extract import Window
-from pipeline.features import EncodedRows
 from pipeline.protocol.messages import (
     DriftReply,
     MaskedEvaluation,
@@ -31,8 +30,11 @@ from pipeline.protocol.messages import (
 )
 from pipeline.site.boundary import Boundary
 from pipeline.site.policy import SitePolicy
-from pipeline.site.rows import SplitKey, read_split, split
-from pipeline.strategies.base import SiteHandler
+
+if TYPE_CHECKING:
+    from pipeline.features import EncodedRows
+    from pipeline.site.rows import SplitKey
+    from pipeline.strategies.base import SiteHandler
 
 
 class SiteActor:
@@ -167,6 +169,7 @@ class SiteActor:
         """Split and encode the validated tables for the job's strategy; a failure leaves
         nothing prepared (``load`` reads again and reports it)."""
         from pipeline import strategies
+        from pipeline.site.rows import SplitKey, split
 
         key = SplitKey(float(prepare["test_fraction"]), int(prepare["seed"]))
         strategy = strategies.get(str(prepare["strategy"]))
@@ -185,6 +188,8 @@ class SiteActor:
         across jobs and identical for every strategy (rows prepared by ``validate`` for
         the same split are used as they are). A site with a held-out extract trains on
         all of its extract and holds out that file's rows instead."""
+        from pipeline.site.rows import SplitKey, read_split
+
         self.boundary.audit("load", None, test_fraction=test_fraction, seed=seed)
         prepared, self._prepared = self._prepared, None
         key = SplitKey(float(test_fraction), int(seed))

@@ -16,13 +16,13 @@ import numpy as np
 
 from pipeline.contract import Contract
 from pipeline.errors import BudgetError, DataError
-from pipeline.features import EncodedRows
 from pipeline.privacy.releases import JobReleases
 from pipeline.protocol.messages import MaskedUpdate, ModelUpdate
 from pipeline.site.audit import AuditLog
 from pipeline.site.policy import SitePolicy
 
 if TYPE_CHECKING:
+    from pipeline.features import EncodedRows
     from pipeline.protocol.secure_sum import SiteKeys
 
 
