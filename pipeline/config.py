@@ -106,7 +106,23 @@ class ServingConfig(_Strict):
     """`pipeline serve`: limits, access control and how often the alias is re-read."""
 
     max_rows: int = Field(10_000, ge=1, description="most patients in one request")
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body")
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="largest scoring request body"
+    )
+    max_hook_bytes: int = Field(1024 * 1024, ge=1024, description="largest CDS Hooks request body")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a client must send a request's headers within this"
+    )
+    public_url: str | None = Field(
+        None,
+        description="where clients reach the service (links on CDS Hooks cards, the OpenAPI "
+        "document's server); default: the bound address. Never taken from a request",
+    )
+    allowed_hosts: list[str] | None = Field(
+        None,
+        description="Host header values answered (name or name:port); default: the bound "
+        "address and localhost, which keeps pages of other sites out (DNS rebinding)",
+    )
     deadline_s: float = Field(10.0, gt=0, description="per-request deadline")
     poll_s: float = Field(30.0, gt=0, description="how often the registry alias is re-read")
     token_file: Path | None = Field(

@@ -121,19 +121,21 @@ def test_tree_models_answer_with_treeshap_factors(fitted, tmp_path: Path) -> Non
 
 
 def test_the_json_encoding_is_mlflows_own_bytes(fitted) -> None:
+    """The service answers records with json.dumps; MLflow's scoring server writes the
+    same answer as a DataFrame with its own predictions_to_json: the same bytes."""
     from mlflow.pyfunc import scoring_server
 
-    from pipeline.serving.champion import predictions_to_json
+    from pipeline.models.answer import answer_records
+    from pipeline.models.request import check_request
+    from pipeline.serving.scoring import predictions_json
 
     model, frame = fitted
-    res = score(contract, model, frame[contract.feature_names].head(50))
-    theirs, ours = io.StringIO(), io.StringIO()
-    original = getattr(scoring_server, "_mlflow_predictions_to_json", None)
-    (original or scoring_server.predictions_to_json)(res, theirs)
-    predictions_to_json(res, ours)
-    if original is None:
-        assert scoring_server.predictions_to_json is not predictions_to_json
-    assert ours.getvalue() == theirs.getvalue()
+    rows = frame[contract.feature_names].head(50)
+    theirs = io.StringIO()
+    scoring_server.predictions_to_json(score(contract, model, rows), theirs)
+    cols = check_request(contract, rows)
+    records = answer_records(contract, model, cols, model_name=contract.name, model_version=None)
+    assert predictions_json(records) == theirs.getvalue().encode()
 
 
 # -- FHIR ------------------------------------------------------------------------------

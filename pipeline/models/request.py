@@ -19,6 +19,7 @@ import pandas as pd
 from pipeline.contract import Contract, Feature
 
 MAX_REPORTED_ROWS = 5
+MAX_NAMED = 5  # column names one violation lists; the rest are counted
 _SAFE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 _NUMBER_TYPES = {"integer", "floating", "mixed-integer-float", "decimal", "empty"}
 
@@ -248,9 +249,7 @@ def check_request(contract: Contract, df: pd.DataFrame) -> dict[str, np.ndarray]
     identifiers = {d.lower() for d in contract.identifiers_denylist} | {contract.key.name}
     if contract.index_date is not None:
         identifiers.add(contract.index_date.name)
-    for column in df.columns:
-        if column not in declared:
-            out.append(_undeclared(column, identifiers, contract))
+    out += _undeclared([c for c in df.columns if c not in declared], identifiers, contract)
     if len(set(df.columns)) != len(df.columns):
         out.append(Violation(None, "duplicate", "a column is given twice (rule: unique columns)"))
         raise RequestError(out)
@@ -277,21 +276,33 @@ def check_request(contract: Contract, df: pd.DataFrame) -> dict[str, np.ndarray]
     return cols
 
 
-def _undeclared(column: object, identifiers: set[str], contract: Contract) -> Violation:
-    name = safe_name(column)
-    shown = repr(name) if name else "(name withheld)"
-    lowered = column.lower() if isinstance(column, str) else ""
-    is_id = lowered in identifiers or any(t in identifiers for t in lowered.split("_"))
-    if is_id:
-        return Violation(
-            name,
-            "no identifiers",
-            f"column {shown}: an identifier; the model takes no identifiers (rule: no identifiers)",
-            {"features": contract.feature_names},
+def _undeclared(
+    columns: list[object], identifiers: set[str], contract: Contract
+) -> list[Violation]:
+    """At most one violation per rule, however many columns break it: the first few
+    names (names, never values) and how many there are; the allowed features once."""
+    found: dict[str, list[object]] = {}
+    for column in columns:
+        lowered = column.lower() if isinstance(column, str) else ""
+        is_id = lowered in identifiers or any(t in identifiers for t in lowered.split("_"))
+        found.setdefault("no identifiers" if is_id else "declared features", []).append(column)
+    out = []
+    for rule, cols in found.items():
+        names = [safe_name(c) for c in cols]
+        shown = ", ".join(repr(n) if n else "(name withheld)" for n in names[:MAX_NAMED])
+        more = f" and {len(cols) - MAX_NAMED} more" if len(cols) > MAX_NAMED else ""
+        column = "column" if len(cols) == 1 else f"{len(cols)} columns"
+        why = (
+            "an identifier; the model takes no identifiers (rule: no identifiers)"
+            if rule == "no identifiers"
+            else "not a model input (rule: declared features only)"
         )
-    return Violation(
-        name,
-        "declared features",
-        f"column {shown}: not a model input (rule: declared features only)",
-        {"features": contract.feature_names},
-    )
+        out.append(
+            Violation(
+                names[0],
+                rule,
+                f"{column} {shown}{more}: {why}",
+                {"features": contract.feature_names},
+            )
+        )
+    return out

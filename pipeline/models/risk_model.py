@@ -5,16 +5,15 @@ against the contract (:mod:`pipeline.models.request`), then answers each patient
 (:mod:`pipeline.models.answer`). Input is the contract's feature columns in clinical
 units, exactly as a site's extract holds them.
 
-Under ``pipeline serve`` the server reads a refused request's violations from the
-request's :data:`REQUEST_STATE` and answers a clean 4xx; MLflow's own error body (which
-echoes the request) never leaves it.
+``pipeline serve`` reads and checks a request itself and asks :meth:`RiskModel.records`
+for the answer of rows that passed; MLflow's own scoring server calls :meth:`RiskModel.
+predict`, which checks the same way and raises MLflow's invalid-parameter error naming
+the fields and rules.
 """
 
 from __future__ import annotations
 
-import contextvars
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +24,7 @@ import pandas as pd
 from pipeline.contract import Contract, load_contract
 from pipeline.models.answer import answer, answer_records
 from pipeline.models.kinds import from_spec
-from pipeline.models.request import RequestError, Violation, check_request
-
-
-@dataclass
-class RequestState:
-    """What the model tells the server about one request (set by the server per request;
-    shared with the thread MLflow predicts in)."""
-
-    rows: int | None = None
-    max_rows: int | None = None
-    violations: list[Violation] = field(default_factory=list)
-    predicted: bool = False
-    failed: BaseException | None = None
-
-
-REQUEST_STATE: contextvars.ContextVar[RequestState | None] = contextvars.ContextVar(
-    "pipeline_request_state", default=None
-)
+from pipeline.models.request import RequestError, check_request
 
 
 def _scalar(v: Any) -> Any:
@@ -86,58 +68,38 @@ class RiskModel(mlflow.pyfunc.PythonModel):
         self.model_name = self.contract.name
         self.model_version: str | None = None
 
+    def records(self, frame: pd.DataFrame) -> list[dict[str, Any]]:
+        """The answer for rows already read into `frame`, one record per patient, as the
+        scoring protocol returns them; raises :class:`RequestError` for rows that break
+        the contract (nothing is scored then)."""
+        cols = check_request(self.contract, frame)
+        return answer_records(
+            self.contract,
+            self.model,
+            cols,
+            model_name=self.model_name,
+            model_version=self.model_version,
+        )
+
     # No type hints on predict: MLflow would infer a signature from them (and enforce it
     # before the contract check, with its own error messages).
     def predict(self, context, model_input, params=None):
-        state = REQUEST_STATE.get()
-        if state is not None:
-            state.predicted = True
+        frame = as_frame(model_input)
         try:
-            frame = as_frame(model_input)
-            if state is not None:
-                state.rows = len(frame)
-                if state.max_rows is not None and len(frame) > state.max_rows:
-                    raise RequestError(
-                        [
-                            Violation(
-                                None,
-                                "rows",
-                                f"{len(frame)} rows in one request; at most {state.max_rows} "
-                                "(rule: rows per request)",
-                                {"max_rows": state.max_rows},
-                            )
-                        ]
-                    )
             cols = check_request(self.contract, frame)
-            if state is not None:
-                # Under `pipeline serve`: records, which MLflow's scoring app writes as
-                # they are (a DataFrame would first go through pandas' to_dict).
-                return answer_records(
-                    self.contract,
-                    self.model,
-                    cols,
-                    model_name=self.model_name,
-                    model_version=self.model_version,
-                )
-            return answer(
-                self.contract,
-                self.model,
-                cols,
-                model_name=self.model_name,
-                model_version=self.model_version,
-                index=frame.index,
-            )
         except RequestError as exc:
             from mlflow.exceptions import MlflowException
             from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-            if state is not None:
-                state.violations = exc.violations
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
-        except Exception as exc:
-            if state is not None:
-                state.failed = exc
-            raise
+        return answer(
+            self.contract,
+            self.model,
+            cols,
+            model_name=self.model_name,
+            model_version=self.model_version,
+            index=frame.index,
+        )
 
 
 def score(contract: Contract, model: Any, df: pd.DataFrame) -> pd.DataFrame:

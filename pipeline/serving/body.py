@@ -1,23 +1,33 @@
-"""Reading a scoring request's body as MLflow's REST protocol has it: ``dataframe_split``,
-``dataframe_records``, ``inputs`` or ``instances`` in JSON (or CSV), with NaN and Infinity
-refused and the shape checked before MLflow parses it, the field named when it is not."""
+"""Reading a scoring request's body, once, as MLflow's REST protocol has it:
+``dataframe_split``, ``dataframe_records``, ``inputs`` or ``instances`` in JSON, or CSV.
+
+Every limit applies before the work it limits: the nesting depth is measured before the
+JSON is parsed, integers too long for any measurement become infinities (which the
+contract check refuses) instead of costing a big-number conversion, NaN and Infinity
+literals are refused, the shape and the row count are checked before a row is built, and
+only then are the rows read into a frame by MLflow's own parser (what ``mlflow models
+serve`` does with the same body). Anything that parser cannot read is a 400 naming the
+rule, never its message: MLflow's errors quote the request.
+"""
 
 from __future__ import annotations
 
+import io
 import json
-import re
 from itertools import repeat
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from pipeline.models.request import safe_name
 from pipeline.serving.errors import BadRequest, Receive
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 FORMATS = ("dataframe_split", "dataframe_records", "inputs", "instances")
-
-
-# A NaN or Infinity literal where a JSON value may start (false positives, inside text,
-# only cost a full parse).
-NON_FINITE = re.compile(rb"(?<![\w\"])-?(?:NaN|Infinity)(?![\w\"])")
+MAX_DEPTH = 32  # a scoring document needs 4 levels; a cell holding more is refused anyway
+MAX_INT_DIGITS = 19  # longer integers are read as floats (an infinity past 1e308)
 
 
 class _NonFinite(ValueError):
@@ -62,12 +72,34 @@ def _marked_fields(doc: Any) -> list[str]:
     return sorted(found)
 
 
+def nesting_depth(body: bytes) -> int:
+    """The deepest nesting of brackets and braces in `body`, counted without parsing
+    (brackets inside strings count too: no scoring document has any there)."""
+    raw = np.frombuffer(body, dtype=np.uint8)
+    steps = np.zeros(len(raw), dtype=np.int32)
+    steps[(raw == 0x5B) | (raw == 0x7B)] = 1
+    steps[(raw == 0x5D) | (raw == 0x7D)] = -1
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def _int(text: str) -> int | float:
+    return int(text) if len(text) <= MAX_INT_DIGITS else float(text)
+
+
 def parse_json(body: bytes) -> Any:
-    """The request document; NaN and Infinity literals refused with the field named."""
+    """The request document; NaN and Infinity literals refused with the field named, a
+    document nested deeper than :data:`MAX_DEPTH` refused before it is parsed."""
+    if nesting_depth(body) > MAX_DEPTH:
+        raise BadRequest(
+            400,
+            None,
+            "depth",
+            f"the JSON is nested more than {MAX_DEPTH} levels deep (rule: rows of scalar values)",
+        )
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        return json.loads(body, parse_constant=_reject_constant, parse_int=_int)
     except _NonFinite:
-        fields = _marked_fields(json.loads(body, parse_constant=_marker))
+        fields = _marked_fields(json.loads(body, parse_constant=_marker, parse_int=_int))
         shown = ", ".join(f for f in fields if _safe(f)) or "a field"
         raise BadRequest(
             400,
@@ -146,6 +178,42 @@ def count_rows(doc: Any) -> int:
             )
         return len(lists[0]) if lists else 0
     raise BadRequest(400, fmt, "shape", f"{fmt} must be a list of records")
+
+
+def read_frame(doc: dict[str, Any]) -> pd.DataFrame:
+    """The rows of a document whose shape :func:`count_rows` checked, read by MLflow's own
+    parser (the same frame ``mlflow models serve`` builds), as a frame of columns."""
+    from mlflow.pyfunc.scoring_server import infer_and_parse_data
+
+    from pipeline.models.risk_model import as_frame
+
+    data = {k: v for k, v in doc.items() if k in FORMATS}
+    try:
+        return as_frame(infer_and_parse_data(data))
+    except Exception:  # noqa: BLE001 - MLflow's message quotes the request: never shown
+        fmt = next(iter(data))
+        raise BadRequest(
+            400,
+            fmt,
+            "format",
+            f"{fmt} could not be read as rows of named values (rule: MLflow's scoring "
+            "format; every record with the same names)",
+        ) from None
+
+
+def read_csv(body: bytes) -> pd.DataFrame:
+    """The rows of a CSV body with a header row, as MLflow's scoring server reads them."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(io.StringIO(body.decode("utf-8")))
+    except Exception:  # noqa: BLE001 - pandas' message may quote a cell: never shown
+        raise BadRequest(
+            400,
+            None,
+            "format",
+            "the body could not be read as CSV with a header row (rule: UTF-8 CSV, one header row)",
+        ) from None
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:

@@ -7,7 +7,6 @@ already running finish on the version they started with.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -17,20 +16,19 @@ from typing import Any
 
 from pipeline.models.risk_model import RiskModel
 from pipeline.registry import alias_version, registry_client
-from pipeline.serving.errors import ASGIApp, ServeError
+from pipeline.serving.errors import ServeError
 
 log = logging.getLogger("pipeline.serving")
 
 
 @dataclass(frozen=True)
 class Served:
-    """One loaded registry version and MLflow's scoring app around it."""
+    """One loaded registry version: its risk model and its model card."""
 
     name: str
     version: str
     run_id: str | None
     risk_model: RiskModel
-    scoring: ASGIApp
     card: str | None
 
     @property
@@ -38,34 +36,9 @@ class Served:
         return self.risk_model.contract
 
 
-def predictions_to_json(raw_predictions: Any, output: Any, metadata: dict | None = None) -> None:
-    """MLflow's ``predictions_to_json``, the same bytes, through ``json.dumps``.
-
-    MLflow writes its answer with ``json.dump``, which never takes the C encoder (that is
-    for one-shot ``dumps`` only): about 45 us per patient of this model's answer, most of
-    the time of a 10,000-row batch. ``dumps`` with the same encoder class gives the same
-    text (tested) from the C encoder.
-    """
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-    from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj
-
-    if metadata and "predictions" in metadata:
-        raise MlflowException(
-            "metadata cannot contain 'predictions' key", error_code=INVALID_PARAMETER_VALUE
-        )
-    predictions = _get_jsonable_obj(raw_predictions, pandas_orient="records")
-    output.write(json.dumps({"predictions": predictions, **(metadata or {})}, cls=NumpyEncoder))
-
-
 def load_version(client: Any, name: str, version: str) -> Served:
-    """Load a registered version, its model card, and MLflow's scoring app for it."""
+    """Load a registered version and its model card."""
     import mlflow.pyfunc
-    from mlflow.pyfunc import scoring_server
-
-    if scoring_server.predictions_to_json is not predictions_to_json:
-        scoring_server._mlflow_predictions_to_json = scoring_server.predictions_to_json
-        scoring_server.predictions_to_json = predictions_to_json
 
     mv = client.get_model_version(name, version)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
@@ -79,7 +52,6 @@ def load_version(client: Any, name: str, version: str) -> Served:
         version=str(version),
         run_id=mv.run_id,
         risk_model=risk_model,
-        scoring=scoring_server.init(pyfunc),
         card=model_card(mv.run_id),
     )
 

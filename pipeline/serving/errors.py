@@ -19,20 +19,49 @@ class ServeError(PipelineError):
     """The service cannot start as configured."""
 
 
+MAX_ERRORS = 20  # entries one error body lists; a request breaking more rules is told how many
+
+
 class BadRequest(Exception):
-    """A request refused before the model sees it: status, field, rule, message."""
+    """A request refused before the model sees it: status, field, rule, message, and
+    every broken rule when there are several (``errors``, each one a dict of the same
+    keys)."""
 
     def __init__(
-        self, status: int, field: str | None, rule: str, message: str, allowed: Any = None
+        self,
+        status: int,
+        field: str | None,
+        rule: str,
+        message: str,
+        allowed: Any = None,
+        errors: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.field, self.rule, self.allowed = status, field, rule, allowed
+        self.errors = errors
+
+    @classmethod
+    def from_violations(cls, violations: list[Any]) -> BadRequest:
+        """A request that breaks the contract: its first violation, and all of them (at
+        most :data:`MAX_ERRORS`, then a count); a refused row count is a 413."""
+        first = violations[0]
+        status = 413 if first.rule == "rows" and first.allowed else 400
+        errors = [v.to_dict() for v in violations[:MAX_ERRORS]]
+        if len(violations) > MAX_ERRORS:
+            errors.append(
+                {
+                    "field": None,
+                    "rule": "errors",
+                    "message": f"{len(violations) - MAX_ERRORS} more broken rules not listed",
+                }
+            )
+        return cls(status, first.field, first.rule, first.message, first.allowed, errors)
 
     def body(self) -> dict[str, Any]:
         one = {"field": self.field, "rule": self.rule, "message": str(self)}
         if self.allowed is not None:
             one["allowed"] = self.allowed
-        return {"error_code": error_code(self.status), **one, "errors": [one]}
+        return {"error_code": error_code(self.status), **one, "errors": self.errors or [one]}
 
 
 def error_code(status: int) -> str:

@@ -1,19 +1,21 @@
-"""The guard: a plain ASGI layer in front of MLflow's scoring app and the service's own
-routes.
+"""The guard: a plain ASGI layer in front of everything the service answers.
 
-MLflow's scoring app (``mlflow.pyfunc.scoring_server.init``) keeps the REST protocol
-(``/invocations`` with ``dataframe_split``, ``dataframe_records``, ``inputs`` or
-``instances``; ``/ping``, ``/health``, ``/version``), but its error bodies echo the request
-and can carry stack traces, it takes NaN for a number and it has no access control. The
-guard adds:
+It reads every request before anything else does, and every limit applies before the
+work it limits:
 
-- errors: every bad request is a 4xx whose JSON names the field, the rule and what is
-  allowed; MLflow's error bodies are dropped, never forwarded; nothing of the request is
-  echoed; limits on body size and rows; NaN, Infinity and booleans for numbers refused;
-  a deadline per request;
-- access: a bearer token (compared in constant time) whenever one is configured; an
-  access log line per request (time, version, rows, status, latency, caller) holding no
-  patient value; the metrics of :mod:`pipeline.serving.metrics`.
+- the ``Host`` header against an allow-list (by default the bound address and localhost),
+  so a page on another site cannot reach the tokenless loopback default through DNS
+  rebinding;
+- a bearer token (compared in constant time) whenever one is configured;
+- the body's size per endpoint (``Content-Length`` first, then while it is read), for
+  every method that carries one, before any route sees it; a deadline per request;
+- ``/invocations`` validated first, then predicted (:mod:`pipeline.serving.scoring`);
+  ``/ping``, ``/health`` and ``/version`` answered as MLflow's scoring server does;
+- errors: every refusal is a 4xx whose JSON names the field, the rule and what is
+  allowed, one entry per rule, capped, and never echoes the request; anything else is a
+  JSON 500 with a reference to the log, never a trace;
+- an access log line per request (time, version, rows, status, latency, caller) holding
+  no patient value, and the metrics of :mod:`pipeline.serving.metrics`.
 """
 
 from __future__ import annotations
@@ -28,33 +30,53 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.models.risk_model import REQUEST_STATE, RequestState
-from pipeline.serving.body import NON_FINITE, count_rows, drain, parse_json, read_body
+from pipeline.serving.body import drain, read_body
 from pipeline.serving.champion import Champion, Served
 from pipeline.serving.errors import ASGIApp, BadRequest, Receive, Scope, Send
 from pipeline.serving.metrics import Metrics
+from pipeline.serving.scoring import CSV_TYPES, JSON_TYPES, score
 
 log = logging.getLogger("pipeline.serving")
 access_log = logging.getLogger("pipeline.serving.access")
 
-SCORING_PATHS = {"/invocations", "/ping", "/health", "/version"}
 OPEN_PATHS = {"/", "/ping", "/health"}
-ENDPOINTS = {"/invocations", "/ping", "/health", "/version", "/metrics", "/model-card", "/"}
-JSON_TYPES = ("application/json",)
-CSV_TYPES = ("text/csv",)
+ENDPOINTS = {
+    "/invocations",
+    "/ping",
+    "/health",
+    "/version",
+    "/metrics",
+    "/model-card",
+    "/",
+    "/openapi.json",
+    "/docs",
+}
+BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may be (defaults: :class:`pipeline.config.ServingConfig`)."""
+    """What one request may be (defaults: :class:`pipeline.config.ServingConfig`):
+    rows and body bytes of a scoring request, body bytes of a CDS Hooks call and of any
+    other request, and the deadline of each."""
 
     max_rows: int = 10_000
     max_body_bytes: int = 16 * 1024 * 1024
+    max_hook_bytes: int = 1024 * 1024
+    max_other_bytes: int = 64 * 1024
     deadline_s: float = 10.0
+
+    def body_bytes(self, path: str) -> int:
+        if path == "/invocations":
+            return self.max_body_bytes
+        if path.startswith("/cds-services/"):
+            return self.max_hook_bytes
+        return self.max_other_bytes
 
 
 @dataclass
@@ -69,13 +91,23 @@ class _Exchange:
 
 
 async def send_json(send: Send, status: int, body: Any, headers: list | None = None) -> None:
-    raw = json.dumps(body).encode()
+    await send_bytes(send, status, json.dumps(body).encode(), headers=headers)
+
+
+async def send_bytes(
+    send: Send,
+    status: int,
+    raw: bytes,
+    *,
+    media_type: bytes = b"application/json",
+    headers: list | None = None,
+) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", media_type),
                 (b"content-length", str(len(raw)).encode()),
                 *(headers or []),
             ],
@@ -84,18 +116,34 @@ async def send_json(send: Send, status: int, body: Any, headers: list | None = N
     await send({"type": "http.response.body", "body": raw})
 
 
+def _replay(body: bytes) -> Receive:
+    """A `receive` that gives the routes the body the guard already read."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            await asyncio.Event().wait()  # nothing more: wait to be cancelled
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
 class Guard:
-    """ASGI layer in front of MLflow's scoring app and the service's own routes.
+    """ASGI layer in front of the scoring endpoint and the service's own routes.
 
     Parameters
     ----------
     routes : ASGI app
-        The page, CDS Hooks, model card and metrics routes.
+        The page, CDS Hooks, model card, OpenAPI document and metrics routes.
     champion : Champion
     limits : Limits
     token : str or None
         Bearer token every request but the page and health checks must carry.
     metrics : Metrics
+    hosts : iterable of str, optional
+        The ``Host`` values (``name`` or ``name:port``) the service answers; None: any.
     """
 
     def __init__(
@@ -105,12 +153,14 @@ class Guard:
         limits: Limits,
         token: str | None,
         metrics: Metrics,
+        hosts: Iterable[str] | None = None,
     ) -> None:
         self.routes = routes
         self.champion = champion
         self.limits = limits
         self.token = token.encode() if token else None
         self.metrics = metrics
+        self.hosts = None if hosts is None else {h.lower().encode() for h in hosts}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -130,6 +180,7 @@ class Guard:
             await send(message)
 
         try:
+            self._check_host(scope)
             if self.token is not None and path not in OPEN_PATHS and not self._authorized(scope):
                 raise BadRequest(
                     401,
@@ -181,6 +232,18 @@ class Guard:
         finally:
             self._record(scope, ex)
 
+    def _check_host(self, scope: Scope) -> None:
+        if self.hosts is None:
+            return
+        host = next((v for k, v in scope["headers"] if k == b"host"), b"").lower()
+        if host not in self.hosts:
+            raise BadRequest(
+                400,
+                "Host",
+                "host",
+                "this service answers only its own host names (rule: serving.allowed_hosts)",
+            )
+
     def _authorized(self, scope: Scope) -> bool:
         for key, value in scope["headers"]:
             if key == b"authorization":
@@ -193,24 +256,52 @@ class Guard:
     async def _dispatch(
         self, scope: Scope, receive: Receive, send: Send, served: Served | None, ex: _Exchange
     ) -> None:
-        path = scope["path"]
+        path, method = scope["path"], scope["method"]
+        body = b""
+        if method in BODY_METHODS:
+            body = await self._body(scope, receive, self.limits.body_bytes(path))
+            receive = _replay(body)
+        if path in ("/ping", "/health", "/version"):
+            if method != "GET":
+                raise BadRequest(405, None, "method", f"{path} takes GET (rule: method)")
+            await self._health(path, send, served)
+            return
         if served is None:
             raise BadRequest(503, None, "model", "no model is loaded yet")
-        if path not in SCORING_PATHS:
+        if path != "/invocations":
             await self.routes(scope, receive, send)
             return
-        if path != "/invocations":
-            if scope["method"] != "GET":
-                raise BadRequest(405, None, "method", f"{path} takes GET (rule: method)")
-            await served.scoring(scope, receive, send)
-            return
-        if scope["method"] != "POST":
+        if method != "POST":
             raise BadRequest(405, None, "method", "/invocations takes POST (rule: method)")
-        await self._invocations(scope, receive, send, served, ex)
+        mime = self._media_type(scope)
+        if not body.strip():
+            raise BadRequest(400, None, "body", "the body is empty (rule: a JSON or CSV body)")
+        with _gc_paused(len(body) > GC_PAUSE_BYTES):
+            answer, ex.rows = await asyncio.to_thread(
+                score, served.risk_model, body, mime, self.limits.max_rows
+            )
+        await send_bytes(
+            send,
+            200,
+            answer,
+            headers=[
+                (b"x-model-name", served.name.encode()),
+                (b"x-model-version", served.version.encode()),
+            ],
+        )
 
-    async def _invocations(
-        self, scope: Scope, receive: Receive, send: Send, served: Served, ex: _Exchange
-    ) -> None:
+    async def _health(self, path: str, send: Send, served: Served | None) -> None:
+        """MLflow's scoring server's own answers: a newline while a model is loaded
+        (404 before), and MLflow's version."""
+        if path == "/version":
+            from mlflow.version import VERSION
+
+            await send_bytes(send, 200, VERSION.encode())
+            return
+        await send_bytes(send, 200 if served is not None else 404, b"\n")
+
+    @staticmethod
+    def _media_type(scope: Scope) -> str:
         headers = dict(scope["headers"])
         mime, _, params = headers.get(b"content-type", b"").decode("latin-1").partition(";")
         mime = mime.strip().lower()
@@ -224,95 +315,23 @@ class Guard:
                 "send application/json or text/csv, UTF-8 (rule: media type)",
                 {"types": [*JSON_TYPES, *CSV_TYPES]},
             )
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
+        return mime
+
+    @staticmethod
+    async def _body(scope: Scope, receive: Receive, limit: int) -> bytes:
+        """The request's body, refused (413) as soon as it is known to exceed `limit`:
+        from its ``Content-Length`` before a byte is read, else while it is read."""
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
             await drain(receive, int(length))
             raise BadRequest(
                 413,
                 None,
                 "body size",
-                f"the body is larger than {self.limits.max_body_bytes} bytes (rule: body size)",
-                {"max_bytes": self.limits.max_body_bytes},
+                f"the body is larger than {limit} bytes (rule: body size)",
+                {"max_bytes": limit},
             )
-        body = await read_body(receive, self.limits.max_body_bytes)
-        if not body.strip():
-            raise BadRequest(400, None, "body", "the body is empty (rule: a JSON or CSV body)")
-        rows = await self._rows(body, mime)
-        if rows is not None:
-            ex.rows = rows
-            self._check_rows(rows)
-        state = RequestState(max_rows=self.limits.max_rows)
-        token = REQUEST_STATE.set(state)
-        try:
-            with _gc_paused(len(body) > GC_PAUSE_BYTES):
-                status, out_headers, chunks = await _call(served.scoring, scope, body)
-        finally:
-            REQUEST_STATE.reset(token)
-        ex.rows = state.rows if state.rows is not None else rows
-        if status == 200:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        *[(k, v) for k, v in out_headers if k.lower() != b"content-length"],
-                        (b"content-length", str(sum(map(len, chunks))).encode()),
-                        (b"x-model-name", served.name.encode()),
-                        (b"x-model-version", served.version.encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": b"".join(chunks)})
-            return
-        # MLflow's own error body echoes the request: it is dropped here, always.
-        if state.violations:
-            first = state.violations[0]
-            if first.rule == "shape" and mime in JSON_TYPES and rows is None:
-                count_rows(await asyncio.to_thread(parse_json, body))  # names the input key
-            await send_json(
-                send,
-                413 if first.rule == "rows" and first.allowed else 400,
-                {
-                    "error_code": "INVALID_PARAMETER_VALUE",
-                    **first.to_dict(),
-                    "errors": [v.to_dict() for v in state.violations],
-                },
-            )
-            return
-        if state.failed is not None or state.predicted:
-            raise RuntimeError(f"the model failed: {type(state.failed).__name__}")
-        if mime in JSON_TYPES and rows is None:  # say which rule MLflow's parser tripped on
-            self._check_rows(count_rows(await asyncio.to_thread(parse_json, body)))
-        what = "JSON in MLflow's scoring format" if mime in JSON_TYPES else "CSV with a header row"
-        raise BadRequest(
-            400, None, "format", f"the body could not be read as {what} (rule: format)"
-        )
-
-    async def _rows(self, body: bytes, mime: str) -> int | None:
-        """Rows of the request when they must be counted before MLflow parses it: a CSV
-        body's lines; a JSON body parsed here (NaN and Infinity refused, shape checked)
-        only when it could hold a non-finite literal or more rows than the limit (more
-        brackets than rows allow), since MLflow parses it anyway. None: within limits."""
-        if mime in CSV_TYPES:
-            return max(0, body.strip().count(b"\n"))
-        brackets = body.count(b"[") + body.count(b"{")
-        if NON_FINITE.search(body) is None and brackets <= self.limits.max_rows + 8:
-            return None
-        doc = parse_json(body) if len(body) < 65536 else await asyncio.to_thread(parse_json, body)
-        return count_rows(doc)
-
-    def _check_rows(self, rows: int) -> None:
-        if rows > self.limits.max_rows:
-            raise BadRequest(
-                413,
-                None,
-                "rows",
-                f"{rows} rows in one request; at most {self.limits.max_rows} (rule: rows per "
-                "request)",
-                {"max_rows": self.limits.max_rows},
-            )
-        if rows == 0:
-            raise BadRequest(400, None, "rows", "the request has no rows (rule: at least 1)")
+        return await read_body(receive, limit)
 
     def _record(self, scope: Scope, ex: _Exchange) -> None:
         latency = time.perf_counter() - ex.started
@@ -371,27 +390,3 @@ def _gc_paused(pause: bool):
             _gc_pauses -= 1
             if _gc_pauses == 0:
                 gc.enable()
-
-
-async def _call(app: ASGIApp, scope: Scope, body: bytes) -> tuple[int, list, list[bytes]]:
-    """Run an ASGI app on a request body held in memory; collect its response."""
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            await asyncio.Event().wait()  # nothing more: wait to be cancelled
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    status, headers, chunks = 500, [], []
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status, headers
-        if message["type"] == "http.response.start":
-            status, headers = message["status"], list(message.get("headers", []))
-        elif message["type"] == "http.response.body":
-            chunks.append(message.get("body", b""))
-
-    await app(dict(scope), receive, send)
-    return status, headers, chunks

@@ -1,6 +1,7 @@
-"""The service's own routes beside MLflow's: the clinician page, the model card, the
+"""The service's own routes beside scoring: the clinician page, the model card, the
 Prometheus metrics and CDS Hooks. Each reads the champion at the start of the request,
-so a swap never mixes two versions in one answer."""
+so a swap never mixes two versions in one answer. The guard has already checked the
+host, the token and the body's size; anything a route fails on is a JSON 500."""
 
 from __future__ import annotations
 
@@ -23,8 +24,23 @@ def _error(exc: BadRequest | cds_hooks.HookError, status: int | None = None) -> 
     return JSONResponse(exc.body(), status_code=code)
 
 
-def routes(champion: Champion, metrics: Metrics, *, auth_required: bool) -> FastAPI:
+def routes(
+    champion: Champion, metrics: Metrics, *, auth_required: bool, public_url: str | None = None
+) -> FastAPI:
+    """The routes; `public_url` (configured, never a request's ``Host``) makes the card's
+    link to the model card."""
     api = FastAPI(title="pipeline serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @api.exception_handler(BadRequest)
+    async def refused(_request: Request, exc: BadRequest) -> JSONResponse:
+        return _error(exc)
+
+    @api.exception_handler(Exception)
+    async def failed(_request: Request, _exc: Exception) -> JSONResponse:
+        # Raised again to the guard, which logs it with a reference; the client gets JSON.
+        return JSONResponse(
+            {"error_code": "INTERNAL_ERROR", "message": "internal error"}, status_code=500
+        )
 
     def served() -> Any:
         current = champion.current
@@ -86,14 +102,12 @@ def routes(champion: Champion, metrics: Metrics, *, auth_required: bool) -> Fast
                 },
                 status_code=404,
             )
-        raw = await request.body()
-        if len(raw) > 1024 * 1024:
-            return _error(BadRequest(413, None, "body size", "a hook request over 1 MiB"))
+        raw = await request.body()  # the guard held it to serving.max_hook_bytes
         if not raw.strip():
             return _error(BadRequest(400, None, "body", "the body is empty (rule: JSON)"))
         try:
             body = parse_json(raw)
-            card_url = str(request.base_url) + "model-card" if s.card is not None else None
+            card_url = f"{public_url}/model-card" if public_url and s.card is not None else None
             answer = await asyncio.to_thread(
                 cds_hooks.hook_response,
                 s.contract,

@@ -1,9 +1,11 @@
-"""Assembling and running the service (``pipeline serve``): MLflow's scoring app for the
-champion, the clinician page, CDS Hooks, the model card and the metrics, behind the guard;
-a bearer token always off loopback; uvicorn; SIGHUP re-reads the alias at once."""
+"""Assembling and running the service (``pipeline serve``): scoring, the clinician page,
+CDS Hooks, the model card, the OpenAPI document and the metrics, behind the guard; a
+bearer token always off loopback; the hosts it answers; uvicorn, with a deadline on a
+request's headers; SIGHUP re-reads the alias at once."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -47,9 +49,29 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def build_app(champion: Champion, limits: Limits, token: str | None) -> Guard:
-    """The whole service: MLflow's scoring app for the champion, the clinician page, CDS
-    Hooks, the model card and the metrics, behind the guard."""
+def allowed_hosts(host: str, port: int, configured: list[str] | None) -> set[str] | None:
+    """The ``Host`` values the service answers: the configured ones, else the bound
+    address and localhost, with and without the port. None (any) for a wildcard bind
+    with none configured: the machine's names are unknown, and the token guards it."""
+    if configured:
+        return set(configured)
+    if host in ("0.0.0.0", "::", ""):
+        log.warning("bound to every interface with no serving.allowed_hosts: any Host is answered")
+        return None
+    names = {host if ":" not in host else f"[{host}]", "localhost", "127.0.0.1", "[::1]"}
+    return names | {f"{name}:{port}" for name in names}
+
+
+def build_app(
+    champion: Champion,
+    limits: Limits,
+    token: str | None,
+    *,
+    hosts: set[str] | None = None,
+    public_url: str | None = None,
+) -> Guard:
+    """The whole service behind the guard. `public_url` is where clients reach it (links
+    on CDS Hooks cards, the OpenAPI document's server); never taken from a request."""
     from pipeline.serving.routes import routes
 
     metrics = Metrics()
@@ -63,8 +85,8 @@ def build_app(champion: Champion, limits: Limits, token: str | None) -> Guard:
     champion.on_swap = on_swap
     if champion.current is not None:
         metrics.served(champion.current.name, champion.alias, champion.current.version)
-    app = routes(champion, metrics, auth_required=token is not None)
-    return Guard(app, champion, limits, token, metrics)
+    app = routes(champion, metrics, auth_required=token is not None, public_url=public_url)
+    return Guard(app, champion, limits, token, metrics, hosts)
 
 
 def serve(
@@ -91,8 +113,22 @@ def serve(
         log.warning("serving %s without TLS: the token and answers travel in clear", host)
     champion = Champion(tracking_uri, model_name, alias, poll_s=serving.poll_s)
     champion.refresh()
-    limits = Limits(serving.max_rows, serving.max_body_bytes, serving.deadline_s)
-    app = build_app(champion, limits, token)
+    limits = Limits(
+        max_rows=serving.max_rows,
+        max_body_bytes=serving.max_body_bytes,
+        max_hook_bytes=serving.max_hook_bytes,
+        deadline_s=serving.deadline_s,
+    )
+    scheme = "https" if serving.tls_cert else "http"
+    url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}"
+    wildcard = host in ("0.0.0.0", "::", "")
+    app = build_app(
+        champion,
+        limits,
+        token,
+        hosts=allowed_hosts(host, port, serving.allowed_hosts),
+        public_url=(serving.public_url or (None if wildcard else url)),
+    )
     config = uvicorn.Config(
         app,
         host=host,
@@ -103,10 +139,9 @@ def serve(
         server_header=False,
         log_level="warning",
         lifespan="off",
+        http=header_deadline(serving.header_timeout_s),
     )
     server = uvicorn.Server(config)
-    scheme = "https" if serving.tls_cert else "http"
-    url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}"
 
     with _sighup(champion):
         champion.start()
@@ -116,6 +151,50 @@ def serve(
             server.run()
         finally:
             champion.stop()
+
+
+def header_deadline(seconds: float) -> type:
+    """uvicorn's HTTP/1.1 protocol with a deadline on every request's headers: a client
+    that has not finished them within `seconds` of connecting (or of its last answer, on
+    a kept-alive connection) is disconnected, so slow headers cannot hold connections
+    open (uvicorn's own keep-alive timer stops at the first byte received)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        _due: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._due = self.loop.call_later(seconds, self._late)
+
+        def _disarm(self) -> None:
+            if self._due is not None:
+                self._due.cancel()
+                self._due = None
+
+        def _late(self) -> None:
+            self._due = None
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._disarm()  # a request's headers have arrived
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderDeadline
 
 
 @contextlib.contextmanager
