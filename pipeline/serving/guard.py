@@ -44,7 +44,7 @@ from pipeline.serving.scoring import CSV_TYPES, JSON_TYPES, score
 log = logging.getLogger("pipeline.serving")
 access_log = logging.getLogger("pipeline.serving.access")
 
-OPEN_PATHS = {"/", "/ping", "/health"}
+OPEN_PATHS = {"/", "/ping", "/health", "/openapi.json", "/docs"}
 ENDPOINTS = {
     "/invocations",
     "/ping",

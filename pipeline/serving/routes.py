@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from pipeline.serving import cds_hooks, page
+from pipeline.serving import api_docs, cds_hooks, openapi, page
 from pipeline.serving.body import parse_json
 from pipeline.serving.champion import Champion, model_card
 from pipeline.serving.errors import BadRequest
@@ -25,10 +25,15 @@ def _error(exc: BadRequest | cds_hooks.HookError, status: int | None = None) -> 
 
 
 def routes(
-    champion: Champion, metrics: Metrics, *, auth_required: bool, public_url: str | None = None
+    champion: Champion,
+    metrics: Metrics,
+    *,
+    auth_required: bool,
+    public_url: str | None = None,
+    max_rows: int = 10_000,
 ) -> FastAPI:
     """The routes; `public_url` (configured, never a request's ``Host``) makes the card's
-    link to the model card."""
+    link to the model card and the OpenAPI document's server."""
     api = FastAPI(title="pipeline serve", docs_url=None, redoc_url=None, openapi_url=None)
 
     @api.exception_handler(BadRequest)
@@ -81,6 +86,27 @@ def routes(
             )
         return Response(card, media_type="text/markdown; charset=utf-8")
 
+    def api_document() -> dict[str, Any]:
+        s = served()
+        return openapi.document(
+            s.contract,
+            model_name=s.name,
+            model_version=s.version,
+            max_rows=max_rows,
+            public_url=public_url,
+            auth_required=auth_required,
+        )
+
+    @api.get("/openapi.json")
+    async def openapi_json() -> JSONResponse:
+        return JSONResponse(api_document())
+
+    @api.get("/docs", response_class=HTMLResponse)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(
+            api_docs.render(api_document()), headers={"content-security-policy": _CSP}
+        )
+
     @api.get("/metrics")
     async def prometheus() -> Response:
         body, content_type = metrics.exposition()
@@ -128,8 +154,8 @@ def routes(
         return JSONResponse(
             {
                 "error_code": "ENDPOINT_NOT_FOUND",
-                "message": "no such endpoint (rule: one of /, "
-                "/invocations, /ping, /health, /version, /metrics, /model-card, /cds-services)",
+                "message": "no such endpoint (rule: one of /, /invocations, /ping, /health, "
+                "/version, /metrics, /model-card, /cds-services, /openapi.json, /docs)",
             },
             status_code=404,
         )

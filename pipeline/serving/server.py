@@ -85,7 +85,13 @@ def build_app(
     champion.on_swap = on_swap
     if champion.current is not None:
         metrics.served(champion.current.name, champion.alias, champion.current.version)
-    app = routes(champion, metrics, auth_required=token is not None, public_url=public_url)
+    app = routes(
+        champion,
+        metrics,
+        auth_required=token is not None,
+        public_url=public_url,
+        max_rows=limits.max_rows,
+    )
     return Guard(app, champion, limits, token, metrics, hosts)
 
 
