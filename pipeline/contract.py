@@ -81,8 +81,10 @@ class FhirSource(_Strict):
       (mapped through ``values``).
     - ``Observation``: the latest final/amended/corrected observation (or observation
       component, as in a blood-pressure panel) coded with one of ``codes``; a
-      ``valueQuantity`` must carry one of ``units`` (UCUM code), converted into the
-      feature's unit; a ``valueCodeableConcept`` is mapped through ``values``.
+      ``valueQuantity`` counts when it carries one of ``units`` as a UCUM code (system
+      ``http://unitsofmeasure.org``) and no comparator, converted into the feature's
+      unit; any other quantity is not used (the card says so). A
+      ``valueCodeableConcept`` is mapped through ``values``.
     - ``Condition`` / ``FamilyMemberHistory`` / ``MedicationStatement``: a boolean, true
       when an active entry carries one of ``codes``, false when that prefetch is present
       without one, null when the EHR sent no such prefetch.

@@ -119,25 +119,6 @@ _PATIENT_RES = {
     "gender": "female",
     "birthDate": "1970-03-02",
 }
-_BAD_UNIT = {
-    "resourceType": "Bundle",
-    "type": "searchset",
-    "entry": [
-        {
-            "resource": {
-                "resourceType": "Observation",
-                "status": "final",
-                "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
-                "valueQuantity": {
-                    "value": MARK_NUMBER,
-                    "unit": "g/dL",
-                    "code": "g/dL",
-                    "system": "http://unitsofmeasure.org",
-                },
-            }
-        }
-    ],
-}
 _BAD_FHIR = {
     "resourceType": "Bundle",
     "type": "searchset",
@@ -385,13 +366,13 @@ BAD = [
         "resourceType",
     ),
     (
-        "wrong FHIR unit",
+        "another patient's Patient",
         "/cds-services/diabetes-risk",
-        _hook({"patient": _PATIENT_RES, "observations": _BAD_UNIT}),
+        _hook({"patient": {**_PATIENT_RES, "id": "p-99"}}),
         "application/json",
         400,
-        "prefetch.observations.entry[0].valueQuantity.code",
-        "unit",
+        "prefetch.patient.id",
+        "patient",
     ),
     (
         "malformed FHIR resource",

@@ -17,7 +17,7 @@ from pipeline.contract import load_contract
 from pipeline.errors import ContractError
 from pipeline.models.request import RequestError, check_request
 from pipeline.models.risk_model import score
-from pipeline.serving.cds_hooks import HookError, features_from_prefetch
+from pipeline.serving.cds_hooks import features_from_prefetch, read_prefetch
 
 MARK = "Zelda-Quux-7731"
 contract = load_contract(CONTRACT)
@@ -139,7 +139,13 @@ def test_the_json_encoding_is_mlflows_own_bytes(fitted) -> None:
 
 
 # -- FHIR ------------------------------------------------------------------------------
-PATIENT_RES = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1968-05-20"}
+PATIENT_ID = "p-42"  # the subject of support.serving.fhir_observation
+PATIENT_RES = {
+    "resourceType": "Patient",
+    "id": PATIENT_ID,
+    "gender": "female",
+    "birthDate": "1968-05-20",
+}
 
 
 def test_fhir_units_are_converted_and_the_latest_value_is_taken() -> None:
@@ -153,7 +159,7 @@ def test_fhir_units_are_converted_and_the_latest_value_is_taken() -> None:
         ),
         "conditions": fhir_bundle(),
     }
-    rec = features_from_prefetch(contract, prefetch, today=date(2026, 5, 19))
+    rec = features_from_prefetch(contract, prefetch, patient_id=PATIENT_ID, today=date(2026, 5, 19))
     assert rec["age"] == 57 and rec["sex"] == "female"
     assert rec["fasting_glucose"] == pytest.approx(6.0 * 18.016)
     assert rec["hba1c"] == pytest.approx(5.9)  # the 2026 % value, not the older mmol/mol
@@ -163,6 +169,7 @@ def test_fhir_units_are_converted_and_the_latest_value_is_taken() -> None:
             "patient": PATIENT_RES,
             "observations": fhir_bundle(fhir_observation("59261-8", 42.0, "mmol/mol")),
         },
+        patient_id=PATIENT_ID,
     )
     assert older["hba1c"] == pytest.approx(42.0 / 10.929 + 2.15, abs=1e-4)
     assert rec["hypertension_dx"] is False  # conditions sent, none matching
@@ -170,15 +177,20 @@ def test_fhir_units_are_converted_and_the_latest_value_is_taken() -> None:
     assert rec["ldl"] is None
 
 
-def test_a_unit_the_contract_does_not_list_is_refused() -> None:
+def test_a_unit_the_contract_does_not_list_is_not_used() -> None:
     prefetch = {
         "patient": PATIENT_RES,
-        "observations": fhir_bundle(fhir_observation("4548-4", 0.06, "g/dL")),
+        "observations": fhir_bundle(
+            fhir_observation("4548-4", 0.06, "g/dL"),
+            fhir_observation("59261-8", 42.0, "mmol/mol", "2025-01-01"),
+        ),
     }
-    with pytest.raises(HookError) as caught:
-        features_from_prefetch(contract, prefetch)
-    assert caught.value.rule == "unit" and "HbA1c" in str(caught.value)
-    assert "0.06" not in str(caught.value)
+    reading = read_prefetch(contract, prefetch, PATIENT_ID)
+    # The newer value is in a unit the contract does not convert: the older one counts.
+    assert reading.record["hba1c"] == pytest.approx(42.0 / 10.929 + 2.15, abs=1e-4)
+    assert [(n.reason, n.labels) for n in reading.not_used] == [
+        ("in a unit the contract does not convert", ("HbA1c",))
+    ]
 
 
 def test_a_contract_without_units_for_a_numeric_observation_is_refused(tmp_path: Path) -> None:
