@@ -42,3 +42,13 @@ bench: $(STAMP)
 
 clean:
 	rm -rf data mlruns/* bench/results
+
+# The image the KubeRay manifests run (ray_cluster/kuberay/), tagged with the project's
+# version from pyproject.toml. Needs a Docker engine (DOCKER=podman works too).
+IMAGE   ?= federated-diabetes/pipeline
+VERSION  = $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml | head -n 1)
+DOCKER  ?= docker
+
+.PHONY: image
+image:
+	$(DOCKER) build --tag $(IMAGE):$(VERSION) .

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from pipeline import strategies
+from pipeline.console import quiet_library_logs
 from pipeline.errors import PipelineError
 
 for _var, _value in (
@@ -30,6 +31,7 @@ app = typer.Typer(
     "hospitals, track and serve.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    callback=quiet_library_logs,  # before every command: libraries' INFO noise off
 )
 console = Console(log_path=False)
 err_console = Console(stderr=True, log_path=False)

@@ -83,7 +83,8 @@ def run_demo(console: Console, *, out: Path, sites: int, rows: int, seed: int) -
     console.print(
         f"MLflow store: {cfg.tracking_uri}  (browse: .venv/bin/mlflow ui --backend-store-uri "
         f"{cfg.tracking_uri})\nprivacy ledger: {cfg.privacy.ledger}\n"
-        f"retraining audit: {cfg.privacy.ledger.parent / 'retrain_audit.jsonl'}"
+        f"retraining audit: {cfg.privacy.ledger.parent / 'retrain_audit.jsonl'}",
+        soft_wrap=True,  # paths and commands stay whole in a log, to be copied
     )
     print_how_to_serve(console, cfg)
 
@@ -102,7 +103,9 @@ def _print_registry(console: Console, cfg: FederationConfig) -> str | None:
         return None
     run = client.get_run(client.get_model_version(name, champion).run_id)
     card = f"{run.info.artifact_uri}/model_card.md".removeprefix("file://")
-    console.print(f"champion: [bold]{name} version {champion}[/]; model card: {card}")
+    console.print(
+        f"champion: [bold]{name} version {champion}[/]; model card: {card}", soft_wrap=True
+    )
     return next((r.tags.get("strategy") for r in rows if r.version == champion), None)
 
 
@@ -126,4 +129,5 @@ def print_how_to_serve(console: Console, cfg: FederationConfig) -> None:
         f"and score patients from another terminal:\n"
         f"  .venv/bin/pipeline score --url http://127.0.0.1:5001 {example}",
         highlight=False,
+        soft_wrap=True,
     )

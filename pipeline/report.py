@@ -1,4 +1,5 @@
-"""Console output for operators: rich tables, nothing computed here."""
+"""Console output for operators: rich tables, nothing computed here. Every table goes
+through `print_table`, so a log written by no terminal holds it whole."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.console import print_table
 from pipeline.synth import SiteSummary
 
 
@@ -21,7 +23,7 @@ def print_sites(console: Console, sites: Sequence[SiteSummary], config: Path) ->
     for s in sites:
         prevalence = s.positives / s.rows if s.rows else float("nan")
         table.add_row(s.name, f"{s.rows:,}", f"{prevalence:.1%}", str(s.path))
-    console.print(table)
+    print_table(console, table)
 
 
 @contextlib.contextmanager
@@ -50,7 +52,7 @@ def print_validation(console: Console, summaries: dict) -> None:
         table.add_row(
             site, f"{s.rows:,}", "[green]yes[/]" if s.passed else "[red]no[/]", shown or "-"
         )
-    console.print(table)
+    print_table(console, table)
 
 
 def print_job(console: Console, result) -> None:  # noqa: ANN001
@@ -75,7 +77,7 @@ def print_job(console: Console, result) -> None:  # noqa: ANN001
     table.add_row(
         "[bold]all patients", f"[bold]{m.auc:.3f}", f"[bold]{m.calibration_slope:.2f}", ""
     )
-    console.print(table)
+    print_table(console, table)
     console.print(
         f"{m.n:,} patients · AUPRC {m.auprc:.3f} · Brier {m.brier:.4f} · log loss "
         f"{m.log_loss:.4f} · calibration-in-the-large {m.calibration_intercept:+.3f} · "
@@ -134,7 +136,7 @@ def print_models(console: Console, model_name: str, rows) -> None:  # noqa: ANN0
             gate,
             r.created.replace("T", " ").removesuffix("+00:00"),
         )
-    console.print(table)
+    print_table(console, table)
 
 
 def print_retrain(console: Console, result) -> None:  # noqa: ANN001
@@ -163,7 +165,7 @@ def print_retrain(console: Console, result) -> None:  # noqa: ANN001
                 shown or "-",
                 "yes" if info.get("trained", True) and not left_out else f"no: {left_out}",
             )
-        console.print(table)
+        print_table(console, table)
     for job in result.jobs:
         console.print(f"{job.strategy}: version {job.model_version}, AUC {job.metrics.auc:.3f}")
         if job.decision is not None:
@@ -225,4 +227,4 @@ def print_budget(console: Console, cfg) -> None:  # noqa: ANN001
             f"{ledger.remaining(site.name, budget):g}",
             str(jobs),
         )
-    console.print(table)
+    print_table(console, table)

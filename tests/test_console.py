@@ -27,3 +27,28 @@ def test_printed_lines_become_debug_records_even_when_the_block_raises(
         (logging.DEBUG, "lib: Task 3 got rank 3"),
         (logging.DEBUG, "lib: second line"),
     ]
+
+
+def test_library_store_noise_is_quiet_and_warnings_still_show() -> None:
+    """As the CLI does it: the levels are set first, then MLflow is imported (and sets up
+    its own loggers); its store-creation INFO lines stay off, warnings and errors show,
+    and MLflow's other INFO lines are untouched."""
+    import json
+    import subprocess
+
+    code = (
+        "import json, logging\n"
+        "from pipeline.console import QUIET_LOGGERS, quiet_library_logs\n"
+        "quiet_library_logs()\n"
+        "import mlflow.store.db.utils, alembic.runtime.migration\n"
+        "names = [*QUIET_LOGGERS, 'alembic.runtime.migration', 'mlflow.tracking']\n"
+        "print(json.dumps({n: [logging.getLogger(n).isEnabledFor(level)\n"
+        "    for level in (logging.INFO, logging.WARNING, logging.ERROR)] for n in names}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    enabled = json.loads(done.stdout.splitlines()[-1])
+    assert enabled["mlflow.store.db.utils"] == [False, True, True]
+    assert enabled["alembic"] == enabled["alembic.runtime.migration"] == [False, True, True]
+    assert enabled["mlflow.tracking"] == [True, True, True]

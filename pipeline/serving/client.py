@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.console import print_table
 from pipeline.errors import PipelineError
 
 
@@ -111,7 +112,7 @@ def print_scores(console: Console, answers: list[dict[str, Any]]) -> None:
             f"[{colours.get(band, 'white')}]{band}[/]",
             "; ".join(_shown(f) for f in a["top_factors"]),
         )
-    console.print(table)
+    print_table(console, table)
 
 
 def score_file(
