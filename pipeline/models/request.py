@@ -70,10 +70,16 @@ def safe_name(column: object) -> str | None:
     return column if isinstance(column, str) and _SAFE_NAME.match(column) else None
 
 
+def _is_scalar(v: Any) -> bool:
+    """Not a list, an object or an array (MLflow's parsers give a list cell of ``inputs``
+    records as an array)."""
+    if isinstance(v, np.ndarray):
+        return v.ndim == 0
+    return not isinstance(v, list | dict | tuple | set)
+
+
 def _is_scalar_mask(values: np.ndarray) -> np.ndarray:
-    return np.frompyfunc(lambda v: not isinstance(v, list | dict | tuple | set), 1, 1)(
-        values
-    ).astype(bool)
+    return np.frompyfunc(_is_scalar, 1, 1)(values).astype(bool)
 
 
 def _is_bool_mask(values: np.ndarray) -> np.ndarray:
@@ -96,8 +102,8 @@ def _why_not_numbers(values: np.ndarray) -> tuple[str, str, np.ndarray]:
     bools = present & _is_bool_mask(values)
     if bools.any():
         return "number", "true/false is not a number", bools
-    junk = present & pd.isna(pd.to_numeric(pd.Series(values), errors="coerce")).to_numpy()
-    return "number", "not a number", junk
+    numbers = np.frompyfunc(lambda v: isinstance(v, int | float | np.number), 1, 1)(values)
+    return "number", "not a number", present & ~numbers.astype(bool)
 
 
 class _Checker:
@@ -182,9 +188,13 @@ class _Checker:
             missing = pd.isna(values)
             return np.where(missing, np.nan, np.where(missing, False, values).astype(bool))
         if pd.api.types.infer_dtype(values, skipna=True) not in _NUMBER_TYPES:
-            ok = np.frompyfunc(_is_boolean_value, 1, 1)(values).astype(bool)
-            self.fail("boolean", "not true/false", ~pd.isna(values) & ~ok)
-            return None
+            # true/false and 0/1 mixed, or something else among them
+            missing = pd.isna(values)
+            bad = ~missing & ~np.frompyfunc(_is_boolean_value, 1, 1)(values).astype(bool)
+            if bad.any():
+                self.fail("boolean", "not true/false", bad)
+                return None
+            return np.where(missing, np.nan, np.where(missing, 0, values).astype(np.float64))
         x = self.numbers(col)  # 0/1 is accepted for true/false
         if x is None:
             return None
@@ -202,6 +212,11 @@ class _Checker:
         if f.dtype == "string":
             values = col.to_numpy(dtype=object)
             missing = pd.isna(values)
+            if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
+                nested = ~missing & ~_is_scalar_mask(values)
+                if nested.any():
+                    self.fail("scalar", "a list or object is not a value", nested)
+                    return None
             keys = np.where(missing, "", values).astype(str)
             table = np.array([str(c) for c in cats])
         else:

@@ -49,6 +49,17 @@ def patient_schema(contract: Contract) -> dict[str, Any]:
     }
 
 
+def full_patient_schema(contract: Contract) -> dict[str, Any]:
+    """A patient in ``instances`` or ``inputs`` records: MLflow reads those records as
+    columns, so each one names every feature (null for a missing optional one)."""
+    return {
+        **patient_schema(contract),
+        "description": "One patient, every feature named (null for a missing optional "
+        "one): MLflow reads instances and inputs records as columns.",
+        "required": list(contract.feature_names),
+    }
+
+
 def columns_schema(contract: Contract, max_rows: int) -> dict[str, Any]:
     """``instances`` or ``inputs`` as columns: each feature a list of its values."""
     return {
@@ -70,6 +81,7 @@ def columns_schema(contract: Contract, max_rows: int) -> dict[str, Any]:
 
 def request_schema(contract: Contract, max_rows: int) -> dict[str, Any]:
     rows = {"type": "array", "items": ref("Patient"), "minItems": 1, "maxItems": max_rows}
+    full_rows = {**rows, "items": ref("FullPatient")}
     params = {"type": "object", "description": "accepted and ignored, as MLflow does"}
 
     def body(key: str, value: dict[str, Any]) -> dict[str, Any]:
@@ -104,8 +116,8 @@ def request_schema(contract: Contract, max_rows: int) -> dict[str, Any]:
         "oneOf": [
             body("dataframe_split", split),
             body("dataframe_records", rows),
-            body("instances", {"oneOf": [rows, columns_schema(contract, max_rows)]}),
-            body("inputs", {"oneOf": [rows, columns_schema(contract, max_rows)]}),
+            body("instances", {"oneOf": [full_rows, columns_schema(contract, max_rows)]}),
+            body("inputs", {"oneOf": [full_rows, columns_schema(contract, max_rows)]}),
         ]
     }
 

@@ -201,6 +201,7 @@ def document(
         "components": {
             "schemas": {
                 "Patient": schemas.patient_schema(contract),
+                "FullPatient": schemas.full_patient_schema(contract),
                 "ScoringRequest": schemas.request_schema(contract, max_rows),
                 "Answer": schemas.answer_schema(contract),
                 "Error": schemas.error_schema(),

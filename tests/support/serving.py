@@ -74,6 +74,22 @@ def register(tracking_uri: str, model: Any, name: str = MODEL_NAME) -> str:
         return tracker.register(model, str(CONTRACT), name)
 
 
+def registered_champion(tmp: Path, *, card: str | None = None) -> tuple[str, Any, Any]:
+    """A fitted logistic model registered as version 1 and made champion (with a model
+    card when `card` is given): the tracking URI, the model and its extract."""
+    from pipeline.registry import move_champion, registry_client
+
+    uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
+    model, frame = fitted_logistic(tmp / "extract")
+    version = register(uri, model)
+    client = registry_client(uri)
+    move_champion(client, MODEL_NAME, version)
+    if card is not None:
+        run_id = client.get_model_version(MODEL_NAME, version).run_id
+        client.log_text(run_id, card, "model_card.md")
+    return uri, model, frame
+
+
 def write_config(tmp: Path, tracking_uri: str, **serving: Any) -> Path:
     """A federation config whose only purpose here is the registry and serving."""
     raw = {

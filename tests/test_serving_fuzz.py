@@ -1,0 +1,184 @@
+"""Schemathesis against the live service, from the OpenAPI document it serves: requests
+generated to fit the document (positive) and to break it (negative), to the scoring
+endpoint in MLflow's four formats and CSV and to the CDS Hooks service. No answer may be
+a 5xx, break the document (status, media type, body schema), accept data the document
+refuses, or repeat a value the request carried. Bounded in count; the run prints how many
+requests it sent and how long they took (the README quotes it)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from support.serving import registered_champion, running_server, write_config
+
+pytestmark = pytest.mark.slow
+
+SAFE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+# (operation, generation mode, requests, fixed path parameters)
+PLAN = [
+    ("/invocations", GenerationMode.POSITIVE, 200, None),
+    ("/invocations", GenerationMode.NEGATIVE, 200, None),
+    ("/cds-services/{service}", GenerationMode.POSITIVE, 80, {"service": "diabetes-risk"}),
+    ("/cds-services/{service}", GenerationMode.NEGATIVE, 80, {"service": "diabetes-risk"}),
+    ("/cds-services/{service}", GenerationMode.POSITIVE, 20, None),
+]
+SENT: Counter[str] = Counter()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("fuzz")
+    uri, _, _ = registered_champion(tmp, card="# diabetes-risk\n")
+    with running_server(write_config(tmp, uri)) as s:
+        yield s
+
+
+def _carried(node: Any) -> set[str]:
+    """What a request carried that an answer must not repeat: strings that are not names
+    (names of fields may be named) and numbers written with many digits."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found |= _carried(key) | _carried(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= _carried(value)
+    elif isinstance(node, str):
+        if len(node) >= 6 and not SAFE_NAME.match(node):
+            found.add(node)
+    elif isinstance(node, float) and len(repr(node)) >= 9:
+        found.add(repr(node))
+    return found
+
+
+@schemathesis.check
+def echoes_nothing(ctx: Any, response: Any, case: Any) -> bool | None:
+    """A refusal never repeats what the request carried."""
+    if response.status_code < 400:
+        return None
+    text = response.text
+    if "Traceback" in text or 'File "' in text:
+        raise AssertionError("a refusal carries a stack trace")
+    body = case.body if isinstance(case.body, dict | list) else None
+    for value in _carried(body):
+        if value in text:
+            raise AssertionError(f"a {response.status_code} repeats a value of the request")
+    return True
+
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+    echoes_nothing,
+]
+
+
+def _format(case: Any) -> str:
+    if case.media_type == "text/csv":
+        return "csv"
+    keys = set(case.body) - {"params"} if isinstance(case.body, dict) else set()
+    if len(keys) != 1:
+        return "other"
+    key = keys.pop()
+    columns = key in ("instances", "inputs") and isinstance(case.body[key], dict)
+    return f"{key} as columns" if columns else key
+
+
+def _generate(strategy: Any, count: int, send: Any) -> None:
+    """`count` cases drawn from `strategy`, each given to `send` (no shrinking: a failure
+    is reported as found, with its curl line)."""
+
+    @settings(
+        max_examples=count,
+        deadline=None,
+        database=None,
+        phases=["generate"],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=strategy)
+    def run(case: Any) -> None:
+        send(case)
+
+    run()
+
+
+def test_generated_requests_get_no_5xx_and_answers_that_keep_the_document(server) -> None:
+    schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
+    http = requests.Session()
+    started = time.monotonic()
+    formats: Counter[str] = Counter()
+    statuses: Counter[int] = Counter()
+
+    def sender(path: str, scoring: bool):
+        def send(case: Any) -> None:
+            response = case.call(base_url=server.url, session=http, timeout=30)
+            SENT[path] += 1
+            statuses[response.status_code] += 1
+            if scoring:
+                formats[_format(case)] += 1
+            case.validate_response(response, checks=CHECKS)
+
+        return send
+
+    for path, mode, count, path_parameters in PLAN:
+        strategy = schema[path]["POST"].as_strategy(
+            generation_mode=mode, path_parameters=path_parameters
+        )
+        scoring = path == "/invocations" and mode is GenerationMode.POSITIVE
+        _generate(strategy, count, sender(path, scoring))
+    elapsed = time.monotonic() - started
+    total = sum(SENT.values())
+    print(
+        f"\nfuzz: {total} requests ({dict(SENT)}) in {elapsed:.1f} s; statuses {dict(statuses)}; "
+        f"scoring formats {dict(formats)}"
+    )
+    assert total >= 500
+    assert not [s for s in statuses if s >= 500]
+    for fmt in ("dataframe_records", "dataframe_split", "instances", "inputs"):
+        assert formats[fmt] + formats[f"{fmt} as columns"] >= 10, formats
+    assert statuses[200] >= 50, statuses  # the document's valid requests are scored
+    assert server.request("GET", "/ping")[0] == 200
+    log = server.log.read_text()
+    assert "internal error" not in log, log[-2000:]
+
+
+def test_the_scoring_document_admits_only_what_the_service_scores(server) -> None:
+    """Positive data is accepted: every request the document's scoring schema admits is
+    answered 200. Not for CSV (a string to the document), dataframe_split (JSON Schema
+    cannot tie a cell to its column) or columns (nor lists to an equal length): the
+    service checks those."""
+    schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
+    refused = []
+
+    def send(case: Any) -> None:
+        if _format(case) in ("csv", "dataframe_split", "instances as columns", "inputs as columns"):
+            return
+        response = case.call(base_url=server.url, timeout=30)
+        SENT["/invocations"] += 1
+        if response.status_code != 200:
+            refused.append((response.status_code, json.loads(response.text).get("rule")))
+
+    strategy = schema["/invocations"]["POST"].as_strategy(
+        generation_mode=GenerationMode.POSITIVE, media_type="application/json"
+    )
+    _generate(strategy, 150, send)
+    assert not refused, Counter(refused)
