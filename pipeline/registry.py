@@ -20,6 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.console import printed_to_debug
 from pipeline.errors import PipelineError
+from pipeline.model_package import (
+    MODEL_CODE,
+    MODEL_CODE_FILE,
+    bundle,
+    model_code,
+    requirements,
+    sys_path_kept,
+)
 
 if TYPE_CHECKING:
     from pipeline.contract import Contract
@@ -133,31 +141,44 @@ class JobTracker:
         tags: dict[str, str] | None = None,
     ) -> str:
         """Log the pyfunc risk model and register it as a new version, aliased challenger,
-        with `tags` on the version (what ``pipeline models`` lists without opening runs)."""
+        with `tags` on the version (what ``pipeline models`` lists without opening runs).
+
+        The version stands on its own: MLflow loads it from a short model file
+        (models-from-code, so nothing is pickled) that imports :class:`RiskModel` from
+        the bundled modules, exactly those loading and predicting import; its
+        requirements pin every distribution they import; its signature and input example
+        come from the contract (:mod:`pipeline.models.signature`)."""
         import mlflow
 
-        from pipeline.models.risk_model import RiskModel
+        from pipeline.contract import load_contract
+        from pipeline.models.signature import input_example, model_signature
 
-        # MLflow warns that a Python-object model is pickled (this one holds only paths) and
-        # that no signature was inferred (the contract checks input instead): both known.
-        # It also prints its registry steps straight to stderr, between the job's own
+        contract = load_contract(contract_path)
+        sources, imported = model_code()
+        # MLflow prints its registry steps straight to stderr, between the job's own
         # progress lines; they go to this module's debug log (the job reports the version).
+        # Its INFO lines are dropped; a warning of its own still shows.
         with (
             tempfile.TemporaryDirectory() as tmp,
-            _mlflow_level(logging.ERROR),
+            _mlflow_level(logging.WARNING),
+            sys_path_kept(),
             printed_to_debug(log, "mlflow", "stderr"),
         ):
             spec = Path(tmp) / "model.json"
             spec.write_text(json.dumps(model.to_dict()))
             artifacts = {"contract": contract_path, "model": str(spec)}
             artifacts.update(model.extra_artifacts(Path(tmp)))
+            code = Path(tmp) / MODEL_CODE_FILE
+            code.write_text(MODEL_CODE)
             info = mlflow.pyfunc.log_model(
                 name="risk_model",
-                python_model=RiskModel(),
+                python_model=str(code),
                 artifacts=artifacts,
-                code_paths=[str(Path(__file__).resolve().parent)],
+                code_paths=[str(bundle(sources, Path(tmp) / "code"))],
                 registered_model_name=model_name,
-                pip_requirements=_requirements(),
+                pip_requirements=requirements(imported),
+                signature=model_signature(contract),
+                input_example=input_example(contract),
             )
         version = str(info.registered_model_version)
         client = mlflow.MlflowClient()
@@ -177,17 +198,6 @@ def _mlflow_level(level: int) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(before)
-
-
-def _requirements() -> list[str]:
-    """The served model's pinned requirements: its own, and what any strategy's model
-    needs (every version is served by the same pyfunc)."""
-    from importlib.metadata import version
-
-    from pipeline.strategies import model_requirements
-
-    names = ["mlflow", "numpy", "pandas", "pyarrow", "pydantic", "pyyaml", "scikit-learn"]
-    return [f"{n}=={version(n)}" for n in [*names, *model_requirements()]]
 
 
 def registry_client(tracking_uri: str) -> Any:

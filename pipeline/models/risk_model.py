@@ -50,9 +50,11 @@ def as_frame(model_input: Any) -> pd.DataFrame:
         return model_input
     if isinstance(model_input, dict):
         return pd.DataFrame({k: _column(v) for k, v in model_input.items()})
+    # Records (``inputs`` whose records name different features): a record without a
+    # feature leaves a NaN among the 0-d arrays, so every object column is unwrapped.
     frame = pd.DataFrame(list(model_input))
     for name in [c for c, t in frame.dtypes.items() if pd.api.types.is_object_dtype(t)]:
-        frame[name] = _column(frame[name].to_numpy())
+        frame[name] = _unwrap(frame[name].to_numpy())
     return frame
 
 
@@ -61,7 +63,8 @@ class RiskModel(mlflow.pyfunc.PythonModel):
     model_version. The server that loads a registered version sets ``model_name`` and
     ``model_version``; elsewhere the name is the contract's and the version unknown."""
 
-    def load_context(self, context: Any) -> None:
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        """The contract and the model, from the version's logged artifacts, once."""
         self.contract = load_contract(context.artifacts["contract"])
         spec = json.loads(Path(context.artifacts["model"]).read_text())
         self.model = from_spec(self.contract, spec, context.artifacts)
@@ -81,9 +84,17 @@ class RiskModel(mlflow.pyfunc.PythonModel):
             model_version=self.model_version,
         )
 
-    # No type hints on predict: MLflow would infer a signature from them (and enforce it
-    # before the contract check, with its own error messages).
-    def predict(self, context, model_input, params=None):
+    def predict(
+        self,
+        context: mlflow.pyfunc.PythonModelContext,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        """The answer for `model_input`, which MLflow hands over as a frame of the logged
+        signature's columns. A frame is a hint MLflow infers no signature from, so the
+        signature logged from the contract (:mod:`pipeline.models.signature`) stays the
+        one MLflow serves with, and every JSON input format keeps working; other inputs
+        (a dict of columns, a list of records) are read as MLflow's parsers give them."""
         frame = as_frame(model_input)
         try:
             cols = check_request(self.contract, frame)
