@@ -27,6 +27,7 @@ model_card_route  # noqa
 prometheus  # noqa
 patient_view  # noqa
 not_found  # noqa
+openapi_json  # noqa
 
 # Ray: the site actor's methods and its strategies' requests, called by name through
 # SiteRuntime.call and SiteActor.handle.
