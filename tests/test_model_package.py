@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from support.serving import (
     free_port,
     register,
     running_server,
+    wait_until_up,
     write_config,
 )
 
@@ -390,14 +390,6 @@ def _stop_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _answers_ping(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/ping", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def mlflow_server(uri: str, log: Path, wait_s: float = 180) -> Iterator[str]:
     """`mlflow models serve` of the champion on loopback, until /ping answers; stopped
@@ -418,15 +410,7 @@ def mlflow_server(uri: str, log: Path, wait_s: float = 180) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow models serve exited: {log.read_text()[-3000:]}")
-            if _answers_ping(url):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow models serve did not start: {log.read_text()[-3000:]}")
-            time.sleep(0.3)
+        wait_until_up(proc, url, log, wait_s)
         yield url
     finally:
         _stop_group(proc)

@@ -80,30 +80,40 @@ patients = st.fixed_dictionaries(
 
 
 def _columns(rows: list[dict]) -> list[str]:
-    return sorted({k for row in rows for k in row}, key=contract.feature_names.index)
+    """Every key of `rows`: the contract's features in its order, then any other."""
+    order = {name: i for i, name in enumerate(contract.feature_names)}
+    keys = {k for row in rows for k in row}
+    return sorted(keys, key=lambda k: (order.get(k, len(order)), k))
 
 
-def as_body(rows: list[dict], fmt: str) -> tuple[bytes, str]:
-    """`rows` in one of MLflow's request formats (records with different optional keys
-    are written with nulls where a format needs every column)."""
+def document(rows: list[dict], fmt: str, *, fill: bool = True) -> dict:
+    """`rows` in one of MLflow's JSON formats. Formats of columns need every key in every
+    row (nulls are written); records are written as they are unless `fill`."""
     cols = _columns(rows)
     full = [{c: row.get(c) for c in cols} for row in rows]
-    if fmt == "csv":  # a CSV writes a column's true/false one way: 1 and 0 here
-        full = [{c: int(v) if isinstance(v, bool) else v for c, v in r.items()} for r in full]
-        buffer = io.StringIO()
-        pd.DataFrame(full, columns=cols).to_csv(buffer, index=False)
-        return buffer.getvalue().encode(), "text/csv"
-    doc = {
-        "dataframe_records": {"dataframe_records": full},
+    records = full if fill else rows
+    return {
+        "dataframe_records": {"dataframe_records": records},
         "dataframe_split": {
             "dataframe_split": {"columns": cols, "data": [[r[c] for c in cols] for r in full]}
         },
-        "instances": {"instances": full},
+        "instances": {"instances": records},
         "inputs": {"inputs": {c: [r[c] for r in full] for c in cols}},
         # MLflow reads records naming different features under inputs (not instances)
         "inputs records": {"inputs": rows},
     }[fmt]
-    return json.dumps(doc).encode(), "application/json"
+
+
+def as_body(rows: list[dict], fmt: str) -> tuple[bytes, str]:
+    """`rows` as a request body in one of MLflow's formats, or CSV."""
+    if fmt != "csv":
+        return json.dumps(document(rows, fmt)).encode(), "application/json"
+    cols = _columns(rows)
+    # a CSV writes a column's true/false one way: 1 and 0 here
+    full = [{c: int(v) if isinstance(v, bool) else v for c, v in r.items()} for r in rows]
+    buffer = io.StringIO()
+    pd.DataFrame(full, columns=cols).to_csv(buffer, index=False)
+    return buffer.getvalue().encode(), "text/csv"
 
 
 FORMATS = ["dataframe_records", "dataframe_split", "instances", "inputs", "csv", "inputs records"]
@@ -180,17 +190,7 @@ def _must_refuse_or_answer(served: RiskModel, body: bytes, mime: str, n: int | N
 def test_any_cell_is_refused_with_a_rule_or_answered(served, rows, fmt) -> None:
     """A cell of any JSON type or shape, an undeclared or identifier column, a required
     column left out: a 4xx naming the rule, or an answer; never another exception."""
-    cols = sorted({k for row in rows for k in row})
-    full = [{c: row.get(c) for c in cols} for row in rows]
-    doc = {
-        "dataframe_records": {"dataframe_records": rows},
-        "dataframe_split": {
-            "dataframe_split": {"columns": cols, "data": [[r[c] for c in cols] for r in full]}
-        },
-        "instances": {"instances": rows},
-        "inputs": {"inputs": {c: [r[c] for r in full] for c in cols}},
-        "inputs records": {"inputs": rows},
-    }[fmt]
+    doc = document(rows, fmt, fill=False)
     _must_refuse_or_answer(served, json.dumps(doc).encode(), "application/json", len(rows))
 
 

@@ -152,6 +152,31 @@ class Server:
         return status, json.loads(body)
 
 
+def wait_until_up(
+    proc: subprocess.Popen,
+    url: str,
+    log: Path,
+    wait_s: float,
+    *,
+    context: ssl.SSLContext | None = None,
+) -> None:
+    """Until the server at `url` answers ``GET /ping`` with 200; its log when it exits or
+    does not answer within `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:4]} exited: {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/ping", timeout=2, context=context) as r:
+                if r.status == 200:
+                    return
+        except (OSError, urllib.error.URLError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.args[:4]} did not start: {log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def running_server(
     config: Path,
@@ -185,18 +210,7 @@ def running_server(
     scheme = "https" if tls_ca else "http"
     server = Server(proc, f"{scheme}://127.0.0.1:{port}", log, tls_ca)
     try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
-            try:
-                if server.request("GET", "/ping", timeout=2)[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_until_up(proc, server.url, log, wait_s, context=server.context)
         yield server
     finally:
         if proc.poll() is None:
