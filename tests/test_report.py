@@ -200,7 +200,9 @@ def test_an_unattended_cli_run_prints_whole_tables_and_no_store_noise(tmp_path: 
     from pipeline.synth import synthesize
 
     config, _ = synthesize(tmp_path / "data", sites=3, rows=600, seed=1)
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "FORCE_COLOR")}
+    # mlflow.set_tracking_uri in an earlier test exports MLFLOW_TRACKING_URI: not ours
+    unset = ("COLUMNS", "FORCE_COLOR", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     done = subprocess.run(
         [PIPELINE, "models", "--config", str(config)],
         stdin=subprocess.DEVNULL,
