@@ -216,7 +216,22 @@ def read_csv(body: bytes) -> pd.DataFrame:
         ) from None
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
+def too_large(limit: int) -> BadRequest:
+    return BadRequest(
+        413,
+        None,
+        "body size",
+        f"the body is larger than {limit} bytes (rule: body size)",
+        {"max_bytes": limit},
+    )
+
+
+async def read_body(receive: Receive, limit: int, declared: bytes | None = None) -> bytes:
+    """The request's body, refused (413) as soon as it is known to exceed `limit`: from
+    its declared ``Content-Length`` before a byte is read, else while it is read."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        await drain(receive, int(declared))
+        raise too_large(limit)
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -225,13 +240,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise BadRequest(
-                413,
-                None,
-                "body size",
-                f"the body is larger than {limit} bytes (rule: body size)",
-                {"max_bytes": limit},
-            )
+            raise too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.serving.body import drain, read_body
+from pipeline.serving.body import read_body
 from pipeline.serving.champion import Champion, Served
 from pipeline.serving.errors import ASGIApp, BadRequest, Receive, Scope, Send
 from pipeline.serving.metrics import Metrics
@@ -257,9 +257,11 @@ class Guard:
         self, scope: Scope, receive: Receive, send: Send, served: Served | None, ex: _Exchange
     ) -> None:
         path, method = scope["path"], scope["method"]
+        headers = dict(scope["headers"])
         body = b""
         if method in BODY_METHODS:
-            body = await self._body(scope, receive, self.limits.body_bytes(path))
+            limit = self.limits.body_bytes(path)
+            body = await read_body(receive, limit, headers.get(b"content-length"))
             receive = _replay(body)
         if path in ("/ping", "/health", "/version"):
             if method != "GET":
@@ -273,7 +275,7 @@ class Guard:
             return
         if method != "POST":
             raise BadRequest(405, None, "method", "/invocations takes POST (rule: method)")
-        mime = self._media_type(scope)
+        mime = self._media_type(headers)
         if not body.strip():
             raise BadRequest(400, None, "body", "the body is empty (rule: a JSON or CSV body)")
         with _gc_paused(len(body) > GC_PAUSE_BYTES):
@@ -301,8 +303,7 @@ class Guard:
         await send_bytes(send, 200 if served is not None else 404, b"\n")
 
     @staticmethod
-    def _media_type(scope: Scope) -> str:
-        headers = dict(scope["headers"])
+    def _media_type(headers: dict[bytes, bytes]) -> str:
         mime, _, params = headers.get(b"content-type", b"").decode("latin-1").partition(";")
         mime = mime.strip().lower()
         if mime not in JSON_TYPES + CSV_TYPES or (
@@ -316,22 +317,6 @@ class Guard:
                 {"types": [*JSON_TYPES, *CSV_TYPES]},
             )
         return mime
-
-    @staticmethod
-    async def _body(scope: Scope, receive: Receive, limit: int) -> bytes:
-        """The request's body, refused (413) as soon as it is known to exceed `limit`:
-        from its ``Content-Length`` before a byte is read, else while it is read."""
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            await drain(receive, int(length))
-            raise BadRequest(
-                413,
-                None,
-                "body size",
-                f"the body is larger than {limit} bytes (rule: body size)",
-                {"max_bytes": limit},
-            )
-        return await read_body(receive, limit)
 
     def _record(self, scope: Scope, ex: _Exchange) -> None:
         latency = time.perf_counter() - ex.started
