@@ -53,9 +53,6 @@ def document(
     auth_required: bool,
 ) -> dict[str, Any]:
     """The OpenAPI document of the service serving `model_name` (its current version)."""
-    scoring_errors = (
-        _errors(400, 401, 413, 415, 500, 503) if auth_required else _errors(400, 413, 415, 500, 503)
-    )
     invocations = {
         "post": {
             "summary": "Score patients (MLflow's REST scoring protocol)",
@@ -79,27 +76,22 @@ def document(
                     },
                     "one answer per patient, in order",
                 ),
-                **scoring_errors,
+                **_errors(400, 413, 415, 500, 503),
             },
         }
     }
     hook_id = service_id(model_name)
+    liveness = {
+        "get": {
+            "summary": "Liveness (MLflow's)",
+            "security": [],
+            "responses": {"200": _text("application/json", "a model is loaded")},
+        }
+    }
     paths: dict[str, Any] = {
         "/invocations": invocations,
-        "/ping": {
-            "get": {
-                "summary": "Liveness (MLflow's)",
-                "security": [],
-                "responses": {"200": _text("application/json", "a model is loaded")},
-            }
-        },
-        "/health": {
-            "get": {
-                "summary": "Liveness (MLflow's)",
-                "security": [],
-                "responses": {"200": _text("application/json", "a model is loaded")},
-            }
-        },
+        "/ping": liveness,
+        "/health": liveness,
         "/version": {
             "get": {
                 "summary": "MLflow's version",
@@ -111,7 +103,6 @@ def document(
                 "summary": "CDS Hooks discovery",
                 "responses": {
                     "200": _json({"type": "object"}, "the patient-view service and prefetch"),
-                    **_errors(*([401] if auth_required else [])),
                 },
             }
         },
@@ -140,13 +131,7 @@ def document(
                         },
                         "one card: the risk, or what keeps the model from scoring",
                     ),
-                    **_errors(
-                        *(
-                            [400, 401, 404, 413, 500, 503]
-                            if auth_required
-                            else [400, 404, 413, 500, 503]
-                        )
-                    ),
+                    **_errors(400, 404, 413, 500, 503),
                 },
             }
         },
@@ -215,4 +200,7 @@ def document(
     if auth_required:
         doc["components"]["securitySchemes"] = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
         doc["security"] = [{"bearerAuth": []}]
+        for operation in (op for ops in paths.values() for op in ops.values()):
+            if operation.get("security") != []:  # every operation the token guards
+                operation["responses"].update(_errors(401))
     return doc
