@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.contract import Contract
-from pipeline.models.answer import answer
+from pipeline.models.answer import answer_records
 from pipeline.models.request import RequestError, check_request
 from pipeline.serving.fhir_reading import (
     PREFETCH_KEY,
@@ -190,8 +190,9 @@ def card_for(
             ).rstrip(),
             "source": source,
         }
-    res = answer(contract, model, cols, model_name=model_name, model_version=model_version)
-    row = res.iloc[0]
+    (row,) = answer_records(
+        contract, model, cols, model_name=model_name, model_version=model_version
+    )
     p, band = float(row["risk_probability"]), str(row["risk_band"])
     bands = [b.name for b in contract.risk_bands]
     rank = bands.index(band)

@@ -49,13 +49,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def is_wildcard(host: str) -> bool:
+    """Bound to every interface: the machine's names, hence its URL, are unknown."""
+    return host in ("0.0.0.0", "::", "")
+
+
 def allowed_hosts(host: str, port: int, configured: list[str] | None) -> set[str] | None:
     """The ``Host`` values the service answers: the configured ones, else the bound
     address and localhost, with and without the port. None (any) for a wildcard bind
     with none configured: the machine's names are unknown, and the token guards it."""
     if configured:
         return set(configured)
-    if host in ("0.0.0.0", "::", ""):
+    if is_wildcard(host):
         log.warning("bound to every interface with no serving.allowed_hosts: any Host is answered")
         return None
     names = {host if ":" not in host else f"[{host}]", "localhost", "127.0.0.1", "[::1]"}
@@ -127,13 +132,12 @@ def serve(
     )
     scheme = "https" if serving.tls_cert else "http"
     url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}"
-    wildcard = host in ("0.0.0.0", "::", "")
     app = build_app(
         champion,
         limits,
         token,
         hosts=allowed_hosts(host, port, serving.allowed_hosts),
-        public_url=(serving.public_url or (None if wildcard else url)),
+        public_url=(serving.public_url or (None if is_wildcard(host) else url)),
     )
     config = uvicorn.Config(
         app,
