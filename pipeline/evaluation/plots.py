@@ -22,6 +22,14 @@ def pyplot() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    """Write a figure once laid out, and free it (pyplot keeps every open figure)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_roc(metrics: dict[str, Metrics], path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -30,10 +38,7 @@ def plot_roc(metrics: dict[str, Metrics], path: Path) -> Path:
     ax.plot([0, 1], [0, 1], "k:", lw=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, held-out")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_calibration(metrics: dict[str, Metrics], path: Path) -> Path:
@@ -46,10 +51,7 @@ def plot_calibration(metrics: dict[str, Metrics], path: Path) -> Path:
     ax.plot([0, 1], [0, 1], "k:", lw=1)
     ax.set(xlabel="mean predicted risk", ylabel="observed rate", title="Calibration")
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_sites(per_site: dict[str, float | Suppressed], path: Path) -> Path:
@@ -64,10 +66,7 @@ def plot_sites(per_site: dict[str, float | Suppressed], path: Path) -> Path:
             ax.text(i, 0.52, "suppressed", ha="center", rotation=90, fontsize=8)
     ax.set(ylabel="AUC", title="Held-out AUC at each site", ylim=(0.5, 1.0))
     ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_subgroups(groups: dict[str, Metrics | Suppressed], path: Path) -> Path:
@@ -89,10 +88,7 @@ def plot_subgroups(groups: dict[str, Metrics | Suppressed], path: Path) -> Path:
         for i, v in enumerate(values):
             if np.isnan(v):
                 ax.text(i, ax.get_ylim()[0], "suppressed", ha="center", rotation=90, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_importance(importance: dict[str, float], path: Path) -> Path:
@@ -102,7 +98,4 @@ def plot_importance(importance: dict[str, float], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, max(3, 0.3 * len(items))))
     ax.barh([k for k, _ in items], [v for _, v in items], color="tab:green")
     ax.set(xlabel="average gain per split", title="Federated XGBoost: feature importance")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
