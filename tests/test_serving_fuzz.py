@@ -8,7 +8,6 @@ requests it sent and how long they took (the README quotes it)."""
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections import Counter
 from typing import Any
@@ -27,9 +26,10 @@ from schemathesis.checks import (
 )
 from support.serving import registered_champion, running_server, write_config
 
+from pipeline.models.request import safe_name
+
 pytestmark = pytest.mark.slow
 
-SAFE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 SERVICE = {"service": "diabetes-risk"}
 # (operation, generation mode, requests, fixed path parameters, request format): the
 # positive scoring requests are spread over the formats so that each gets its share.
@@ -65,7 +65,7 @@ def _carried(node: Any) -> set[str]:
         for value in node:
             found |= _carried(value)
     elif isinstance(node, str):
-        if len(node) >= 6 and not SAFE_NAME.match(node):
+        if len(node) >= 6 and safe_name(node) is None:
             found.add(node)
     elif isinstance(node, float) and len(repr(node)) >= 9:
         found.add(repr(node))
