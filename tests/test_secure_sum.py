@@ -1,4 +1,5 @@
-"""Secure sum: masked updates look uniform, the full sum is exact, keys are authenticated."""
+"""Secure sum: masked inputs look uniform, the sum is exact with or without a dropout, a
+site answers each step of a round once, keys are authenticated."""
 
 from __future__ import annotations
 
@@ -9,15 +10,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from pipeline.protocol import shamir
 from pipeline.protocol.secure_sum import (
     RosterError,
+    SecureSumSite,
     SiteKeys,
     VerifiedRoster,
     decode,
     encode,
-    mask_update,
     max_abs_sum,
-    unmask_sum,
+    unmask,
     verify_roster,
 )
 
@@ -48,11 +50,37 @@ def updates() -> dict[str, np.ndarray]:
     return {site: rng.normal(0.0, 50.0, size=20_000) for site in SITES}
 
 
-def masked_all(updates, keys, roster, round=0, attempt=0) -> dict[str, np.ndarray]:
-    return {
-        site: mask_update(updates[site], keys[site], roster, JOB, round, attempt)
-        for site in roster.sites
+def sites_of(keys, roster) -> dict[str, SecureSumSite]:
+    return {site: SecureSumSite(keys[site], roster) for site in roster.sites}
+
+
+def run_round(sites, updates, round_=0, *, lost=(), lost_after_input=()):
+    """One round as the coordinator runs it: set-up, inputs from every site but `lost`,
+    reveals from every survivor but `lost_after_input`. Returns (sum, masked inputs)."""
+    setups = {s: site.setup(round_) for s, site in sites.items()}
+    keys = {s: setup.key for s, setup in setups.items()}
+    masked = {
+        s: site.mask(
+            round_,
+            updates[s],
+            keys,
+            {peer: setup.shares[s] for peer, setup in setups.items() if peer != s},
+        )
+        for s, site in sites.items()
+        if s not in lost
     }
+    survivors, dropped = sorted(masked), sorted(lost)
+    reveals = {
+        s: sites[s].reveal(round_, survivors, dropped)
+        for s in survivors
+        if s not in lost_after_input
+    }
+    roster = next(iter(sites.values())).roster
+    return unmask(masked, roster, round_, keys, reveals), masked
+
+
+def masked_all(updates, keys, roster, round_=0) -> dict[str, np.ndarray]:
+    return run_round(sites_of(keys, roster), updates, round_)[1]
 
 
 def uniform_p_values(values: np.ndarray) -> tuple[float, float]:
@@ -92,36 +120,114 @@ def test_the_sum_over_any_strict_subset_of_sites_looks_uniform(updates, keys, ro
 
 
 def test_the_full_sum_equals_the_true_sum(updates, keys, roster):
-    total = unmask_sum(masked_all(updates, keys, roster), roster)
+    total, _ = run_round(sites_of(keys, roster), updates)
     np.testing.assert_allclose(total, sum(updates.values()), rtol=0, atol=1e-6)
 
 
-def test_masks_differ_between_rounds_and_attempts(updates, keys, roster):
-    vector, site = updates["brook"], "brook"
-    first = mask_update(vector, keys[site], roster, JOB, round=0, attempt=0)
-    for other in (
-        mask_update(vector, keys[site], roster, JOB, round=1, attempt=0),
-        mask_update(vector, keys[site], roster, JOB, round=0, attempt=1),
-    ):
-        assert np.mean(first == other) < 0.001
+def test_masks_differ_between_rounds(updates, keys, roster):
+    sites = sites_of(keys, roster)
+    first = run_round(sites, updates, 0)[1]["brook"]
+    assert np.mean(first == run_round(sites, updates, 1)[1]["brook"]) < 0.001
 
 
-def test_a_site_masks_once_per_round_and_attempt(updates, keys, roster):
-    mask_update(updates["brook"], keys["brook"], roster, JOB, round=2, attempt=0)
-    with pytest.raises(RosterError, match="already masked.*round 2, attempt 0"):
-        mask_update(updates["brook"] * 0, keys["brook"], roster, JOB, round=2, attempt=0)
+def test_a_site_dropping_before_its_input_is_recovered_without_a_second_answer(
+    updates, keys, roster
+):
+    sites = sites_of(keys, roster)
+    total, masked = run_round(sites, updates, lost=["carlow"])
+    expected = sum(updates[s] for s in SITES if s != "carlow")
+    np.testing.assert_allclose(total, expected, rtol=0, atol=1e-6)
+    assert set(masked) == {"ashford", "brook", "dunmore"}
+    # Every site answered each step once; none is asked to mask again.
+    with pytest.raises(RosterError, match="already sent its input for round 0"):
+        sites["brook"].mask(0, updates["brook"] * 0, {}, {})
 
 
-def test_a_dropped_site_is_named_and_the_restart_without_it_sums_correctly(updates, keys, roster):
-    masked = masked_all(updates, keys, roster)
-    del masked["carlow"]
-    with pytest.raises(RosterError, match="carlow"):
-        unmask_sum(masked, roster)
+def test_a_site_dropping_after_its_input_still_counts(updates, keys, roster):
+    total, _ = run_round(sites_of(keys, roster), updates, lost_after_input=["dunmore"])
+    np.testing.assert_allclose(total, sum(updates.values()), rtol=0, atol=1e-6)
 
-    survivors = roster.without(["carlow"])
-    again = masked_all(updates, keys, survivors, round=0, attempt=1)
-    expected = sum(updates[s] for s in survivors.sites)
-    np.testing.assert_allclose(unmask_sum(again, survivors), expected, rtol=0, atol=1e-6)
+
+def test_differencing_a_full_sum_against_a_sum_without_one_site_is_refused(updates, keys, roster):
+    """All four sites at round 0, then the coordinator claims carlow dropped: the others
+    refuse to reveal carlow's key after revealing its seed, and refuse a second input."""
+    sites = sites_of(keys, roster)
+    run_round(sites, updates)
+    survivors = ["ashford", "brook", "dunmore"]
+    with pytest.raises(RosterError, match="already revealed round 0"):
+        sites["ashford"].reveal(0, survivors, ["carlow"])
+    with pytest.raises(RosterError, match="already set up round 0"):
+        sites["ashford"].setup(0)
+
+
+def test_an_inconsistent_story_never_yields_both_secrets_of_a_site(updates, keys, roster):
+    """Told different survivor lists, the sites give at most a threshold of one of
+    carlow's two secrets, never of both: its input stays masked."""
+    sites = sites_of(keys, roster)
+    setups = {s: site.setup(0) for s, site in sites.items()}
+    round_keys = {s: setup.key for s, setup in setups.items()}
+    for s, site in sites.items():
+        site.mask(0, updates[s], round_keys, {p: u.shares[s] for p, u in setups.items() if p != s})
+    everyone, others = list(SITES), [s for s in SITES if s != "carlow"]
+    seed_shares = [sites["carlow"].reveal(0, everyone, []).seeds["carlow"]]
+    seed_shares.append(sites["ashford"].reveal(0, everyone, []).seeds["carlow"])
+    key_shares = [
+        sites[s].reveal(0, others, ["carlow"]).keys["carlow"] for s in ("brook", "dunmore")
+    ]
+    need = 3  # a majority of four
+    assert len(seed_shares) < need or len(key_shares) < need
+    with pytest.raises(RosterError, match="already revealed"):
+        sites["brook"].reveal(0, everyone, [])
+
+
+def test_a_reveal_below_the_sites_minimum_is_refused(updates, keys, roster):
+    sites = sites_of(keys, roster)
+    setups = {s: site.setup(0) for s, site in sites.items()}
+    round_keys = {s: setup.key for s, setup in setups.items()}
+    me = sites["ashford"]
+    me.mask(
+        0,
+        updates["ashford"],
+        round_keys,
+        {p: u.shares["ashford"] for p, u in setups.items() if p != "ashford"},
+    )
+    with pytest.raises(RosterError, match="at least 3"):
+        me.reveal(0, ["ashford", "brook"], ["carlow", "dunmore"])
+    with pytest.raises(RosterError, match="split the round's sites"):
+        me.reveal(0, ["ashford", "brook", "carlow"], [])
+
+
+def test_shares_relayed_by_the_coordinator_cannot_be_read_or_altered(updates, keys, roster):
+    sites = sites_of(keys, roster)
+    setups = {s: site.setup(0) for s, site in sites.items()}
+    round_keys = {s: setup.key for s, setup in setups.items()}
+    shares = {p: u.shares["ashford"] for p, u in setups.items() if p != "ashford"}
+    tampered = bytearray(shares["brook"])
+    tampered[-1] ^= 1
+    with pytest.raises(RosterError, match="shares from site 'brook' do not open"):
+        sites["ashford"].mask(
+            0, updates["ashford"], round_keys, {**shares, "brook": bytes(tampered)}
+        )
+
+
+def test_a_round_key_signed_by_another_identity_is_refused(updates, keys, roster):
+    sites = sites_of(keys, roster)
+    setups = {s: site.setup(0) for s, site in sites.items()}
+    round_keys = {s: setup.key for s, setup in setups.items()}
+    impostor = SiteKeys.generate("brook")  # a coordinator posing as brook
+    round_keys["brook"] = impostor.sign(JOB, 0, round_keys["brook"].public_key)
+    shares = {p: u.shares["ashford"] for p, u in setups.items() if p != "ashford"}
+    with pytest.raises(RosterError, match="'brook'.*does not verify"):
+        sites["ashford"].mask(0, updates["ashford"], round_keys, shares)
+
+
+def test_shamir_rebuilds_from_any_threshold_and_not_from_fewer():
+    secret = bytes(range(32))
+    shares = shamir.split(secret, 5, 3)
+    for subset in itertools.combinations(shares, 3):
+        assert shamir.combine(subset, 32) == secret
+    with pytest.raises(ValueError):
+        shamir.combine(shares[:2], 32)  # two points give a random element, not the secret
 
 
 def test_a_tampered_public_key_is_detected_and_named(keys, pinned):
@@ -155,17 +261,10 @@ def test_an_unpinned_site_is_refused(keys, pinned):
         verify_roster(entries, pinned, JOB)
 
 
-def test_two_sites_are_refused(keys, pinned, roster):
+def test_two_sites_are_refused(keys, pinned):
     pair = [keys[s].signed_public_key(JOB) for s in SITES[:2]]
-    with pytest.raises(ValueError, match="at least 3 sites.*learns the other's update"):
+    with pytest.raises(RosterError, match="at least 3 sites.*learns the other's update"):
         verify_roster(pair, pinned, JOB)
-    with pytest.raises(ValueError, match="at least 3 sites"):
-        roster.without(SITES[:2])
-
-
-def test_masking_refuses_a_roster_verified_for_another_job(updates, keys, roster):
-    with pytest.raises(RosterError, match="verified for job"):
-        mask_update(updates["ashford"], keys["ashford"], roster, "job-43", 0)
 
 
 def test_fixed_point_round_trip_keeps_sign_and_precision():

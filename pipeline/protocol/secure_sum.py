@@ -1,35 +1,32 @@
-"""Secure aggregation: the coordinator learns the sum of the sites' updates, not any one.
+"""Secure aggregation: the coordinator learns the sum of the sites' updates, not any one,
+and a site that drops out mid-round is recovered without any site answering twice.
 
-A simplified form of Bonawitz et al. 2017, "Practical Secure Aggregation for
-Privacy-Preserving Machine Learning" (CCS). Every pair of sites agrees on a secret (X25519
-key exchange) and expands it into a pseudo-random mask vector; the lower-named site of the
-pair adds the mask, the higher-named one subtracts it, modulo 2^64. Each masked update
-looks uniformly random to the coordinator, and in the sum of all sites every mask cancels.
+Bonawitz et al. 2017, "Practical Secure Aggregation for Privacy-Preserving Machine
+Learning" (CCS), with double masking as Flower's SecAgg+ implements it. Per job, each site
+signs an X25519 key with its long-lived Ed25519 identity (pinned at every other site, so
+the coordinator cannot stand in for a site); those keys encrypt the shares below. Each
+round then runs in three steps, each answered at most once by a site:
 
-Simplifications against the paper, and why they are safe here:
+1. **Set-up** (:meth:`SecureSumSite.setup`): the site draws a fresh round mask key and a
+   fresh self-mask seed, signs the round key, and splits both secrets with Shamir's scheme
+   (:mod:`pipeline.protocol.shamir`, threshold a majority of the round's sites), one share
+   pair per site, each encrypted to its recipient (ChaCha20-Poly1305 under the pair's job
+   keys): the coordinator relays shares it cannot read.
+2. **Masked input** (:meth:`SecureSumSite.mask`): the update, fixed-point encoded, plus the
+   self mask (a ChaCha20 stream of the seed) plus, for every other site of the round, the
+   pair mask of their round keys' agreement (added by the lower-named site, subtracted by
+   the other), mod 2^64. Alone it looks uniformly random; in a sum the pair masks cancel.
+3. **Reveal** (:meth:`SecureSumSite.reveal`): told which sites' inputs arrived, a site
+   gives its shares of their self-mask seeds, and of the round keys of the sites that did
+   not. The coordinator (:func:`unmask`) removes the self masks and the dropped sites'
+   pair masks and decodes the survivors' sum.
 
-- No secret sharing of the mask keys, so no dropout recovery. If a site drops after keys
-  were exchanged, the coordinator restarts the round without it (``attempt`` + 1, roster
-  ``without`` the dropped site): every mask is derived from (job, round, attempt, pair),
-  so the restart uses fresh, independent masks, and the abandoned attempt's vectors stay
-  hidden by their masks with the dropped site, which never cancel (but see the limit
-  below). The cost is a repeated round, which is cheap with a handful of hospitals.
-- Keys are authenticated without a PKI: each site signs its per-job X25519 public key with
-  its long-lived Ed25519 identity, whose public key every site pins in its config. A
-  coordinator cannot substitute its own key for a site's (the man-in-the-middle that would
-  let it unmask that site), and a key signed for one job cannot be replayed in another.
-- The threat model is an honest-but-curious coordinator that follows the protocol but
-  would like to read single sites' updates. Known limit of dropping double masking: a
-  restart reveals the survivors' sum, so a coordinator that also kept the masked vector of
-  the site it dropped (a late reply) could subtract and read that site's update. The
-  coordinator must discard replies from the abandoned attempt; the paper's secret-shared
-  self-masks are what remove this assumption. Each site's own DP noise (added before
-  masking) still bounds what such a leak reveals about its patients; under distributed
-  noise (:mod:`pipeline.privacy.distributed`) a site adds only a share, so there the
-  assumption carries its guarantee.
-- A site masks at most one update per (round, attempt) with its job keys: two maskings
-  under the same masks would hand the coordinator the exact difference of two updates.
-- A site that sends garbage breaks the sum (as in the paper without its extra rounds).
+A site never reveals both secrets of one site in a round (it answers the reveal once, and
+a site is named either a survivor or dropped in it), and a majority threshold means a
+coordinator telling different sites different stories still cannot collect a threshold of
+both shares for one site. So a site's masked input stays hidden even when the coordinator
+claims it dropped; a second input at the same round is refused, which is what stops the
+differencing of a full sum against a sum without one site.
 
 At least three sites are required: with two, each site learns the other's update by
 subtracting its own from the sum.
@@ -45,29 +42,35 @@ seeded, logged or returned in an error message.
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Iterable, Mapping
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from pipeline.errors import PipelineError
+from pipeline.protocol import shamir
 
 DEFAULT_SCALE = 2**24
 MIN_SITES = 3
-_PROTOCOL = b"pipeline/secure-sum/v1"
+_PROTOCOL = b"pipeline/secure-sum/v2"
 _KEY_BYTES = 32
+_SHARE_BYTES = 66  # one element of shamir's field
 _RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
 
 
 class RosterError(PipelineError):
-    """A site's public key failed authentication, or the roster does not match the sites."""
+    """A key failed authentication, a roster is too small or inconsistent, or a site was
+    asked for a second answer in a round."""
 
 
 def max_abs_sum(scale: int = DEFAULT_SCALE) -> float:
@@ -96,13 +99,20 @@ def decode(sum_uint64: np.ndarray, scale: int = DEFAULT_SCALE) -> np.ndarray:
     return np.asarray(sum_uint64, dtype=np.uint64).view(np.int64).astype(np.float64) / scale
 
 
+def threshold(sites: int) -> int:
+    """Shares that rebuild a secret of a round of `sites`: a strict majority, so no
+    coordinator can gather a threshold of both a site's seed and its key."""
+    return sites // 2 + 1
+
+
 @dataclass(frozen=True)
 class SignedPublicKey:
-    """A site's per-job X25519 public key, signed by the site's Ed25519 identity.
+    """A site's X25519 public key for one job (or one round of it), signed by the site's
+    Ed25519 identity.
 
-    The signature covers (protocol, job_id, site, public key), so the key cannot be
-    moved to another site or replayed in another job. Plain bytes and strings: safe to
-    send through Ray or JSON (hex) as is.
+    The signature covers (protocol, job_id, round, site, public key), so the key cannot be
+    moved to another site, round or job. Plain bytes and strings: safe to send through
+    Ray or JSON (hex) as is.
     """
 
     site: str
@@ -111,20 +121,35 @@ class SignedPublicKey:
 
 
 @dataclass(frozen=True)
+class RoundSetup:
+    """A site's first answer in a round: its signed round key, and its share pair of the
+    round's secrets for every other site, each encrypted to that site."""
+
+    key: SignedPublicKey
+    shares: dict[str, bytes]
+
+
+@dataclass(frozen=True)
+class Reveal:
+    """A site's last answer in a round: its shares of the survivors' self-mask seeds and
+    of the dropped sites' round keys, as (x, y) points."""
+
+    seeds: dict[str, tuple[int, int]]
+    keys: dict[str, tuple[int, int]]
+
+
+@dataclass(frozen=True)
 class SiteKeys:
-    """One site's keys for one job: a fresh X25519 pair and its Ed25519 signing identity.
+    """One site's keys for one job: a fresh X25519 pair (it encrypts the round's shares)
+    and its Ed25519 signing identity.
 
     Lives only inside the site (its Ray actor); only ``signed_public_key`` and
-    ``identity_public_bytes`` leave it. ``repr`` shows no key material. It remembers which
-    (round, attempt) pairs it has masked, so ``mask_update`` uses each mask once.
+    ``identity_public_bytes`` leave it. ``repr`` shows no key material.
     """
 
     site: str
     exchange_key: X25519PrivateKey = field(repr=False)
     signing_key: Ed25519PrivateKey = field(repr=False)
-    _masked: set[tuple[int, int]] = field(
-        default_factory=set, init=False, repr=False, compare=False
-    )
 
     @classmethod
     def generate(cls, site: str, signing_key: Ed25519PrivateKey | None = None) -> SiteKeys:
@@ -151,46 +176,42 @@ class SiteKeys:
 
     def signed_public_key(self, job_id: str) -> SignedPublicKey:
         """This site's X25519 public key for ``job_id``, signed with its identity."""
-        public = self.exchange_public_bytes()
-        signature = self.signing_key.sign(_signed_message(job_id, self.site, public))
+        return self.sign(job_id, None, self.exchange_public_bytes())
+
+    def sign(self, job_id: str, round_: int | None, public: bytes) -> SignedPublicKey:
+        signature = self.signing_key.sign(_signed_message(job_id, round_, self.site, public))
         return SignedPublicKey(site=self.site, public_key=public, signature=signature)
 
 
 @dataclass(frozen=True)
 class VerifiedRoster:
-    """The X25519 public keys of a job's sites, every one checked against its pinned identity.
+    """The X25519 job keys of a job's sites, every one checked against its pinned identity.
 
-    Build it only with ``verify_roster`` (or ``without`` on a verified one): ``mask_update``
-    accepts nothing but this type, so a site cannot mask against unauthenticated keys by
-    accident.
+    Build it only with ``verify_roster``: a site sends shares to nothing but this type, so
+    it cannot encrypt to an unauthenticated key by accident.
     """
 
     job_id: str
     public_keys: Mapping[str, bytes]
+    identities: Mapping[str, bytes] = field(repr=False)
 
     @property
     def sites(self) -> tuple[str, ...]:
         return tuple(sorted(self.public_keys))
 
-    def without(self, dropped: Iterable[str]) -> VerifiedRoster:
-        """The roster for a restarted round after ``dropped`` sites left (still >= 3 sites)."""
-        gone = set(dropped)
-        unknown = gone - set(self.public_keys)
-        if unknown:
-            raise RosterError(f"cannot drop sites not in the roster: {sorted(unknown)}")
-        kept = {s: k for s, k in self.public_keys.items() if s not in gone}
-        _check_site_count(kept)
-        return VerifiedRoster(job_id=self.job_id, public_keys=kept)
+    def x(self, site: str) -> int:
+        """The site's point in the round's secret sharing."""
+        return self.sites.index(site) + 1
 
 
 def verify_roster(
     roster: Iterable[SignedPublicKey], pinned: Mapping[str, bytes], job_id: str
 ) -> VerifiedRoster:
-    """Check every site's signed key against the site's pinned Ed25519 public key.
+    """Check every site's signed job key against the site's pinned Ed25519 public key.
 
     Raises ``RosterError`` naming the site whose key is not pinned, not validly signed for
-    this job (tampered with, substituted or replayed), or listed twice; ``ValueError`` for
-    fewer than three sites.
+    this job (tampered with, substituted or replayed), or listed twice, and for fewer
+    than three sites.
     """
     keys: dict[str, bytes] = {}
     for entry in roster:
@@ -198,117 +219,282 @@ def verify_roster(
             raise RosterError(f"site {entry.site!r} appears twice in the key roster")
         if entry.site not in pinned:
             raise RosterError(f"site {entry.site!r} has no pinned identity key; refusing it")
-        if len(entry.public_key) != _KEY_BYTES:
-            raise RosterError(f"site {entry.site!r}: public key is not 32 bytes")
-        try:
-            identity = Ed25519PublicKey.from_public_bytes(pinned[entry.site])
-            identity.verify(entry.signature, _signed_message(job_id, entry.site, entry.public_key))
-        except (InvalidSignature, ValueError) as exc:
-            raise RosterError(
-                f"site {entry.site!r}: public key signature does not verify against its "
-                f"pinned identity for job {job_id!r}; the key was tampered with or replaced"
-            ) from exc
+        _verify(entry, pinned[entry.site], job_id, None)
         keys[entry.site] = bytes(entry.public_key)
-    _check_site_count(keys)
-    return VerifiedRoster(job_id=job_id, public_keys=keys)
+    _check_site_count(len(keys))
+    return VerifiedRoster(job_id=job_id, public_keys=keys, identities={s: pinned[s] for s in keys})
 
 
-def mask_update(
-    vector: np.ndarray,
-    own_keys: SiteKeys,
+@dataclass
+class _Round:
+    """What a site holds of one round, between its three answers."""
+
+    sites: tuple[str, ...]
+    mask_key: X25519PrivateKey = field(repr=False)
+    seed: bytes = field(repr=False)
+    held: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)  # s-shares
+    seeds: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)  # b-shares
+    masked_with: tuple[str, ...] | None = None
+    min_survivors: int = MIN_SITES
+    revealed: bool = False
+
+
+class SecureSumSite:
+    """One site's side of the secure sum for one job (or one evaluation): its job keys,
+    the verified roster, and each round's secrets. Every step answers once per round.
+
+    Parameters
+    ----------
+    keys : SiteKeys
+        The site's keys for the job.
+    roster : VerifiedRoster
+        The job's sites and their job keys, verified against the site's own pins.
+    min_roster : int
+        The fewest sites a sum this site takes part in may cover (never below three).
+    """
+
+    def __init__(self, keys: SiteKeys, roster: VerifiedRoster, min_roster: int = MIN_SITES):
+        if roster.public_keys.get(keys.site) != keys.exchange_public_bytes():
+            raise RosterError(f"site {keys.site!r}: its own key is missing from the roster")
+        self.keys = keys
+        self.roster = roster
+        self.min_roster = max(MIN_SITES, int(min_roster))
+        self.rounds: dict[int, _Round] = {}
+
+    @property
+    def job_id(self) -> str:
+        return self.roster.job_id
+
+    def setup(self, round_: int) -> RoundSetup:
+        """Step 1: a fresh round key and self-mask seed, shared among the roster."""
+        _check_counter("round", round_)
+        if round_ in self.rounds:
+            raise RosterError(f"site {self.keys.site!r} already set up round {round_}")
+        sites = self.roster.sites
+        _check_site_count(len(sites), self.min_roster)
+        mask_key, seed = X25519PrivateKey.generate(), secrets.token_bytes(_KEY_BYTES)
+        state = _Round(sites=sites, mask_key=mask_key, seed=seed)
+        raw = mask_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        t = threshold(len(sites))
+        key_shares = shamir.split(raw, len(sites), t)
+        seed_shares = shamir.split(seed, len(sites), t)
+        me = self.keys.site
+        out = {}
+        for i, peer in enumerate(sites):
+            pair = (key_shares[i][1], seed_shares[i][1])
+            if peer == me:
+                state.held[me], state.seeds[me] = key_shares[i], seed_shares[i]
+                continue
+            out[peer] = self._seal(round_, me, peer, pair)
+        self.rounds[round_] = state
+        public = mask_key.public_key().public_bytes(*_RAW)
+        return RoundSetup(key=self.keys.sign(self.job_id, round_, public), shares=out)
+
+    def mask(
+        self,
+        round_: int,
+        vector: np.ndarray,
+        round_keys: Mapping[str, SignedPublicKey],
+        shares: Mapping[str, bytes],
+        *,
+        min_survivors: int = MIN_SITES,
+        scale: int = DEFAULT_SCALE,
+    ) -> np.ndarray:
+        """Step 2: `vector` encoded and double-masked, among the sites whose set-up
+        arrived (`round_keys`, each checked against its pinned identity), after opening
+        the shares they sent this site. A site masks once per round; `min_survivors`:
+        the fewest sites whose sum it will later help reveal."""
+        state = self._state(round_)
+        me = self.keys.site
+        if state.masked_with is not None:
+            raise RosterError(
+                f"site {me!r} already sent its input for round {round_}: a site answers a "
+                "round once"
+            )
+        sites = tuple(sorted(round_keys))
+        if me not in sites or not set(sites) <= set(state.sites):
+            raise RosterError(f"round {round_}: the round's sites are not the job's roster")
+        _check_site_count(len(sites), max(self.min_roster, threshold(len(state.sites))))
+        public = {}
+        for site in sites:
+            entry = round_keys[site]
+            if entry.site != site:
+                raise RosterError(f"round {round_}: a round key is listed under another site")
+            _verify(entry, self.roster.identities[site], self.job_id, round_)
+            public[site] = bytes(entry.public_key)
+        if public[me] != state.mask_key.public_key().public_bytes(*_RAW):
+            raise RosterError(f"site {me!r}: its own round key differs in the roster")
+        for peer in sites:
+            if peer != me:
+                if peer not in shares:
+                    raise RosterError(f"round {round_}: no shares from site {peer!r}")
+                key_y, seed_y = self._open(round_, peer, me, shares[peer])
+                x = self.roster.x(me)
+                state.held[peer], state.seeds[peer] = (x, key_y), (x, seed_y)
+        masked = encode(vector, scale).ravel().copy()
+        masked += _stream(_self_info(self.job_id, round_, me), state.seed, masked.size)
+        for peer in sites:
+            if peer == me:
+                continue
+            secret = state.mask_key.exchange(X25519PublicKey.from_public_bytes(public[peer]))
+            mask = _pair_mask(secret, self.job_id, round_, me, peer, masked.size)
+            if me < peer:
+                masked += mask
+            else:
+                masked -= mask
+        state.masked_with = sites
+        state.min_survivors = max(self.min_roster, threshold(len(state.sites)), min_survivors)
+        return masked.reshape(np.shape(vector))
+
+    def reveal(self, round_: int, survivors: Sequence[str], dropped: Sequence[str]) -> Reveal:
+        """Step 3: shares of the survivors' seeds and of the dropped sites' round keys.
+        Refused unless the two lists split the round's sites, this site is a survivor,
+        the survivors are enough, and the round was not revealed before."""
+        state = self._state(round_)
+        me = self.keys.site
+        if state.masked_with is None:
+            raise RosterError(f"site {me!r} sent no input in round {round_}")
+        if state.revealed:
+            raise RosterError(f"site {me!r} already revealed round {round_}")
+        alive, gone = set(survivors), set(dropped)
+        if alive & gone or alive | gone != set(state.masked_with) or me not in alive:
+            raise RosterError(
+                f"round {round_}: survivors and dropped sites must split the round's sites"
+            )
+        if len(alive) < state.min_survivors:
+            raise RosterError(
+                f"site {me!r} reveals a sum of at least {state.min_survivors} sites, this "
+                f"round kept {len(alive)}"
+            )
+        state.revealed = True
+        return Reveal(
+            seeds={s: state.seeds[s] for s in sorted(alive)},
+            keys={s: state.held[s] for s in sorted(gone)},
+        )
+
+    def _state(self, round_: int) -> _Round:
+        _check_counter("round", round_)
+        if round_ not in self.rounds:
+            raise RosterError(f"site {self.keys.site!r} did not set up round {round_}")
+        return self.rounds[round_]
+
+    def _cipher(self, a: str, b: str) -> ChaCha20Poly1305:
+        peer = b if a == self.keys.site else a
+        secret = self.keys.exchange_key.exchange(
+            X25519PublicKey.from_public_bytes(self.roster.public_keys[peer])
+        )
+        low, high = sorted((a, b))
+        info = _frame(_PROTOCOL, b"shares", self.job_id, low, high)
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
+        return ChaCha20Poly1305(key)
+
+    def _seal(self, round_: int, sender: str, to: str, pair: tuple[int, int]) -> bytes:
+        aad = _frame(self.job_id, str(round_), sender, to)
+        plain = b"".join(v.to_bytes(_SHARE_BYTES, "big") for v in pair)
+        return self._cipher(sender, to).encrypt(_nonce(aad), plain, aad)
+
+    def _open(self, round_: int, sender: str, to: str, sealed: bytes) -> tuple[int, int]:
+        aad = _frame(self.job_id, str(round_), sender, to)
+        try:
+            plain = self._cipher(sender, to).decrypt(_nonce(aad), bytes(sealed), aad)
+        except InvalidTag as exc:
+            raise RosterError(
+                f"round {round_}: the shares from site {sender!r} do not open"
+            ) from exc
+        return (
+            int.from_bytes(plain[:_SHARE_BYTES], "big"),
+            int.from_bytes(plain[_SHARE_BYTES:], "big"),
+        )
+
+
+def unmask(
+    masked: Mapping[str, np.ndarray],
     roster: VerifiedRoster,
-    job_id: str,
-    round: int,
-    attempt: int = 0,
+    round_: int,
+    round_keys: Mapping[str, SignedPublicKey],
+    reveals: Mapping[str, Reveal],
     *,
     scale: int = DEFAULT_SCALE,
 ) -> np.ndarray:
-    """A site's update, fixed-point encoded and masked with one mask per other site.
-
-    For every other site j, the mask is the ChaCha20 keystream under
-    HKDF-SHA256(X25519(own, j), info = protocol|job_id|round|attempt|sorted pair); the site
-    adds it if its name sorts before j's and subtracts it otherwise, mod 2^64. ChaCha20
-    (a cryptographic PRG) rather than a statistical one such as PCG64, whose state can be
-    recovered from its outputs. The key is unique per (job, round, attempt, pair), so the
-    fixed nonce is never reused under one key.
-
-    Raises ``RosterError`` if ``own_keys`` already masked an update for this (round,
-    attempt): a retried round must use the next attempt.
-    """
-    if not isinstance(roster, VerifiedRoster):
-        raise TypeError("mask_update needs the VerifiedRoster returned by verify_roster")
-    if roster.job_id != job_id:
-        raise RosterError(f"the roster was verified for job {roster.job_id!r}, not {job_id!r}")
-    _check_site_count(roster.public_keys)
-    _check_counter("round", round)
-    _check_counter("attempt", attempt)
-    me = own_keys.site
-    if roster.public_keys.get(me) != own_keys.exchange_public_bytes():
-        raise RosterError(f"site {me!r}: its own key is missing from the roster or differs")
-
-    masked = encode(vector, scale).ravel().copy()
-    if (round, attempt) in own_keys._masked:
+    """The coordinator's side: the decoded sum of the `masked` inputs of a round whose
+    sites set up with `round_keys`, from a threshold of the survivors' `reveals`."""
+    survivors = sorted(masked)
+    dropped = sorted(set(round_keys) - set(masked))
+    need = threshold(len(roster.sites))
+    if len(reveals) < need:
         raise RosterError(
-            f"site {me!r} already masked an update for round {round}, attempt {attempt}; "
-            "a mask is used once (retry with the next attempt)"
+            f"round {round_}: {len(reveals)} site(s) revealed their shares, {need} are needed"
         )
-    own_keys._masked.add((round, attempt))
-    n = masked.size
-    for peer in roster.sites:
-        if peer == me:
-            continue
-        secret = own_keys.exchange_key.exchange(
-            X25519PublicKey.from_public_bytes(roster.public_keys[peer])
-        )
-        mask = _mask(secret, job_id, round, attempt, me, peer, n)
-        if me < peer:
-            masked += mask
-        else:
-            masked -= mask
-    return masked.reshape(np.shape(vector))
-
-
-def unmask_sum(
-    masked_vectors: Mapping[str, np.ndarray],
-    roster: VerifiedRoster,
-    *,
-    scale: int = DEFAULT_SCALE,
-) -> np.ndarray:
-    """The coordinator's side: add every site's masked vector mod 2^64 and decode.
-
-    Masks cancel only when every roster site contributed, so a missing site is refused
-    with ``RosterError`` naming it (the caller restarts the round ``roster.without`` it),
-    rather than returning a random-looking sum.
-    """
-    expected, got = set(roster.public_keys), set(masked_vectors)
-    if expected != got:
-        missing, extra = sorted(expected - got), sorted(got - expected)
-        raise RosterError(
-            f"secure sum needs exactly the roster's sites; missing {missing}, unexpected {extra}"
-            " (restart the round without the missing sites)"
-        )
-    arrays = [np.asarray(masked_vectors[s]) for s in roster.sites]
+    arrays = [np.asarray(masked[s]) for s in survivors]
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1 or any(a.dtype != np.uint64 for a in arrays):
         raise ValueError(f"masked vectors must be uint64 arrays of one shape, got {shapes}")
-    total = np.zeros(arrays[0].shape, dtype=np.uint64)
+    total = np.zeros(arrays[0].size, dtype=np.uint64)
     for a in arrays:
-        total += a  # uint64 arithmetic wraps: addition mod 2^64.
-    return decode(total, scale)
+        total += a.ravel()  # uint64 arithmetic wraps: addition mod 2^64.
+    for site in survivors:
+        seed = shamir.combine([r.seeds[site] for r in reveals.values()], _KEY_BYTES)
+        total -= _stream(_self_info(roster.job_id, round_, site), seed, total.size)
+    for gone in dropped:
+        raw = shamir.combine([r.keys[gone] for r in reveals.values()], _KEY_BYTES)
+        key = X25519PrivateKey.from_private_bytes(raw)
+        if key.public_key().public_bytes(*_RAW) != bytes(round_keys[gone].public_key):
+            raise RosterError(f"round {round_}: the shares of site {gone!r}'s key do not agree")
+        for site in survivors:
+            peer = X25519PublicKey.from_public_bytes(bytes(round_keys[site].public_key))
+            mask = _pair_mask(key.exchange(peer), roster.job_id, round_, site, gone, total.size)
+            if site < gone:  # the survivor added this mask; take it away
+                total -= mask
+            else:
+                total += mask
+    return decode(total, scale).reshape(arrays[0].shape)
 
 
-def _mask(
-    secret: bytes, job_id: str, round: int, attempt: int, a: str, b: str, n: int
-) -> np.ndarray:
+def _verify(entry: SignedPublicKey, identity: bytes, job_id: str, round_: int | None) -> None:
+    if len(entry.public_key) != _KEY_BYTES:
+        raise RosterError(f"site {entry.site!r}: public key is not 32 bytes")
+    try:
+        Ed25519PublicKey.from_public_bytes(identity).verify(
+            entry.signature, _signed_message(job_id, round_, entry.site, entry.public_key)
+        )
+    except (InvalidSignature, ValueError) as exc:
+        raise RosterError(
+            f"site {entry.site!r}: public key signature does not verify against its "
+            f"pinned identity for job {job_id!r}; the key was tampered with or replaced"
+        ) from exc
+
+
+def _pair_mask(secret: bytes, job_id: str, round_: int, a: str, b: str, n: int) -> np.ndarray:
     low, high = sorted((a, b))
-    info = _frame(_PROTOCOL, job_id, str(round), str(attempt), low, high)
+    return _stream(_frame(_PROTOCOL, b"pair", job_id, str(round_), low, high), secret, n)
+
+
+def _self_info(job_id: str, round_: int, site: str) -> bytes:
+    return _frame(_PROTOCOL, b"self", job_id, str(round_), site)
+
+
+def _stream(info: bytes, secret: bytes, n: int) -> np.ndarray:
+    """A ChaCha20 keystream of `n` uint64 under HKDF-SHA256(secret, info): a
+    cryptographic PRG (a statistical one such as PCG64 has a recoverable state). The key
+    is unique per (job, round, pair or site), so the fixed nonce is never reused."""
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
     stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
     return np.frombuffer(stream.update(bytes(8 * n)), dtype="<u8").astype(np.uint64)
 
 
-def _signed_message(job_id: str, site: str, public_key: bytes) -> bytes:
-    return _frame(_PROTOCOL, b"x25519-key", job_id, site, public_key)
+def _nonce(aad: bytes) -> bytes:
+    return hashlib.sha256(aad).digest()[:12]
+
+
+def _signed_message(job_id: str, round_: int | None, site: str, public_key: bytes) -> bytes:
+    purpose = b"x25519-key" if round_ is None else b"round-key"
+    return _frame(
+        _PROTOCOL, purpose, job_id, "" if round_ is None else str(round_), site, public_key
+    )
 
 
 def _frame(*parts: str | bytes) -> bytes:
@@ -320,10 +506,11 @@ def _frame(*parts: str | bytes) -> bytes:
     return bytes(out)
 
 
-def _check_site_count(keys: Mapping[str, bytes]) -> None:
-    if len(keys) < MIN_SITES:
-        raise ValueError(
-            f"secure sum needs at least {MIN_SITES} sites, got {len(keys)}: with two, each "
+def _check_site_count(count: int, least: int = MIN_SITES) -> None:
+    least = max(least, MIN_SITES)
+    if count < least:
+        raise RosterError(
+            f"secure sum needs at least {least} sites, got {count}: with two, each "
             "site learns the other's update by subtracting its own from the sum"
         )
 
