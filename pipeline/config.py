@@ -45,7 +45,11 @@ class SiteConfig(_Strict):
     identity_key: str | None = Field(
         None, description="the site's pinned Ed25519 public key (hex), for secure aggregation"
     )
-    policy: SitePolicy = Field(default_factory=SitePolicy)
+    policy: SitePolicy | None = Field(
+        None,
+        description="the coordinator's view of the site's own policy (the file beside its "
+        "extract); the site refuses a job whose config disagrees with it",
+    )
     test_path: Path | None = Field(
         None,
         description="held-out rows the site keeps apart (a later period, a published "

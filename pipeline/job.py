@@ -31,7 +31,7 @@ from pipeline.protocol.messages import SiteInfo
 from pipeline.registry import JobTracker
 from pipeline.stages.context import JobContext, StageClock
 from pipeline.stages.evaluation import evaluate
-from pipeline.stages.privacy import plan_and_reserve
+from pipeline.stages.privacy import finish_at_sites, plan_and_reserve
 from pipeline.stages.promotion import (
     Champion,
     current_champion,
@@ -121,6 +121,7 @@ def run_job(
             sites = load_sites(ctx)
         if after_load is not None:
             after_load(ctx, sites)
+        stack.callback(finish_at_sites, runtime, job_id)
         plan, spend = plan_and_reserve(ctx, sites)
         with clock.stage("training"):
             model = chosen.train(ctx.training_job(sites), plan)

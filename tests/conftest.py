@@ -20,7 +20,7 @@ def small_federation(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipeline.synth import synthesize
 
     config, _ = synthesize(tmp_path_factory.mktemp("fed3"), sites=3, rows=6000, seed=11)
-    return config
+    return generous(config)
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +31,18 @@ def four_sites(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipeline.synth import synthesize
 
     config, _ = synthesize(tmp_path_factory.mktemp("fed4"), sites=4, rows=8000, seed=21)
+    return generous(config)
+
+
+def generous(config: Path) -> Path:
+    """Sites that many tests share agree to a lifetime budget no run of the suite reaches
+    (each keeps its own ledger beside its extract); a test of a site's own budget makes
+    a federation of its own."""
+    import yaml
+    from support.federation import write_site_policy
+
+    for site in yaml.safe_load(config.read_text())["sites"]:
+        write_site_policy(config.parent / site["path"], epsilon_budget=1000.0)
     return config
 
 
@@ -41,7 +53,9 @@ def four_sites_copy(four_sites: Path, tmp_path: Path) -> Path:
     validation reports. Returns its config path."""
     data = tmp_path / "data"
     shutil.copytree(
-        four_sites.parent, data, ignore=shutil.ignore_patterns("*.audit.jsonl", "*.validation")
+        four_sites.parent,
+        data,
+        ignore=shutil.ignore_patterns("*.audit.jsonl", "*.validation", "*.ledger.sqlite"),
     )
     return data / four_sites.name
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.federation import make_config
+from support.federation import make_config, secure_round_in_process, write_site_policy
 
 from pipeline.config import load_config
 from pipeline.errors import BudgetError, ConfigError
@@ -26,7 +26,7 @@ from pipeline.privacy.distributed import (
     sum_noise_multiplier,
 )
 from pipeline.privacy.ledger import PrivacyLedger
-from pipeline.protocol.secure_sum import decode, encode, unmask_sum, verify_roster
+from pipeline.protocol.secure_sum import decode, encode
 from pipeline.site.actor import SiteActor
 from pipeline.site.audit import audit_log_path
 from pipeline.strategies.dp_fedavg.plan import plan_dp_fedavg
@@ -125,10 +125,9 @@ def four_actors(tmp_path_factory: pytest.TempPathFactory) -> list[SiteActor]:
     config, _ = synthesize(tmp_path_factory.mktemp("four"), sites=4, rows=1600, seed=12)
     cfg = load_config(config)
     policies = [{"distributed_noise": True}] * 3 + [{}]  # the last site keeps its full noise
-    actors = [
-        SiteActor(s.name, str(s.path), str(cfg.contract), policy)
-        for s, policy in zip(cfg.sites, policies, strict=True)
-    ]
+    for s, policy in zip(cfg.sites, policies, strict=True):
+        write_site_policy(s.path, epsilon_budget=1000.0, **policy)
+    actors = [SiteActor(s.name, str(s.path), str(cfg.contract)) for s in cfg.sites]
     for actor in actors:
         actor.load(0.2, 0)
     return actors
@@ -136,19 +135,20 @@ def four_actors(tmp_path_factory: pytest.TempPathFactory) -> list[SiteActor]:
 
 def _secure_round(actors: list[SiteActor], job: str, **request) -> np.ndarray:
     """One secure-sum gradient round over `actors`, as the coordinator runs it."""
-    keys = [a.public_key(job).signed_key for a in actors]
-    pinned = {a.site: a.identity_key() for a in actors}
-    secure = {"roster": keys, "pinned": pinned, "round": 0, "attempt": 0}
     dim = actors[0].boundary.train_rows().linear.shape[1] + 1
-    replies = {
-        a.site: _gradient(a, job, np.zeros(dim), secure=secure, **request).masked for a in actors
-    }
-    roster = verify_roster(keys, {s: bytes.fromhex(k) for s, k in pinned.items()}, job)
-    return unmask_sum(replies, roster)[:-1]
+    round_ = request.get("round_", 0)
+
+    def ask(actor: SiteActor, secure: dict):
+        return _gradient(actor, job, np.zeros(dim), secure=secure, **request)
+
+    return secure_round_in_process(actors, job, round_, ask)[:-1]
 
 
 def _gradient(actor: SiteActor, job: str, weights: np.ndarray, **request):
-    """A DP-FedAvg gradient release, asked of the site as the coordinator asks it."""
+    """A DP-FedAvg gradient release, asked of the site as the coordinator asks it (its
+    spend reserved in the site's own ledger first)."""
+    if actor.boundary.ledger.entries_of(job, actor.site) is None:
+        actor.reserve(job, "dp-fedavg", epsilon=request["epsilon"], delta=1e-5)
     return actor.handle("dp-fedavg", "logistic_gradient", job, weights, **request)
 
 
@@ -184,9 +184,10 @@ def test_a_share_is_refused_outside_a_large_enough_secure_round(
     # A round that lost a site: three sites cannot hold three honest shares and one colluder.
     with pytest.raises(BudgetError, match="at least 4 sites"):
         _secure_round(four_actors[:3], "three", **REQUEST)
-    # A site whose policy does not accept shares answers with its full noise, unmasked too.
-    alone = _gradient(four_actors[3], "full", np.zeros(dim), **REQUEST)
-    assert alone.vector.shape == (dim,)
+    # A site whose policy does not accept shares adds its full noise, and still releases
+    # only through the secure sum (its policy's default).
+    with pytest.raises(BudgetError, match="releases only through secure aggregation"):
+        _gradient(four_actors[3], "full", np.zeros(dim), **REQUEST)
 
 
 def test_a_job_cannot_ask_a_site_for_more_shares_than_it_declared(
@@ -205,9 +206,8 @@ def test_a_distributed_noise_job_is_charged_and_audited_per_site(
 
     path = make_config(small_federation, tmp_path, privacy={"noise": "distributed"}, min_sites=3)
     raw = yaml.safe_load(path.read_text())
-    for site in raw["sites"][:-1]:
-        site["policy"] = {"distributed_noise": True}
-    path.write_text(yaml.safe_dump(raw))
+    for site in raw["sites"][:-1]:  # each hospital edits its own policy file
+        write_site_policy(site["path"], epsilon_budget=1000.0, distributed_noise=True)
     cfg = load_config(path)
     result = run_job(cfg, strategy="dp-fedavg", register=False)
     import mlflow

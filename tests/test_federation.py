@@ -11,7 +11,12 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from support.federation import make_config, served_probabilities, unseen_hospital_rows
+from support.federation import (
+    make_config,
+    served_probabilities,
+    unseen_hospital_rows,
+    write_site_policy,
+)
 
 from pipeline.config import load_config
 from pipeline.contract import load_contract
@@ -22,6 +27,7 @@ from pipeline.federation.runtime import Replies, SiteRuntime
 from pipeline.job import run_job
 from pipeline.models.logistic import LogisticModel
 from pipeline.privacy.ledger import PrivacyLedger
+from pipeline.site.policy import SitePolicy
 from pipeline.stages.sites import runtime_for
 from pipeline.synth import synthesize
 
@@ -114,8 +120,7 @@ def test_ledger_refuses_an_over_budget_job_before_training(ray_session, four_sit
 def test_site_refuses_a_request_outside_its_policy(ray_session, four_sites, tmp_path) -> None:
     cfg = load_config(make_config(four_sites, tmp_path))
     site = cfg.sites[0]
-    site.policy.strategies = ["dp-fedavg"]
-    site.policy.max_epsilon_per_job = 0.5
+    write_site_policy(site.path, strategies=["dp-fedavg"], max_epsilon_per_job=0.5)
     with runtime_for([site], cfg.contract, "policy-test") as runtime:
         runtime.call("load", 0.2, 0)
         dim = FeatureEncoder(load_contract(cfg.contract)).n_features_out
@@ -158,6 +163,8 @@ def test_reply_size_does_not_grow_with_the_row_count(ray_session, tmp_path) -> N
     third, _ = synthesize(tmp_path / "third", sites=1, rows=2_000, seed=6)
     sites = [load_config(small).sites[0], load_config(large).sites[0], load_config(third).sites[0]]
     sites[1].name, sites[2].name = "large", "third"  # a secure sum takes three
+    for site in sites:  # sites of one trusted cluster: updates may go in the clear
+        write_site_policy(site.path, secure_aggregation=False)
     contract = load_contract(load_config(small).contract)
     sizes: dict[str, list[int]] = {}
     with runtime_for(sites, contract.path, "size-test") as runtime:
@@ -165,6 +172,7 @@ def test_reply_size_does_not_grow_with_the_row_count(ray_session, tmp_path) -> N
         replies = [
             runtime.call("validate", min_rows=100),
             runtime.call("load", 0.2, 0),
+            runtime.call("reserve", "j", "dp-fedavg", epsilon=1.0, delta=1e-5),
             runtime.call(
                 "handle",
                 "dp-fedavg",
@@ -247,10 +255,11 @@ def test_a_later_job_reuses_healthy_site_processes_with_nothing_of_the_last_job(
             clip_fraction=0.5,
             intercept=0.3,
         )
+        runtime.call("reserve", "one-shot", "dp-logistic", epsilon=1.0, delta=1e-5)
         assert runtime.call("handle", "dp-logistic", "fit_dp_logistic", "one-shot", **fit).ok
         runtime.drop(names[0], "dropped by the test")
     changed = cfg.model_copy(deep=True)
-    changed.sites[1].policy.max_epsilon_per_job = 0.5
+    changed.sites[1].policy = SitePolicy(max_epsilon_per_job=0.5)
     with runtime_for(changed.sites, cfg.contract, "reuse-2") as runtime:
         second = pids(runtime)
         assert second[names[0]] != first[names[0]]  # dropped: a fresh process

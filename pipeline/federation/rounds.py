@@ -25,23 +25,24 @@ Ask = Callable[[dict | None], Replies]  # one request to every active site, give
 
 @dataclass
 class SecureSession:
-    """Secure aggregation state for one job: the signed key roster and restarts."""
+    """Secure aggregation state for one job: the signed job-key roster, the identities
+    offered to the sites, and how many sites dropped out of a round."""
 
     job_id: str
     roster: dict = field(default_factory=dict)
     pinned: dict[str, str] = field(default_factory=dict)
-    restarts: int = 0
+    dropouts: int = 0
 
 
 def open_secure_session(runtime: SiteRuntime, job_id: str, quorum: int) -> SecureSession:
-    """Collect each site's signed per-job key. Identity keys not pinned in the config are
-    taken on first use (logged), which protects against everything but a coordinator that
-    lies at this very step; pin them for a real deployment."""
+    """Collect each site's signed per-job key, and the identity keys to offer the sites:
+    the config's pins, else each site's own answer. A site checks them against its own
+    pins (trust on first use only where its policy allows), never takes them on trust."""
     session = SecureSession(job_id=job_id)
     pins = dict(runtime.pins)
     unpinned = [s for s in runtime.active if s not in pins]
     if unpinned:
-        log.warning("identity keys not pinned for %s: trusting them on first use", unpinned)
+        log.info("identity keys not in the config for %s: asking the sites", unpinned)
         got = runtime.call("identity_key", sites=unpinned, raw=True)
         pins.update(got.ok)
     session.pinned = pins
@@ -60,30 +61,43 @@ def secure_sum_round(
     *,
     stage: str | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """One secure-sum round: `ask(secure)` asks the sites for masked replies; returns
-    the unmasked sum and the replies it summed, by site. Restarts with fresh masks
-    without any site that dropped."""
-    from pipeline.protocol.secure_sum import VerifiedRoster, unmask_sum, verify_roster
+    """One secure-sum round (:mod:`pipeline.protocol.secure_sum`): set-up, `ask(secure)`
+    for the masked inputs, reveal. Returns the unmasked sum of the inputs that arrived
+    and those replies, by site. A site lost at any step is recovered from the others'
+    shares while a majority of the job's sites (and at least three) remain; no site is
+    asked twice."""
+    from pipeline.protocol.secure_sum import unmask, verify_roster
 
-    attempt = 0
-    while True:
-        runtime.require_quorum(
-            max(quorum, 3),
-            f"{stage or f'round {round_}'}: secure aggregation needs at least 3 sites;",
-        )
-        sites = runtime.active
-        roster = [session.roster[s] for s in sites]
-        verified: VerifiedRoster = verify_roster(
-            roster, {s: bytes.fromhex(session.pinned[s]) for s in sites}, session.job_id
-        )
-        secure = {"roster": roster, "pinned": session.pinned, "round": round_, "attempt": attempt}
-        replies = ask(secure)
-        if not replies.failed and set(replies.ok) == set(sites):
-            masked = {s: r.masked for s, r in replies.ok.items()}
-            return unmask_sum(masked, verified), replies.ok
-        session.restarts += 1
-        attempt += 1
-        log.warning("round %d: restarting without %s", round_, sorted(replies.failed))
+    where = stage or f"round {round_}"
+    floor = max(quorum, 3)
+    roster = list(session.roster.values())
+    verified = verify_roster(
+        roster, {s: bytes.fromhex(k) for s, k in session.pinned.items()}, session.job_id
+    )
+    runtime.require_quorum(floor, f"{where}: secure aggregation needs at least 3 sites;")
+    setups = runtime.call(
+        "secure_setup", session.job_id, round_, roster=roster, identities=session.pinned
+    )
+    runtime.require_quorum(floor, f"{where} (set-up)")
+    keys = {s: r.key for s, r in setups.ok.items()}
+    shares = {to: {s: r.shares[to] for s, r in setups.ok.items() if to in r.shares} for to in keys}
+    replies = ask({"round": round_, "keys": keys, "shares": shares})
+    runtime.require_quorum(floor, f"{where} (inputs)")
+    masked = {s: r.masked for s, r in replies.ok.items() if s in keys}
+    survivors, dropped = sorted(masked), sorted(set(keys) - set(masked))
+    reveals = runtime.call(
+        "secure_reveal",
+        session.job_id,
+        round_,
+        survivors=survivors,
+        dropped=dropped,
+        sites=survivors,
+    )
+    if dropped or reveals.failed:
+        session.dropouts += len(dropped) + len(reveals.failed)
+        log.warning("%s: recovered without %s", where, sorted({*dropped, *reveals.failed}))
+    total = unmask(masked, verified, round_, keys, reveals.ok)
+    return total, {s: replies.ok[s] for s in survivors}
 
 
 def summed_release(

@@ -16,11 +16,10 @@ Composition across jobs is basic composition: epsilons add and deltas add (Dwork
 2014, Thm 3.16). Within a job, the planned epsilon already comes from the RDP accountant
 (``accounting.gaussian_epsilon``), so the ledger never re-composes rounds.
 
-Every row is written ``reserved`` and counts as spent from then on, whether or not the
-job finished: the coordinator cannot tell which sites released a noisy value before a job
-failed, so it never refunds. The ``status`` column also has room for ``released`` (spend
-final) and ``unused`` (given back); both count as they read, so a ledger file that holds
-them is read correctly.
+Every row is written ``reserved`` and counts as spent from then on. Only the site knows
+whether it released a noisy value, so only the site's own ledger settles a row
+(:meth:`PrivacyLedger.settle`): ``released`` the moment its first noisy value may leave
+(final: never refunded), ``unused`` when the job ended before any (given back).
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from pathlib import Path
 
 from pipeline.errors import BudgetError
 
-RESERVED, RELEASED = "reserved", "released"
+RESERVED, RELEASED, UNUSED = "reserved", "released", "unused"
 _COUNTED = (RESERVED, RELEASED)  # rows that count as spent; "unused" rows do not
 _BUSY_TIMEOUT_S = 30.0
 
@@ -152,6 +151,29 @@ class PrivacyLedger:
                     for site, (eps, delta) in sorted(planned.items())
                 ],
             )
+
+    def settle(self, job_id: str, site: str, status: str) -> str | None:
+        """Mark a job's reservation at `site` ``released`` or ``unused``; returns the
+        row's status after the call (None: no reservation). A released spend stays
+        released: nothing that may have left a site is ever refunded."""
+        if status not in (RELEASED, UNUSED):
+            raise ValueError(f"a reservation settles as {RELEASED!r} or {UNUSED!r}")
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT status FROM spends WHERE job_id = ? AND site = ?", (job_id, site)
+            ).fetchone()
+            if row is None or row[0] != RESERVED:
+                return None if row is None else str(row[0])
+            conn.execute(
+                "UPDATE spends SET status = ? WHERE job_id = ? AND site = ?",
+                (status, job_id, site),
+            )
+            return status
+
+    def entries_of(self, job_id: str, site: str) -> dict | None:
+        """A job's row at `site` (None: no reservation)."""
+        rows = [e for e in self.entries(site) if e["job_id"] == job_id]
+        return rows[0] if rows else None
 
     def spent(self, site: str) -> tuple[float, float]:
         """(epsilon, delta) spent or reserved at ``site`` across jobs: both add up."""

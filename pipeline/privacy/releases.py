@@ -4,16 +4,13 @@ A site keeps one :class:`JobReleases` per job it served, for as long as its proc
 lives, so a finished job can never release again and a job cannot loosen what it asked
 for at its first release: the first release of each kind (a gradient round, the feature
 scales) fixes its noise, clipping bound, number of releases and noise shares
-(:class:`Declared`), and every later request of that kind is held to them. A round that
-restarts gets the vector it already released (:meth:`JobReleases.kept`), so a restart
-spends no extra privacy.
+(:class:`Declared`), and every later request of that kind is held to them. A round is
+never asked twice (the secure sum recovers a dropout from the others' shares).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from pipeline.errors import BudgetError
 
@@ -68,7 +65,6 @@ class JobReleases:
     epsilon: float
     released: int = 0
     declared: dict[str, Declared] = field(default_factory=dict)
-    _kept: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def hold_to(self, kind: str, request: Declared) -> Declared:
         """Fix the job's first release of `kind`, or check a later one against it; returns
@@ -85,12 +81,3 @@ class JobReleases:
                 "than the job declared"
             )
         return declared
-
-    def kept(self, kind: str, round_: int = 0) -> np.ndarray | None:
-        """The vector already released for `kind` in `round_`, if any (a restart)."""
-        kept = self._kept.get(kind)
-        return kept[1] if kept is not None and kept[0] == round_ else None
-
-    def keep(self, kind: str, vector: np.ndarray, round_: int = 0) -> None:
-        """Record the vector released for `kind` in `round_`: a restart sends it again."""
-        self._kept[kind] = (round_, vector)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.protocol.secure_sum import Reveal, RoundSetup
+
 
 @dataclass(frozen=True)
 class SiteInfo:
@@ -90,6 +92,18 @@ class DriftReply:
 
 
 @dataclass(frozen=True)
+class Reservation:
+    """A site's answer to a private job's planned spend: reserved in its own ledger (or
+    refused with the reason, as an error), what it has left after it, and whether it adds
+    only a share of the noise at the job's collusion threshold."""
+
+    site: str
+    epsilon: float
+    remaining: float
+    shares: bool
+
+
+@dataclass(frozen=True)
 class BoosterReply:
     """A trained booster (model parameters) from one rank of the XGBoost collective."""
 
@@ -107,6 +121,9 @@ ALLOWED_REPLIES = (
     PartitionList,
     DriftReply,
     BoosterReply,
+    Reservation,
+    RoundSetup,
+    Reveal,
 )
 
 

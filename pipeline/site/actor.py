@@ -16,20 +16,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from cryptography.hazmat.primitives import serialization
 
 from pipeline.contract import load_contract
 from pipeline.errors import BudgetError, DataError
 from pipeline.extract import Window
+from pipeline.protocol.identity import load_or_create_identity
 from pipeline.protocol.messages import (
     DriftReply,
     MaskedEvaluation,
     PartitionList,
     PublicKeyReply,
+    Reservation,
+    Reveal,
+    RoundSetup,
     SiteInfo,
     ValidationReply,
 )
 from pipeline.site.boundary import Boundary
-from pipeline.site.policy import SitePolicy
+from pipeline.site.pins import Pins
+from pipeline.site.policy import SitePolicy, disagreement, read_policy
 
 if TYPE_CHECKING:
     from pipeline.features import EncodedRows
@@ -48,11 +54,11 @@ class SiteActor:
         Path of the site's Parquet extract, as seen from the site's node.
     contract_path : str
         The task's contract.
-    policy : dict
-        The site's :class:`pipeline.site.policy.SitePolicy` (strategies, epsilon per job).
-    pinned : dict
-        Site name -> pinned Ed25519 identity key (hex) of every site, from the site's own
-        copy of the federation config; secure-aggregation keys are checked against it.
+    expected_policy : dict, optional
+        The coordinator's view of the site's policy (its config's). The site enforces its
+        own policy, from the file beside its extract
+        (:func:`pipeline.site.policy.read_policy`); where the two disagree it refuses
+        every request and says why.
     before_month : str, optional
         Read only the partitions of follow-up months before this one (YYYY-MM): the
         cohorts whose follow-up has closed. None: every partition.
@@ -67,8 +73,7 @@ class SiteActor:
         site: str,
         extract: str,
         contract_path: str,
-        policy: dict,
-        pinned: dict[str, str] | None = None,
+        expected_policy: dict | None = None,
         before_month: str | None = None,
         test_extract: str | None = None,
     ) -> None:
@@ -80,17 +85,30 @@ class SiteActor:
         self.extract = Path(extract)
         self.test_extract = Path(test_extract) if test_extract else None
         self.contract = load_contract(contract_path)
-        self.boundary = Boundary(
-            site,
-            self.extract,
-            self.contract,
-            SitePolicy.model_validate(policy),
-            {k: bytes.fromhex(v) for k, v in (pinned or {}).items()},
-        )
+        identity = load_or_create_identity(self.extract).public_key()
+        own = identity.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        pins = Pins(self.extract, (site, own))
+        self.boundary = Boundary(site, self.extract, self.contract, SitePolicy(), pins)
+        self.expected_policy = expected_policy
+        self._read_policy()
         self._prepared: tuple[SplitKey, tuple[EncodedRows, EncodedRows]] | None = None
         self._handlers: dict[str, SiteHandler] = {}
         key = self.contract.cohort.partition
         self.window = Window(key, before_month) if key and before_month else None
+
+    def _read_policy(self) -> None:
+        """The site's policy as its file says now (the hospital may have edited it since
+        the last job), and whether the coordinator's view of it is wrong."""
+        policy = read_policy(self.extract)
+        self.boundary.policy = policy
+        self.boundary.pins.first_use = policy.trust_on_first_use
+        self.boundary.refusal = None
+        if self.expected_policy is not None:
+            why = disagreement(policy, SitePolicy.model_validate(self.expected_policy))
+            self.boundary.refusal = why and (
+                f"site {self.site}'s own policy differs from the coordinator's config "
+                f"({why}); the site enforces its own"
+            )
 
     # -- the process -------------------------------------------------------------------
     def pid(self) -> int:
@@ -109,8 +127,29 @@ class SiteActor:
         should not serve again (a handler said so: it joined native state, such as an
         XGBoost collective, that a broken peer can leave stuck)."""
         self.boundary.rows = self._prepared = None
+        for job_id in list(self.boundary.jobs):
+            self.boundary.finish(job_id)
         self.boundary.audit("recycle", None)
         return self.boundary.reusable
+
+    # -- the site's own ledger ---------------------------------------------------------
+    def reserve(
+        self,
+        job_id: str,
+        strategy: str,
+        *,
+        epsilon: float,
+        delta: float,
+        collusion_threshold: int = 0,
+    ) -> Reservation:
+        """Reserve a private job's spend in the site's own ledger, under its own policy and
+        budget (:meth:`pipeline.site.boundary.Boundary.reserve`)."""
+        return self.boundary.reserve(job_id, strategy, epsilon, delta, collusion_threshold)
+
+    def finish(self, job_id: str) -> bool:
+        """The job ended: a reservation it drew no noise under is given back."""
+        self.boundary.finish(job_id)
+        return True
 
     # -- a strategy's requests ----------------------------------------------------------
     def handle(self, strategy: str, request: str, job_id: str, *args: Any, **kwargs: Any) -> Any:
@@ -148,6 +187,8 @@ class SiteActor:
         Nothing more is returned."""
         from pipeline.validation import validate
 
+        self._read_policy()
+        self.boundary.check_refusal(None)
         self.boundary.audit("validate", None)
         self._prepared = None
         paths = [self.extract] + ([self.test_extract] if self.test_extract else [])
@@ -232,20 +273,34 @@ class SiteActor:
 
     # -- secure aggregation ------------------------------------------------------------
     def identity_key(self) -> str:
-        """The site's identity public key (hex), for pinning in the config."""
-        from pipeline.protocol.identity import load_or_create_identity, public_hex
+        """The site's identity public key (hex), for pinning by the other sites."""
+        from pipeline.protocol.identity import public_hex
 
         return public_hex(load_or_create_identity(self.extract))
 
     def public_key(self, job_id: str) -> PublicKeyReply:
         """A fresh per-job X25519 key, signed with the site's long-lived identity."""
-        from pipeline.protocol.identity import load_or_create_identity
         from pipeline.protocol.secure_sum import SiteKeys
 
+        self.boundary.check_refusal(job_id)
         keys = SiteKeys.generate(self.site, load_or_create_identity(self.extract))
         self.boundary.keys[job_id] = keys
         self.boundary.audit("public_key", job_id)
         return PublicKeyReply(site=self.site, signed_key=keys.signed_public_key(job_id))
+
+    def secure_setup(
+        self, job_id: str, round_: int, *, roster: list, identities: dict[str, str]
+    ) -> RoundSetup:
+        """Step 1 of a secure-sum round (:class:`pipeline.protocol.secure_sum.SecureSumSite`)."""
+        self.boundary.check_refusal(job_id)
+        return self.boundary.secure_setup(job_id, round_, roster, identities)
+
+    def secure_reveal(
+        self, job_id: str, round_: int, *, survivors: list[str], dropped: list[str]
+    ) -> Reveal:
+        """Step 3 of a secure-sum round: once, for a split of the round's sites."""
+        self.boundary.check_refusal(job_id)
+        return self.boundary.secure_reveal(job_id, round_, survivors, dropped)
 
     # -- evaluation and drift ----------------------------------------------------------
     def evaluate_models(

@@ -16,14 +16,21 @@ import numpy as np
 
 from pipeline.contract import Contract
 from pipeline.errors import BudgetError, DataError
+from pipeline.privacy.ledger import RELEASED, UNUSED, PrivacyLedger
 from pipeline.privacy.releases import JobReleases
-from pipeline.protocol.messages import MaskedUpdate, ModelUpdate
+from pipeline.protocol.messages import MaskedUpdate, ModelUpdate, Reservation
 from pipeline.site.audit import AuditLog
 from pipeline.site.policy import SitePolicy
 
 if TYPE_CHECKING:
     from pipeline.features import EncodedRows
-    from pipeline.protocol.secure_sum import SiteKeys
+    from pipeline.protocol.secure_sum import Reveal, RoundSetup, SecureSumSite, SiteKeys
+    from pipeline.site.pins import Pins
+
+
+def ledger_path(extract: Path) -> Path:
+    """The site's own privacy ledger, beside its extract."""
+    return extract.parent / f"{extract.name}.ledger.sqlite"
 
 
 class Boundary:
@@ -36,9 +43,8 @@ class Boundary:
         The site's extract (its audit log and identity live beside it).
     contract : Contract
     policy : SitePolicy
-    pinned : dict of site -> bytes
-        Pinned identity keys of the federation's sites; empty: taken from each round's
-        request (trust on first use).
+    pins : Pins
+        The site's own pinned identity keys of the federation's sites.
     """
 
     def __init__(
@@ -47,18 +53,22 @@ class Boundary:
         extract: Path,
         contract: Contract,
         policy: SitePolicy,
-        pinned: dict[str, bytes],
+        pins: Pins,
     ) -> None:
         self.name = name
         self.extract = extract
         self.contract = contract
         self.policy = policy
-        self.pinned = pinned
+        self.pins = pins
         self.audit_log = AuditLog(extract, name)
+        self.ledger = PrivacyLedger(ledger_path(extract))
         self.rows: tuple[EncodedRows, EncodedRows] | None = None  # (train, test)
         self.jobs: dict[str, JobReleases] = {}
         self.keys: dict[str, SiteKeys] = {}
+        self.secure: dict[str, SecureSumSite] = {}
+        self._weights: dict[str, set[str]] = {}
         self.reusable = True
+        self.refusal: str | None = None  # why the site refuses every request, if it does
 
     # -- rows -----------------------------------------------------------------------------
     def train_rows(self) -> EncodedRows:
@@ -76,23 +86,83 @@ class Boundary:
     def audit(self, request: str, job_id: str | None, **params: Any) -> None:
         self.audit_log.write(request, job_id, **params)
 
+    def check_refusal(self, job_id: str | None) -> None:
+        """Refuse everything while the coordinator's view of the policy is wrong."""
+        if self.refusal:
+            self.audit("refused", job_id, reason="policy differs")
+            raise BudgetError(self.refusal)
+
     def allow(self, job_id: str, strategy: str) -> None:
         """The site's policy: which strategies it serves."""
+        self.check_refusal(job_id)
         if strategy not in self.policy.strategies:
             self.audit("refused", job_id, strategy=strategy, reason="strategy")
             raise BudgetError(f"site {self.name} refuses strategy {strategy!r} (site policy)")
 
     def authorize(self, job_id: str, strategy: str, epsilon: float) -> JobReleases:
-        """The site's policy applied to a request (the strategy, epsilon per job); the
-        job's release record, made at its first request."""
+        """The site's policy applied to a request (the strategy, epsilon per job, and for
+        a private request a reservation in the site's own ledger, settled as released
+        before any noise is drawn); the job's release record, made at its first request."""
         self.allow(job_id, strategy)
+        self._check_epsilon(job_id, strategy, epsilon)
+        job = self.jobs.setdefault(job_id, JobReleases(self.name, job_id, strategy, epsilon))
+        if job.strategy != strategy or epsilon > job.epsilon + 1e-12:
+            self.audit("refused", job_id, strategy=strategy, reason="job changed")
+            raise BudgetError(f"site {self.name}: job {job_id} changed its strategy or epsilon")
+        if epsilon > 0:
+            reserved = self.ledger.entries_of(job_id, self.name)
+            if (
+                reserved is None
+                or reserved["status"] == UNUSED
+                or reserved["epsilon"] + 1e-12 < epsilon
+            ):
+                self.audit("refused", job_id, strategy=strategy, reason="no reservation")
+                raise BudgetError(
+                    f"site {self.name}: job {job_id} holds no reservation of epsilon "
+                    f"{epsilon:g} in the site's own ledger"
+                )
+            self.ledger.settle(job_id, self.name, RELEASED)
+        return job
+
+    def _check_epsilon(self, job_id: str, strategy: str, epsilon: float) -> None:
         if epsilon > self.policy.max_epsilon_per_job + 1e-12:
             self.audit("refused", job_id, strategy=strategy, epsilon=epsilon, reason="epsilon")
             raise BudgetError(
                 f"site {self.name} refuses epsilon {epsilon:g} per job "
                 f"(site policy allows at most {self.policy.max_epsilon_per_job:g})"
             )
-        return self.jobs.setdefault(job_id, JobReleases(self.name, job_id, strategy, epsilon))
+
+    # -- the site's own ledger ---------------------------------------------------------------
+    def reserve(
+        self, job_id: str, strategy: str, epsilon: float, delta: float, collusion_threshold: int
+    ) -> Reservation:
+        """Reserve a private job's planned spend in the site's own ledger, or refuse: the
+        strategy or epsilon outside the site's policy, or more than its budget has left
+        (whatever the coordinator's ledger says)."""
+        self.allow(job_id, strategy)
+        self._check_epsilon(job_id, strategy, epsilon)
+        budget = self.policy.epsilon_budget
+        try:
+            self.ledger.reserve(
+                job_id, {self.name: (epsilon, delta)}, {self.name: budget}, strategy
+            )
+        except BudgetError as exc:
+            self.audit("refused", job_id, strategy=strategy, epsilon=epsilon, reason="budget")
+            raise BudgetError(f"site {self.name}'s own ledger refuses: {exc}") from exc
+        self.jobs.setdefault(job_id, JobReleases(self.name, job_id, strategy, epsilon))
+        self.audit("reserve", job_id, strategy=strategy, epsilon=epsilon, delta=delta)
+        return Reservation(
+            site=self.name,
+            epsilon=epsilon,
+            remaining=self.ledger.remaining(self.name, budget),
+            shares=self.accepts_shares(collusion_threshold),
+        )
+
+    def finish(self, job_id: str) -> None:
+        """A job ended: a reservation it never drew noise under is given back; a released
+        one stays spent."""
+        if self.ledger.settle(job_id, self.name, UNUSED) == UNUSED:
+            self.audit("refund", job_id)
 
     def accepts_shares(self, collusion_threshold: int) -> bool:
         return self.policy.accepts_shares(collusion_threshold)
@@ -101,24 +171,95 @@ class Boundary:
         self.reusable = False
 
     # -- the way out ----------------------------------------------------------------------
+    def answer_once_at(self, job_id: str, weights: np.ndarray) -> None:
+        """A site computes a job's statistics at given weights once: asked again at the
+        same weights (a sum without one site, to subtract from one with it), it refuses."""
+        import hashlib
+
+        digest = hashlib.sha256(np.ascontiguousarray(weights, dtype=np.float64)).hexdigest()
+        seen = self._weights.setdefault(job_id, set())
+        if digest in seen:
+            self.audit("refused", job_id, reason="same weights")
+            raise BudgetError(
+                f"site {self.name}: job {job_id} already had an answer at these weights"
+            )
+        seen.add(digest)
+
     def send(
-        self, job_id: str, vector: np.ndarray, n: int, secure: dict | None
+        self, job_id: str, vector: np.ndarray, n: int, secure: dict | None, *, min_sites: int = 0
     ) -> ModelUpdate | MaskedUpdate:
         """`vector` with the row count it covers: masked (the count as its last entry)
-        when the round is a secure sum, else in the clear."""
+        when the round is a secure sum, else in the clear where the site's policy allows
+        it. `min_sites`: the fewest sites whose sum this release may be revealed in."""
         if secure is None:
+            if self.policy.secure_aggregation:
+                self.audit("refused", job_id, reason="not masked")
+                raise BudgetError(
+                    f"site {self.name} releases only through secure aggregation (site "
+                    "policy), and this request has none"
+                )
             return ModelUpdate(site=self.name, vector=vector, n=n)
-        return self.masked(job_id, np.append(vector, n), secure)
+        return self.masked(job_id, np.append(vector, n), secure, min_sites=min_sites)
 
-    def masked(self, job_id: str, vector: np.ndarray, secure: dict) -> MaskedUpdate:
-        """`vector` masked for the secure sum of `secure`'s round, under the job's keys
-        (:meth:`pipeline.site.actor.SiteActor.public_key`) and a roster checked against
-        the pinned identities."""
-        from pipeline.protocol.secure_sum import mask_update, verify_roster
-
-        pinned = self.pinned or {k: bytes.fromhex(v) for k, v in secure["pinned"].items()}
-        roster = verify_roster(secure["roster"], pinned, job_id)
-        masked = mask_update(
-            vector, self.keys[job_id], roster, job_id, secure["round"], secure["attempt"]
+    def masked(
+        self, job_id: str, vector: np.ndarray, secure: dict, *, min_sites: int = 0
+    ) -> MaskedUpdate:
+        """`vector` as this site's input to round ``secure["round"]`` of the job's secure
+        sum (:class:`pipeline.protocol.secure_sum.SecureSumSite`): once per round, among
+        the sites whose round keys verify against this site's pins."""
+        session = self._session(job_id)
+        round_ = int(secure["round"])
+        masked = session.mask(
+            round_,
+            vector,
+            secure["keys"],
+            secure["shares"].get(self.name, {}),
+            min_survivors=min_sites,
         )
+        self.audit("masked", job_id, round=round_, roster=",".join(sorted(secure["keys"])))
         return MaskedUpdate(site=self.name, masked=masked)
+
+    # -- the secure sum's own steps -------------------------------------------------------
+    def secure_setup(
+        self, job_id: str, round_: int, roster: list, identities: dict[str, str]
+    ) -> RoundSetup:
+        """Step 1 of a round. The job's roster is verified at its first round against the
+        site's own pins (a site not yet pinned is pinned now, trust on first use, where
+        the policy allows; a pinned one is never replaced by what a request offers)."""
+        from pipeline.protocol.secure_sum import SecureSumSite, verify_roster
+
+        if job_id not in self.secure:
+            if job_id not in self.keys:
+                raise DataError(f"site {self.name}: no keys for {job_id}; ask public_key first")
+            pinned = self.pins.resolve(identities, self.audit)
+            verified = verify_roster(roster, pinned, job_id)
+            self.secure[job_id] = SecureSumSite(
+                self.keys[job_id], verified, min_roster=self.policy.min_roster
+            )
+        session = self.secure[job_id]
+        offered = {entry.site: bytes(entry.public_key) for entry in roster}
+        if offered != dict(session.roster.public_keys):
+            self.audit("refused", job_id, round=round_, reason="roster changed")
+            raise BudgetError(f"site {self.name}: job {job_id}'s roster changed between rounds")
+        setup = session.setup(round_)
+        self.audit("secure_setup", job_id, round=round_, roster=",".join(session.roster.sites))
+        return setup
+
+    def secure_reveal(
+        self, job_id: str, round_: int, survivors: list[str], dropped: list[str]
+    ) -> Reveal:
+        """Step 3 of a round: once, and only for a split of the round's sites."""
+        reveal = self._session(job_id).reveal(round_, survivors, dropped)
+        self.audit(
+            "secure_reveal",
+            job_id,
+            round=round_,
+            survivors=",".join(survivors),
+            dropped=",".join(dropped),
+        )
+        return reveal
+
+    def _session(self, job_id: str) -> SecureSumSite:
+        if job_id not in self.secure:
+            raise DataError(f"site {self.name}: job {job_id} has no secure-sum round set up")
+        return self.secure[job_id]

@@ -5,6 +5,7 @@ exists (invariant 3). A strategy that adds no noise plans nothing and spends not
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import FederationConfig
@@ -60,6 +61,16 @@ def plan_and_reserve(
     return plan, spend
 
 
+@dataclass(frozen=True)
+class _SiteShares:
+    """A site's answer on noise shares, as a plan's ledger wording asks it."""
+
+    shares: bool
+
+    def accepts_shares(self, collusion_threshold: int) -> bool:
+        return self.shares
+
+
 def reserve_privacy(
     cfg: FederationConfig,
     job_id: str,
@@ -67,30 +78,39 @@ def reserve_privacy(
     runtime: SiteRuntime,
     plan: PrivacyPlan,
 ) -> dict[str, tuple[float, float]]:
-    """Write the job's planned spend for every taking-part site before any noise exists.
+    """Reserve the job's planned spend at every taking-part site before any noise exists.
 
-    A site whose budget (or own per-job limit) cannot pay for the job is left out with
-    that reason while the quorum holds; otherwise the job is refused with a
-    :class:`BudgetError` before any noise is drawn. The ledger checks again in the same
-    transaction that writes, so a concurrent spend cannot slip between check and write.
-    Each site's ledger row names the mechanism its spend rests on, under its policy."""
+    Each site reserves in its own ledger under its own policy and budget, and refuses
+    (saying why) what it cannot pay for; the coordinator's ledger then records the sites'
+    answers, checked again against its own view of their budgets in the same transaction
+    that writes. A site that refuses, or that the coordinator's view finds short, is left
+    out while the quorum holds; otherwise the job is refused with a :class:`BudgetError`
+    before any noise is drawn (the sites give back what they reserved when the job
+    ends)."""
     from pipeline.privacy.ledger import PrivacyLedger
 
     ledger = PrivacyLedger(cfg.privacy.ledger)
     eps = plan.epsilon
     short: dict[str, str] = {}
     for site in runtime.active:
-        limit = cfg.site(site).policy.max_epsilon_per_job
         left = ledger.remaining(site, cfg.site_budget(site))
-        if eps > limit + 1e-12:
-            short[site] = (
-                f"site {site} allows at most epsilon {limit:g} per job; the job plans {eps:g}"
-            )
-        elif eps > left + 1e-12:
+        if eps > left + 1e-12:
             short[site] = (
                 f"site {site}'s privacy budget is exhausted: {left:g} of "
                 f"{cfg.site_budget(site):g} left, the job plans {eps:g}"
             )
+    asked = [s for s in runtime.active if s not in short]
+    answers = runtime.call(
+        "reserve",
+        job_id,
+        strategy.name,
+        epsilon=eps,
+        delta=plan.delta,
+        collusion_threshold=cfg.privacy.collusion_threshold,
+        sites=asked,
+        drop_failed=False,
+    )
+    short.update(answers.failed)
     if len(runtime.active) - len(short) < cfg.quorum:
         raise BudgetError(
             f"job {job_id!r} refused before any noise was drawn: only "
@@ -105,6 +125,17 @@ def reserve_privacy(
         job_id,
         per_site,
         {s: cfg.site_budget(s) for s in sites},
-        mechanism={s: strategy.ledger_mechanism(plan, cfg.site(s).policy) for s in sites},
+        mechanism={
+            s: strategy.ledger_mechanism(plan, _SiteShares(answers.ok[s].shares)) for s in sites
+        },
     )
     return per_site
+
+
+def finish_at_sites(runtime: SiteRuntime, job_id: str) -> None:
+    """Tell the job's sites it ended: each gives back a reservation it drew no noise
+    under (its own ledger decides; nothing released is refunded)."""
+    import contextlib
+
+    with contextlib.suppress(Exception):
+        runtime.call("finish", job_id, raw=True, drop_failed=False, timeout_s=10.0)

@@ -22,16 +22,16 @@ def placements(
     sites: Sequence[SiteConfig], contract: str | Path, before_month: str | None = None
 ) -> list[Placement]:
     """How each site's actor is made: from its config, the contract, the data window
-    (partitions whose follow-up closed before `before_month`) and every pinned key. The
-    key of each placement holds the contract's bytes, so an actor made from a contract
-    file that changed since does not serve again."""
+    (partitions whose follow-up closed before `before_month`) and, where the config
+    states one, its view of the site's policy (the site enforces its own). The key of
+    each placement holds the contract's bytes, so an actor made from a contract file that
+    changed since does not serve again."""
     contract = str(contract)
     digest = hashlib.sha256(Path(contract).read_bytes()).hexdigest()
-    pinned = {s.name: s.identity_key for s in sites if s.identity_key}
     return [
         Placement(
             name=s.name,
-            args=(s.name, str(s.path), contract, s.policy.model_dump(), pinned),
+            args=(s.name, str(s.path), contract, s.policy.model_dump() if s.policy else None),
             kwargs={
                 "before_month": before_month,
                 "test_extract": str(s.test_path) if s.test_path else None,
@@ -43,7 +43,6 @@ def placements(
                 contract,
                 digest,
                 before_month,
-                tuple(sorted(pinned.items())),
             ),
         )
         for s in sites

@@ -108,9 +108,13 @@ def synthesize(
 
 
 def site_entry(name: str, extract: Path) -> dict:
-    """A config entry for a site, pinning the identity key created at the site."""
+    """A config entry for a site, pinning the identity key created at the site; the site
+    gets its own policy file beside the extract (the defaults, for the hospital to edit)
+    unless it has one."""
     from pipeline.protocol.identity import load_or_create_identity, public_hex
+    from pipeline.site.policy import read_policy
 
+    read_policy(extract)
     return {
         "name": name,
         "path": name,

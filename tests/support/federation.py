@@ -72,3 +72,38 @@ def served_probabilities(tracking_uri: str, rows: Path, model_uri: str = "models
     assert done.returncode == 0, done.stderr[-3000:]
     assert "top_factors" in done.stdout and "risk_band" in done.stdout
     return np.load(out)
+
+
+def write_site_policy(path: Path, **fields) -> None:
+    """What a hospital does to its site: edit the policy file beside its extract."""
+    from pipeline.site.policy import SitePolicy, write_policy
+
+    write_policy(Path(path), SitePolicy(**fields))
+
+
+def secure_round_in_process(actors, job: str, round_: int, ask):
+    """One secure-sum round over site actors held in this process, as the coordinator
+    runs it (:func:`pipeline.federation.rounds.secure_sum_round`): `ask(actor, secure)`
+    returns the actor's masked reply. Returns the decoded sum."""
+    from pipeline.protocol.secure_sum import unmask, verify_roster
+
+    roster = [  # the job's keys, made at its first round
+        a.boundary.keys[job].signed_public_key(job)
+        if job in a.boundary.keys
+        else a.public_key(job).signed_key
+        for a in actors
+    ]
+    identities = {a.site: a.identity_key() for a in actors}
+    setups = {
+        a.site: a.secure_setup(job, round_, roster=roster, identities=identities) for a in actors
+    }
+    keys = {s: u.key for s, u in setups.items()}
+    shares = {to: {s: u.shares[to] for s, u in setups.items() if to in u.shares} for to in keys}
+    secure = {"round": round_, "keys": keys, "shares": shares}
+    masked = {a.site: ask(a, secure).masked for a in actors}
+    survivors = sorted(masked)
+    reveals = {
+        a.site: a.secure_reveal(job, round_, survivors=survivors, dropped=[]) for a in actors
+    }
+    verified = verify_roster(roster, {s: bytes.fromhex(k) for s, k in identities.items()}, job)
+    return unmask(masked, verified, round_, keys, reveals)

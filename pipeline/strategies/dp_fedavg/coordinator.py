@@ -101,7 +101,7 @@ def train(job: TrainingJob, plan: DPFedAvgPlan) -> LogisticModel:
         initial=initial,
     )
     if secure is not None:
-        job.tracker.metrics({"secure_restarts": secure.restarts})
+        job.tracker.metrics({"secure_dropouts": secure.dropouts})
     return LogisticModel(contract, weights)
 
 

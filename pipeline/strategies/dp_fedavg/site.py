@@ -59,8 +59,8 @@ class DPFedAvgSite(SiteHandler):
     ) -> ModelUpdate | MaskedUpdate:
         """Sum of per-example log-loss gradients at `weights` (DP-SGD style, Abadi et al.
         2016): each example's gradient clipped to `clip`, Gaussian noise of std
-        noise_multiplier * clip added once per round. The same noisy vector is sent again
-        if the round restarts, so a restart spends no extra privacy.
+        noise_multiplier * clip added once per round, for at most the `rounds` the job
+        declared at its first release.
 
         With `column_scale` (from the job's private scale release) and `column_centre`
         (from the contract) the gradient is taken, clipped and noised in standardized
@@ -69,34 +69,31 @@ class DPFedAvgSite(SiteHandler):
         above 1 the site adds only its share of the noise if its policy accepts."""
         rows = self.site.train_rows()
         job = self.site.authorize(job_id, self.strategy, epsilon)
-        vector = job.kept(GRADIENT, round_)
-        if vector is None:
-            if job.released >= rounds:
-                raise BudgetError(
-                    f"site {self.site.name}: job {job_id} asked for more rounds "
-                    f"than it declared ({rounds})"
-                )
-            shares = self._accepted_shares(noise_shares, collusion_threshold, secure)
-            job.hold_to(GRADIENT, Declared(noise_multiplier, clip, rounds, *shares))
-            X, y = standardized(rows.linear, column_centre, column_scale), rows.y
-            if sampling_rate < 1.0:
-                taken = poisson_sample(len(y), sampling_rate)
-                X, y = X[taken], y[taken]
-            per_example = per_example_gradients(X, y, np.asarray(weights, dtype=np.float64))
-            if noise_multiplier > 0:
-                vector = noisy_release(per_example, clip, noise_multiplier, shares[0])
-            else:
-                vector = per_example.sum(axis=0)
-            job.released += 1
-            job.keep(GRADIENT, vector, round_)
-            self.site.audit(
-                "logistic_gradient",
-                job_id,
-                round=round_,
-                strategy=self.strategy,
-                noise_multiplier=noise_multiplier,
-                noise_shares=shares[0],
+        if job.released >= rounds:
+            raise BudgetError(
+                f"site {self.site.name}: job {job_id} asked for more rounds "
+                f"than it declared ({rounds})"
             )
+        shares = self._accepted_shares(noise_shares, collusion_threshold, secure)
+        job.hold_to(GRADIENT, Declared(noise_multiplier, clip, rounds, *shares))
+        X, y = standardized(rows.linear, column_centre, column_scale), rows.y
+        if sampling_rate < 1.0:
+            taken = poisson_sample(len(y), sampling_rate)
+            X, y = X[taken], y[taken]
+        per_example = per_example_gradients(X, y, np.asarray(weights, dtype=np.float64))
+        if noise_multiplier > 0:
+            vector = noisy_release(per_example, clip, noise_multiplier, shares[0])
+        else:
+            vector = per_example.sum(axis=0)
+        job.released += 1
+        self.site.audit(
+            "logistic_gradient",
+            job_id,
+            round=round_,
+            strategy=self.strategy,
+            noise_multiplier=noise_multiplier,
+            noise_shares=shares[0],
+        )
         return self._send(job, GRADIENT, vector, len(rows), secure)
 
     def release_deviation(
@@ -114,27 +111,25 @@ class DPFedAvgSite(SiteHandler):
         column's absolute encoded value and of the (weighted) label, every row's vector
         clipped to `bound`, plus Gaussian noise of std noise_multiplier * bound
         (:mod:`pipeline.privacy.scales`). Allowed once per job, before any gradient
-        round; a restart sends the same vector. `noise_shares` as for the gradient."""
+        round. `noise_shares` as for the gradient."""
         rows = self.site.train_rows()
         job = self.site.authorize(job_id, self.strategy, epsilon)
-        vector = job.kept(SCALES)
-        if vector is None:
-            if job.released > 0:
-                raise BudgetError(
-                    f"site {self.site.name}: job {job_id} asked for feature scales after training"
-                )
-            shares = self._accepted_shares(noise_shares, collusion_threshold, secure)
-            job.hold_to(SCALES, Declared(noise_multiplier, bound, 1, *shares))
-            deviations = row_deviations(rows.linear, rows.y, self.site.contract)
-            vector = noisy_release(deviations, bound, noise_multiplier, shares[0])
-            job.keep(SCALES, vector)
-            self.site.audit(
-                "release_deviation",
-                job_id,
-                strategy=self.strategy,
-                noise_multiplier=noise_multiplier,
-                noise_shares=shares[0],
+        if job.released > 0 or SCALES in job.declared:
+            raise BudgetError(
+                f"site {self.site.name}: job {job_id} has its feature scales already, or "
+                "asked for them after training"
             )
+        shares = self._accepted_shares(noise_shares, collusion_threshold, secure)
+        job.hold_to(SCALES, Declared(noise_multiplier, bound, 1, *shares))
+        deviations = row_deviations(rows.linear, rows.y, self.site.contract)
+        vector = noisy_release(deviations, bound, noise_multiplier, shares[0])
+        self.site.audit(
+            "release_deviation",
+            job_id,
+            strategy=self.strategy,
+            noise_multiplier=noise_multiplier,
+            noise_shares=shares[0],
+        )
         return self._send(job, SCALES, vector, len(rows), secure)
 
     # -- distributed noise ------------------------------------------------------------
@@ -160,18 +155,20 @@ class DPFedAvgSite(SiteHandler):
                 f"site {self.site.name}: a share of the noise is released only through "
                 "secure aggregation, and this request has none"
             )
-        if len(secure["roster"]) < shares + threshold:
+        if len(secure["keys"]) < shares + threshold:
             raise BudgetError(
                 f"site {self.site.name}: its share of the noise needs a round of at least "
                 f"{shares + threshold} sites ({shares} shares, tolerating {threshold} "
-                f"colluding), this one has {len(secure['roster'])}"
+                f"colluding), this one has {len(secure['keys'])}"
             )
 
     def _send(
         self, job: JobReleases, kind: str, vector: np.ndarray, n: int, secure: dict | None
     ) -> ModelUpdate | MaskedUpdate:
         """A release with the site's row count; a share of the noise is checked against
-        every round it is sent in (a restarted round may have lost sites)."""
+        the round it is sent in, and is revealed only in a sum of enough sites (a site
+        may drop out after its input)."""
         declared = job.declared[kind]
         self._check_share_round(declared.noise_shares, declared.collusion_threshold, secure)
-        return self.site.send(job.job_id, vector, n, secure)
+        least = declared.noise_shares + declared.collusion_threshold
+        return self.site.send(job.job_id, vector, n, secure, min_sites=least)

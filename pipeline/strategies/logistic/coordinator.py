@@ -37,5 +37,5 @@ def train(job: TrainingJob) -> LogisticModel:
             break
     logger.finished()
     if secure is not None:
-        job.tracker.metrics({"secure_restarts": secure.restarts})
+        job.tracker.metrics({"secure_dropouts": secure.dropouts})
     return LogisticModel(job.contract, weights)

@@ -17,9 +17,11 @@ class LogisticSite(SiteHandler):
     ) -> ModelUpdate | MaskedUpdate:
         """Non-private sufficient statistics of one Newton step at `weights`
         (:func:`~pipeline.strategies.logistic.newton.site_statistics`), with the row
-        count they cover."""
+        count they cover. Asked once per job at given weights: a sum without one site
+        at weights already answered would isolate that site's statistics."""
         rows = self.site.train_rows()
         self.site.authorize(job_id, self.strategy, 0.0)
+        self.site.answer_once_at(job_id, weights)
         vector = site_statistics(rows.linear, rows.y, np.asarray(weights, dtype=np.float64))
         self.site.audit("newton_statistics", job_id)
         return self.site.send(job_id, vector, len(rows), secure)
