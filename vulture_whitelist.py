@@ -37,6 +37,7 @@ _.release_deviation  # noqa
 _.fit_dp_logistic  # noqa
 _.newton_statistics  # noqa
 _.xgb_train  # noqa
+_.label_counts  # noqa
 
 # PEP 562: a package's lazy attributes.
 __getattr__  # noqa

@@ -251,12 +251,7 @@ def _retrain(
             say("measuring drift of the new months (secure sum)")
             with clock.stage("drift"):
                 report = measure_drift(
-                    ctx.runtime,
-                    contract,
-                    reference={s: drift_reference.get(s, []) for s in ctx.runtime.active},
-                    current={s: new.get(s, []) for s in ctx.runtime.active},
-                    drift_id=f"{ctx.job_id}:drift",
-                    quorum=cfg.quorum,
+                    ctx.runtime, contract, drift_id=f"{ctx.job_id}:drift", quorum=cfg.quorum
                 )
             record["drift"] = report.to_dict()
             ctx.tracker.json(report.to_dict(), "drift.json")

@@ -189,10 +189,10 @@ def test_reply_size_does_not_grow_with_the_row_count(ray_session, tmp_path) -> N
         payload = {"m": LogisticModel(contract, w).site_payload()}
 
         def evaluate(secure: dict | None) -> Replies:
-            replies.append(runtime.call("evaluate_models", "e", payload, secure=secure))
+            replies.append(runtime.call("evaluate_models", "j:eval", payload, secure=secure))
             return replies[-1]
 
-        secure_sum_round(runtime, open_secure_session(runtime, "e", 3), 0, 3, evaluate)
+        secure_sum_round(runtime, open_secure_session(runtime, "j:eval", 3), 0, 3, evaluate)
     for r in replies:
         assert not r.failed, r.failed
         for site, reply in r.ok.items():

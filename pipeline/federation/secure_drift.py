@@ -4,7 +4,6 @@ feature (a number, suppressed at the site when its bins would be too small)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pipeline.contract import Contract
@@ -29,28 +28,19 @@ def measure_drift(
     runtime: SiteRuntime,
     contract: Contract,
     *,
-    reference: Mapping[str, Sequence[str]],
-    current: Mapping[str, Sequence[str]],
     drift_id: str,
     quorum: int,
 ) -> DriftReport:
-    """Ask every active site for its drift between its `reference` months and its
-    `current` months (site -> partition values), summed securely (at least three sites)."""
+    """Ask every active site for its drift between the months it last trained on and its
+    closed months since (each site's own record), summed securely (at least three
+    sites)."""
     session = open_secure_session(runtime, drift_id, quorum)
     total, replies = secure_sum_round(
         runtime,
         session,
         0,
         quorum,
-        lambda secure: runtime.call(
-            "drift",
-            drift_id,
-            secure=secure,
-            per_site=lambda s: {
-                "reference": list(reference.get(s, ())),
-                "current": list(current.get(s, ())),
-            },
-        ),
+        lambda secure: runtime.call("drift", drift_id, secure=secure),
         stage="drift",
     )
     width = vector_length(contract)

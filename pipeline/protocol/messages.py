@@ -16,13 +16,13 @@ from pipeline.protocol.secure_sum import Reveal, RoundSetup
 
 @dataclass(frozen=True)
 class SiteInfo:
-    """Counts a site publishes about its cohort (used for weighting and quorum)."""
+    """Counts a site publishes about its cohort (used for weighting and quorum): rows,
+    never labels (a label count leaves a site only through the secure sum or noised)."""
 
     site: str
     rows: int
     n_train: int
     n_test: int
-    positives_train: int
     partitions: tuple[str, ...] = ()  # the extract's partition values (follow-up months)
 
 

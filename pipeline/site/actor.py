@@ -34,6 +34,7 @@ from pipeline.protocol.messages import (
     ValidationReply,
 )
 from pipeline.site.boundary import Boundary
+from pipeline.site.months import record_trained_months, trained_months
 from pipeline.site.pins import Pins
 from pipeline.site.policy import SitePolicy, disagreement, read_policy
 
@@ -93,6 +94,8 @@ class SiteActor:
         self._read_policy()
         self._prepared: tuple[SplitKey, tuple[EncodedRows, EncodedRows]] | None = None
         self._handlers: dict[str, SiteHandler] = {}
+        self._evaluated: set[str] = set()  # jobs evaluated and drift ids measured
+        self._loaded: tuple[str, ...] = ()  # the months of the current job's rows
         key = self.contract.cohort.partition
         self.window = Window(key, before_month) if key and before_month else None
 
@@ -126,9 +129,10 @@ class SiteActor:
         on record (a finished job cannot release again). Returns False when this process
         should not serve again (a handler said so: it joined native state, such as an
         XGBoost collective, that a broken peer can leave stuck)."""
-        self.boundary.rows = self._prepared = None
         for job_id in list(self.boundary.jobs):
-            self.boundary.finish(job_id)
+            self.finish(job_id)
+        self.boundary.rows = self._prepared = None
+        self._loaded = ()
         self.boundary.audit("recycle", None)
         return self.boundary.reusable
 
@@ -147,7 +151,10 @@ class SiteActor:
         return self.boundary.reserve(job_id, strategy, epsilon, delta, collusion_threshold)
 
     def finish(self, job_id: str) -> bool:
-        """The job ended: a reservation it drew no noise under is given back."""
+        """The job ended: a reservation it drew no noise under is given back, and the
+        months it trained on become the site's drift reference."""
+        if job_id in self.boundary.jobs and self._loaded:
+            record_trained_months(self.extract, self._loaded)
         self.boundary.finish(job_id)
         return True
 
@@ -242,12 +249,12 @@ class SiteActor:
         train, test = rows
         if len(train) == 0 or len(test) == 0:
             raise DataError(f"site {self.site}: too few rows to split into train and test")
+        self._loaded = self._partitions(self.window)
         return SiteInfo(
             site=self.site,
             rows=len(train) + len(test),
             n_train=len(train),
             n_test=len(test),
-            positives_train=int(train.y.sum()),
             partitions=self._partitions(self.window),
         )
 
@@ -309,40 +316,70 @@ class SiteActor:
         """Evaluation statistics of every model in `models` (name -> payload) on this
         site's held-out rows, for the whole cohort and each of the contract's subgroups,
         masked for the secure sum (keys from ``public_key(eval_id)``): the coordinator sees
-        only the pooled statistics. Each model's own AUC here is released as a number
-        only when both classes hold at least 11 patients."""
+        only the pooled statistics.
+
+        On the site's terms: only for a job this site trained (``<job>:eval``), once per
+        job, at most the policy's ``max_models_per_evaluation`` models (the job's own and
+        the champion it is compared with), so no coordinator can score many crafted
+        models on the same patients. Each model's own AUC here is released only where the
+        policy allows per-site figures, and only when both classes hold at least 11
+        patients."""
         from pipeline.evaluation import site_auc, stats_vector
         from pipeline.models.kinds import from_payload
 
+        job_id = eval_id.removesuffix(":eval")
+        policy = self.boundary.policy
+        why = None
+        if job_id == eval_id or job_id not in self.boundary.jobs:
+            why = "it evaluates only the models of a job it trained"
+        elif job_id in self._evaluated:
+            why = "it evaluates a job's models once"
+        elif len(models) > policy.max_models_per_evaluation:
+            why = f"it evaluates at most {policy.max_models_per_evaluation} models per job"
+        if why is not None:
+            self.boundary.audit("refused", eval_id, reason="evaluation", models=len(models))
+            raise BudgetError(f"site {self.site} refuses the evaluation: {why}")
+        self._evaluated.add(job_id)
         rows = self.boundary.test_rows()
         groups = list(self.contract.subgroup_masks(rows.frame).values())
         vectors, aucs = [], {}
         for name, payload in models.items():
             p = from_payload(self.contract, payload).predict_rows(rows)
             vectors.append(stats_vector(rows.y, p, groups))
-            aucs[name] = site_auc(rows.y, p)
+            aucs[name] = site_auc(rows.y, p) if policy.site_metrics else None
         self.boundary.audit("evaluate_models", eval_id, models=",".join(models))
         masked = self.boundary.masked(eval_id, np.concatenate(vectors), secure)
         return MaskedEvaluation(site=self.site, masked=masked.masked, auc=aucs)
 
-    def drift(
-        self, drift_id: str, *, reference: list[str], current: list[str], secure: dict
-    ) -> DriftReply:
-        """Per-feature histograms of the rows in the `reference` months and in the
-        `current` (new) months, masked for the secure sum under keys of `drift_id`, and
-        this site's own PSI per feature (suppressed where a bin cannot hold 11 patients of
-        each). Only those leave the site."""
+    def drift(self, drift_id: str, *, secure: dict) -> DriftReply:
+        """Per-feature histograms of the rows of the months this site trained on in its
+        last finished job (the reference) and of its closed months since (the new ones),
+        masked for the secure sum under keys of `drift_id`, and this site's own PSI per
+        feature (suppressed where a bin cannot hold 11 patients of each; none where its
+        policy keeps per-site figures). The months are the site's own record, never a
+        list a request carries. Once per drift id."""
         from pipeline.evaluation.drift import histogram_vector, psi_by_feature
         from pipeline.extract import read_months
 
         key = self.contract.cohort.partition
         if not key:
             raise DataError(f"site {self.site}: the contract has no partition key to compare")
+        if drift_id in self._evaluated:
+            raise BudgetError(f"site {self.site}: drift {drift_id} was measured already")
+        reference = trained_months(self.extract)
+        current = [m for m in self._partitions(self.window) if m not in set(reference)]
+        if not reference or not current:
+            raise DataError(
+                f"site {self.site}: no months to compare (trained on {len(reference)}, "
+                f"{len(current)} new)"
+            )
+        self._evaluated.add(drift_id)
         schema = self.contract.arrow_schema
         ref = histogram_vector(read_months(self.extract, key, reference, schema), self.contract)
         cur = histogram_vector(read_months(self.extract, key, current, schema), self.contract)
         self.boundary.audit("drift", drift_id, reference=len(reference), current=len(current))
         masked = self.boundary.masked(drift_id, np.concatenate([ref, cur]), secure)
-        return DriftReply(
-            site=self.site, masked=masked.masked, psi=psi_by_feature(ref, cur, self.contract)
-        )
+        psi = psi_by_feature(ref, cur, self.contract)
+        if not self.boundary.policy.site_metrics:
+            psi = dict.fromkeys(psi)
+        return DriftReply(site=self.site, masked=masked.masked, psi=psi)

@@ -27,3 +27,15 @@ class AuditLog:
         entry.update({k: v for k, v in params.items() if isinstance(v, int | float | str | bool)})
         with self.path.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
+
+    def count(self, request: str, since_s: float) -> int:
+        """Entries of `request` in the last `since_s` seconds."""
+        if not self.path.exists():
+            return 0
+        after = time.time() - since_s
+        count = 0
+        with self.path.open() as fh:
+            for line in fh:
+                entry = json.loads(line)
+                count += entry["request"] == request and entry["time"] >= after
+        return count

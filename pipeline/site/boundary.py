@@ -105,6 +105,8 @@ class Boundary:
         before any noise is drawn); the job's release record, made at its first request."""
         self.allow(job_id, strategy)
         self._check_epsilon(job_id, strategy, epsilon)
+        if job_id not in self.jobs and epsilon == 0:
+            self._count_nonprivate(job_id, strategy)
         job = self.jobs.setdefault(job_id, JobReleases(self.name, job_id, strategy, epsilon))
         if job.strategy != strategy or epsilon > job.epsilon + 1e-12:
             self.audit("refused", job_id, strategy=strategy, reason="job changed")
@@ -131,6 +133,17 @@ class Boundary:
                 f"site {self.name} refuses epsilon {epsilon:g} per job "
                 f"(site policy allows at most {self.policy.max_epsilon_per_job:g})"
             )
+
+    def _count_nonprivate(self, job_id: str, strategy: str) -> None:
+        """The policy's cap on non-private jobs in 24 hours, counted in the audit log: each
+        such job's answers leave no noise to bound what many of them reveal together."""
+        cap = self.policy.max_nonprivate_jobs_per_day
+        if cap is not None and self.audit_log.count("nonprivate_job", since_s=86_400) >= cap:
+            self.audit("refused", job_id, strategy=strategy, reason="non-private cap")
+            raise BudgetError(
+                f"site {self.name} serves at most {cap} non-private jobs a day (site policy)"
+            )
+        self.audit("nonprivate_job", job_id, strategy=strategy)
 
     # -- the site's own ledger ---------------------------------------------------------------
     def reserve(

@@ -44,6 +44,20 @@ class SitePolicy(BaseModel):
         description="the fewest sites a secure sum this site takes part in may cover",
     )
 
+    site_metrics: bool = Field(
+        True,
+        description="release this site's own figures (its AUC, its PSI per feature), each "
+        "suppressed below 11 patients per class; false: only pooled figures",
+    )
+    max_models_per_evaluation: int = Field(
+        2, ge=1, description="models one job may score on this site's held-out rows"
+    )
+    max_nonprivate_jobs_per_day: int | None = Field(
+        None,
+        ge=0,
+        description="non-private jobs (logistic, xgboost) this site serves in 24 hours; "
+        "none: no cap",
+    )
     trust_on_first_use: bool = Field(
         True,
         description="pin a site's identity key the first time it is offered; false: only "

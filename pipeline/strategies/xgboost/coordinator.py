@@ -26,16 +26,27 @@ def train(job: TrainingJob) -> TreeModel:
     """Every active site joins one XGBoost collective as a worker.
 
     Global quantities come from aggregates only: the base score is the prevalence over
-    the training sites' label counts (their ``load`` replies)."""
+    the starting sites' label counts, summed through the secure sum once per job (a
+    retry without a lost site keeps it: asking the others again would isolate that
+    site's count)."""
+    from pipeline.federation.rounds import summed_release
+
     settings, x, tracker = job.settings, job.settings.xgboost, job.tracker
     communicator = resolve_communicator(x.communicator)
     host = server_host(x.server_host)
+    positives, n, _ = summed_release(
+        job.runtime,
+        job.secure_session(),
+        0,
+        job.quorum,
+        job.asker("label_counts", job.job_id),
+        stage="label counts",
+    )
+    base_score = trees.global_base_score(int(round(positives[0])), int(round(n)))
 
     def params_for(sites: list[str]) -> dict[str, Any]:
-        positives = sum(job.sites[s].positives_train for s in sites)
-        n = sum(job.sites[s].n_train for s in sites)
         return trees.booster_params(
-            base_score=trees.global_base_score(positives, n),
+            base_score=base_score,
             max_depth=x.max_depth,
             learning_rate=x.learning_rate,
             seed=settings.seed,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.console import printed_to_debug
-from pipeline.protocol.messages import BoosterReply
+from pipeline.protocol.messages import BoosterReply, MaskedUpdate, ModelUpdate
 from pipeline.splits import validation_mask
 from pipeline.strategies.base import SiteHandler
 
@@ -21,13 +21,25 @@ log = logging.getLogger(__name__)
 
 
 class XGBoostSite(SiteHandler):
-    requests = frozenset({"xgb_train"})
+    requests = frozenset({"label_counts", "xgb_train"})
 
     @classmethod
     def prepare(cls) -> None:
         """XGBoost imported now, not in :meth:`xgb_train`, where every rank of the
         collective would wait for the slowest site's import."""
         import pipeline.models.trees  # noqa: F401
+
+    def label_counts(
+        self, job_id: str, *, secure: dict | None = None
+    ) -> MaskedUpdate | ModelUpdate:
+        """The site's count of positive training rows, with its row count, for the job's
+        base score: only through the secure sum (or in the clear where the site's policy
+        allows it), once per job."""
+        rows = self.site.train_rows()
+        self.site.authorize(job_id, self.strategy, 0.0)
+        self.site.answer_once_at(job_id, np.zeros(1))
+        self.site.audit("label_counts", job_id)
+        return self.site.send(job_id, np.array([float(rows.y.sum())]), len(rows), secure)
 
     def xgb_train(
         self,
