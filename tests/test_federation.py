@@ -87,6 +87,15 @@ def test_killed_site_is_dropped_and_the_job_finishes(ray_session, four_sites, tm
     run = mlflow.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert victim in run.data.tags["dropped_sites"]
+    # A private job's run holds row counts of the sites, never a count of their labels.
+    artifacts = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=run.info.artifact_uri, dst_path=str(tmp_path / "artifacts")
+        )
+    )
+    sites = json.loads((artifacts / "sites.json").read_text())
+    assert sites and all("positive" not in " ".join(v) for v in sites.values()), sites
+    assert not [p.name for p in artifacts.rglob("*.json") if "positives_train" in p.read_text()]
 
 
 def test_unmet_quorum_fails_cleanly_and_registers_nothing(ray_session, four_sites, tmp_path):
@@ -117,8 +126,8 @@ def test_ledger_refuses_an_over_budget_job_before_training(ray_session, four_sit
     assert len(client.search_model_versions("name='diabetes-risk'")) == 1
 
 
-def test_site_refuses_a_request_outside_its_policy(ray_session, four_sites, tmp_path) -> None:
-    cfg = load_config(make_config(four_sites, tmp_path))
+def test_site_refuses_a_request_outside_its_policy(ray_session, four_sites_copy, tmp_path) -> None:
+    cfg = load_config(make_config(four_sites_copy, tmp_path))
     site = cfg.sites[0]
     write_site_policy(site.path, strategies=["dp-fedavg"], max_epsilon_per_job=0.5)
     with runtime_for([site], cfg.contract, "policy-test") as runtime:

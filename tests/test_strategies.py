@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from support import ROOT
+from support.federation import write_site_policy
 
 from pipeline import strategies
 from pipeline.config import load_config
@@ -21,6 +22,7 @@ from pipeline.models.kinds import from_payload, from_spec
 from pipeline.models.logistic import LogisticModel
 from pipeline.privacy.releases import Declared, JobReleases
 from pipeline.site.actor import SiteActor
+from pipeline.site.policy import SitePolicy
 from pipeline.strategies.dp_fedavg.gradient import per_example_gradients, standardized
 from pipeline.strategies.logistic.newton import newton_step, site_statistics
 from pipeline.synth import synthesize
@@ -64,7 +66,8 @@ def test_every_registered_strategy_is_accepted_by_the_config(tmp_path: Path) -> 
         path = tmp_path / "fed.yaml"
         path.write_text(f"sites:\n  - {{name: a, path: a}}\ntraining: {{model: {name}}}\n")
         assert load_config(path).training.model == name
-    assert load_config(path).sites[0].policy.strategies == list(strategies.names())
+    assert load_config(path).sites[0].policy is None  # the site's own file decides
+    assert SitePolicy().strategies == list(strategies.names())
 
 
 # -- a site answers only what its strategies declare ---------------------------------------
@@ -72,7 +75,9 @@ def test_every_registered_strategy_is_accepted_by_the_config(tmp_path: Path) -> 
 def site(tmp_path_factory: pytest.TempPathFactory) -> SiteActor:
     config, _ = synthesize(tmp_path_factory.mktemp("one"), sites=1, rows=1200, seed=9)
     cfg = load_config(config)
-    actor = SiteActor(cfg.sites[0].name, str(cfg.sites[0].path), str(cfg.contract), {})
+    # One site alone can take no part in a secure sum: a site of a trusted cluster.
+    write_site_policy(cfg.sites[0].path, secure_aggregation=False)
+    actor = SiteActor(cfg.sites[0].name, str(cfg.sites[0].path), str(cfg.contract))
     actor.load(0.2, 0)
     return actor
 
@@ -170,15 +175,6 @@ def test_a_job_is_held_to_the_first_release_it_declared() -> None:
         with pytest.raises(BudgetError, match=why):
             job.hold_to("gradient", looser)
     assert job.declared == {"gradient": first}
-
-
-def test_a_restarted_round_gets_the_vector_it_already_released() -> None:
-    job = JobReleases("north", "job", "dp-fedavg", 1.0)
-    assert job.kept("gradient", 0) is None
-    vector = np.arange(3.0)
-    job.keep("gradient", vector, 0)
-    assert job.kept("gradient", 0) is vector
-    assert job.kept("gradient", 1) is None  # the next round is a new release
 
 
 # -- the models' kinds ---------------------------------------------------------------------

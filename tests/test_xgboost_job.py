@@ -270,6 +270,7 @@ def test_a_value_planted_at_one_site_reaches_no_split_and_no_reply(
         messages.SiteInfo,
         messages.BoosterReply,
         messages.PublicKeyReply,
+        messages.MaskedUpdate,  # the label counts, through the secure sum
         messages.MaskedEvaluation,
         messages.RoundSetup,  # the secure sum's round keys and encrypted shares
         messages.Reveal,  # its shares of the round's secrets

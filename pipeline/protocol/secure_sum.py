@@ -37,7 +37,8 @@ correct as long as the true sum's magnitude stays below ``max_abs_sum(scale)`` =
 scale (about 5.5e11 for the default scale); each encoded value must itself be below that.
 
 All key material comes from the operating system through ``cryptography``; it is never
-seeded, logged or returned in an error message.
+seeded, logged or returned in an error message. The site's side and the coordinator's
+side of the protocol are one piece, kept in one module so that they are read together.
 """
 
 from __future__ import annotations

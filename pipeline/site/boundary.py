@@ -145,6 +145,17 @@ class Boundary:
             )
         self.audit("nonprivate_job", job_id, strategy=strategy)
 
+    def check_roster(self, job_id: str, sites: int | None) -> None:
+        """A sum this site's values enter covers at least its `min_roster` sites (with two,
+        each learns the other's part from the sum); None: the communicator does not say
+        (rabit, inside one trusted cluster)."""
+        if sites is not None and sites < self.policy.min_roster:
+            self.audit("refused", job_id, reason="roster", sites=sites)
+            raise BudgetError(
+                f"site {self.name} takes part only in sums of at least "
+                f"{self.policy.min_roster} sites (site policy); this one has {sites}"
+            )
+
     # -- the site's own ledger ---------------------------------------------------------------
     def reserve(
         self, job_id: str, strategy: str, epsilon: float, delta: float, collusion_threshold: int
@@ -199,13 +210,22 @@ class Boundary:
         seen.add(digest)
 
     def send(
-        self, job_id: str, vector: np.ndarray, n: int, secure: dict | None, *, min_sites: int = 0
+        self,
+        job_id: str,
+        vector: np.ndarray,
+        n: int,
+        secure: dict | None,
+        *,
+        min_sites: int = 0,
+        private: bool = False,
     ) -> ModelUpdate | MaskedUpdate:
         """`vector` with the row count it covers: masked (the count as its last entry)
         when the round is a secure sum, else in the clear where the site's policy allows
-        it. `min_sites`: the fewest sites whose sum this release may be revealed in."""
+        it or the value is a `private` release (noised and charged in the site's ledger).
+        `min_sites`: the fewest sites whose sum this release may be revealed in."""
         if secure is None:
-            if self.policy.secure_aggregation:
+            self.audit("release", job_id, private=private)
+            if self.policy.secure_aggregation and not private:
                 self.audit("refused", job_id, reason="not masked")
                 raise BudgetError(
                     f"site {self.name} releases only through secure aggregation (site "

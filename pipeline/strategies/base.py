@@ -222,16 +222,28 @@ class SiteAccess(Protocol):
 
     def accepts_shares(self, collusion_threshold: int) -> bool: ...
 
+    def check_roster(self, job_id: str, sites: int | None) -> None:
+        """Refuse a sum of fewer sites than the site's policy's minimum."""
+        ...
+
     def answer_once_at(self, job_id: str, weights: np.ndarray) -> None:
         """Refuse a second answer of the job at the same weights."""
         ...
 
     def send(
-        self, job_id: str, vector: np.ndarray, n: int, secure: dict | None, *, min_sites: int = 0
+        self,
+        job_id: str,
+        vector: np.ndarray,
+        n: int,
+        secure: dict | None,
+        *,
+        min_sites: int = 0,
+        private: bool = False,
     ) -> ModelUpdate | MaskedUpdate:
         """A vector with the row count it covers: masked for the secure sum when the
-        round is one (`secure`), in the clear only where the site's policy allows;
-        revealed only in a sum of at least `min_sites` sites."""
+        round is one (`secure`), in the clear only where the site's policy allows or for
+        a `private` (noised, charged) release; revealed only in a sum of at least
+        `min_sites` sites."""
         ...
 
     def not_reusable(self) -> None:

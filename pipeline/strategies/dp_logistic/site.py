@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from pipeline.errors import BudgetError
-from pipeline.protocol.messages import ModelUpdate
+from pipeline.protocol.messages import MaskedUpdate, ModelUpdate
 from pipeline.strategies.base import SiteHandler
 
 
@@ -23,7 +23,7 @@ class DPLogisticSite(SiteHandler):
         count_epsilon: float,
         clip_fraction: float,
         intercept: float,
-    ) -> ModelUpdate:
+    ) -> ModelUpdate | MaskedUpdate:
         """One-shot DP logistic regression (:mod:`pipeline.privacy.objective`): the
         site's count of positives, Laplace-noised at `count_epsilon`, sets the intercept's
         offset; then the objective, perturbed by Gaussian noise that the site calibrates
@@ -57,6 +57,5 @@ class DPLogisticSite(SiteHandler):
         self.site.audit(
             "fit_dp_logistic", job_id, epsilon=epsilon, delta=delta, regularization=regularization
         )
-        return ModelUpdate(
-            site=self.site.name, vector=coords.to_encoder_weights(w, offset), n=len(rows.y)
-        )
+        vector = coords.to_encoder_weights(w, offset)
+        return self.site.send(job_id, vector, len(rows.y), None, private=True)

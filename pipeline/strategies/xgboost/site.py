@@ -65,6 +65,7 @@ class XGBoostSite(SiteHandler):
 
         rows = self.site.train_rows()
         self.site.authorize(job_id, self.strategy, 0.0)
+        self.site.check_roster(job_id, int(env.get("federated_world_size", 0)) or None)
         self.site.not_reusable()
         self.site.audit(
             "xgb_train",
