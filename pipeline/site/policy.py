@@ -55,7 +55,7 @@ class SitePolicy(BaseModel):
     max_nonprivate_jobs_per_day: int | None = Field(
         None,
         ge=0,
-        description="non-private jobs (logistic, xgboost) this site serves in 24 hours; "
+        description="jobs of strategies that add no noise this site serves in 24 hours; "
         "none: no cap",
     )
     trust_on_first_use: bool = Field(
