@@ -172,8 +172,14 @@ class PrivacyLedger:
 
     def entries_of(self, job_id: str, site: str) -> dict | None:
         """A job's row at `site` (None: no reservation)."""
-        rows = [e for e in self.entries(site) if e["job_id"] == job_id]
-        return rows[0] if rows else None
+        query = (
+            "SELECT job_id, site, epsilon, delta, mechanism, created_at, status FROM spends"
+            " WHERE job_id = ? AND site = ?"
+        )
+        with closing(self._connect()) as conn:
+            conn.row_factory = sqlite3.Row
+            row = conn.execute(query, (job_id, site)).fetchone()
+        return None if row is None else dict(row)
 
     def spent(self, site: str) -> tuple[float, float]:
         """(epsilon, delta) spent or reserved at ``site`` across jobs: both add up."""

@@ -123,7 +123,8 @@ class Boundary:
                     f"site {self.name}: job {job_id} holds no reservation of epsilon "
                     f"{epsilon:g} in the site's own ledger"
                 )
-            self.ledger.settle(job_id, self.name, RELEASED)
+            if reserved["status"] != RELEASED:
+                self.ledger.settle(job_id, self.name, RELEASED)
         return job
 
     def _check_epsilon(self, job_id: str, strategy: str, epsilon: float) -> None:
