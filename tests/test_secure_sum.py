@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline.protocol import shamir
+from pipeline.protocol import secure_sum, shamir
 from pipeline.protocol.secure_sum import (
     RosterError,
     SecureSumSite,
@@ -70,11 +70,9 @@ def run_round(sites, updates, round_=0, *, lost=(), lost_after_input=()):
         if s not in lost
     }
     survivors, dropped = sorted(masked), sorted(lost)
-    reveals = {
-        s: sites[s].reveal(round_, survivors, dropped)
-        for s in survivors
-        if s not in lost_after_input
-    }
+    answering = [s for s in survivors if s not in lost_after_input]
+    confirmations = {s: sites[s].confirm(round_, survivors) for s in answering}
+    reveals = {s: sites[s].reveal(round_, survivors, dropped, confirmations) for s in answering}
     roster = next(iter(sites.values())).roster
     return unmask(masked, roster, round_, keys, reveals), masked
 
@@ -154,30 +152,43 @@ def test_differencing_a_full_sum_against_a_sum_without_one_site_is_refused(updat
     sites = sites_of(keys, roster)
     run_round(sites, updates)
     survivors = ["ashford", "brook", "dunmore"]
+    with pytest.raises(RosterError, match="already confirmed"):
+        sites["ashford"].confirm(0, survivors)
     with pytest.raises(RosterError, match="already revealed round 0"):
-        sites["ashford"].reveal(0, survivors, ["carlow"])
+        sites["ashford"].reveal(0, survivors, ["carlow"], {})
     with pytest.raises(RosterError, match="already set up round 0"):
         sites["ashford"].setup(0)
 
 
-def test_an_inconsistent_story_never_yields_both_secrets_of_a_site(updates, keys, roster):
-    """Told different survivor lists, the sites give at most a threshold of one of
-    carlow's two secrets, never of both: its input stays masked."""
-    sites = sites_of(keys, roster)
+def _masked_round(sites, updates):
     setups = {s: site.setup(0) for s, site in sites.items()}
     round_keys = {s: setup.key for s, setup in setups.items()}
     for s, site in sites.items():
         site.mask(0, updates[s], round_keys, {p: u.shares[s] for p, u in setups.items() if p != s})
+
+
+def test_an_inconsistent_story_gets_no_reveal(updates, keys, roster):
+    """Told different survivor lists (all four to two sites, carlow dropped to the other
+    two), no list gathers the threshold's signatures, and no site reveals anything."""
+    sites = sites_of(keys, roster)
+    _masked_round(sites, updates)
     everyone, others = list(SITES), [s for s in SITES if s != "carlow"]
-    seed_shares = [sites["carlow"].reveal(0, everyone, []).seeds["carlow"]]
-    seed_shares.append(sites["ashford"].reveal(0, everyone, []).seeds["carlow"])
-    key_shares = [
-        sites[s].reveal(0, others, ["carlow"]).keys["carlow"] for s in ("brook", "dunmore")
-    ]
-    need = 3  # a majority of four
-    assert len(seed_shares) < need or len(key_shares) < need
-    with pytest.raises(RosterError, match="already revealed"):
-        sites["brook"].reveal(0, everyone, [])
+    told = {"ashford": everyone, "carlow": everyone, "brook": others, "dunmore": others}
+    signed = {s: sites[s].confirm(0, told[s]) for s in SITES}
+    for s in SITES:
+        dropped = [] if told[s] == everyone else ["carlow"]
+        with pytest.raises(RosterError, match="2 site\\(s\\) confirmed these survivors, 3 must"):
+            sites[s].reveal(0, told[s], dropped, signed)
+    # A signature on another list, or another site's name on it, counts for nothing.
+    with pytest.raises(RosterError, match="confirmed other survivors"):
+        sites["brook"].reveal(0, everyone, [], signed)
+
+
+def test_the_threshold_outnumbers_a_sites_partners_and_a_survivor_set_without_them():
+    for n in range(3, 30):
+        t = secure_sum.threshold(n)
+        assert 2 * t - 1 > n and t <= n  # a site's partners and survivors overlap
+        assert n - t >= (n - 3) // 2  # and some sites may drop out
 
 
 def test_a_reveal_below_the_sites_minimum_is_refused(updates, keys, roster):
@@ -192,9 +203,10 @@ def test_a_reveal_below_the_sites_minimum_is_refused(updates, keys, roster):
         {p: u.shares["ashford"] for p, u in setups.items() if p != "ashford"},
     )
     with pytest.raises(RosterError, match="at least 3"):
-        me.reveal(0, ["ashford", "brook"], ["carlow", "dunmore"])
+        me.confirm(0, ["ashford", "brook"])
+    signed = {"ashford": me.confirm(0, ["ashford", "brook", "carlow"])}
     with pytest.raises(RosterError, match="split the round's sites"):
-        me.reveal(0, ["ashford", "brook", "carlow"], [])
+        me.reveal(0, ["ashford", "brook", "carlow"], [], signed)
 
 
 def test_shares_relayed_by_the_coordinator_cannot_be_read_or_altered(updates, keys, roster):

@@ -102,7 +102,9 @@ def test_differencing_four_sites_against_three_at_the_same_weights_gets_no_answe
     # Nor can it claim a site dropped after everyone's input: each reveals once.
     survivors = [a.site for a in three]
     with pytest.raises(RosterError, match="already revealed round 0"):
-        three[0].secure_reveal("diff", 0, survivors=survivors, dropped=[actors[0].site])
+        three[0].secure_reveal(
+            "diff", 0, survivors=survivors, dropped=[actors[0].site], confirmations={}
+        )
 
 
 def test_pins_offered_in_a_request_are_ignored(actors) -> None:

@@ -62,10 +62,10 @@ def secure_sum_round(
     stage: str | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """One secure-sum round (:mod:`pipeline.protocol.secure_sum`): set-up, `ask(secure)`
-    for the masked inputs, reveal. Returns the unmasked sum of the inputs that arrived
-    and those replies, by site. A site lost at any step is recovered from the others'
-    shares while a majority of the job's sites (and at least three) remain; no site is
-    asked twice."""
+    for the masked inputs, confirmation of who sent one, reveal. Returns the unmasked sum
+    of the inputs that arrived and those replies, by site. A site lost at any step is
+    recovered from the others' shares while a threshold of the job's sites (more than
+    half, and at least three) remains; no site is asked twice."""
     from pipeline.protocol.secure_sum import unmask, verify_roster
 
     where = stage or f"round {round_}"
@@ -85,17 +85,20 @@ def secure_sum_round(
     runtime.require_quorum(floor, f"{where} (inputs)")
     masked = {s: r.masked for s, r in replies.ok.items() if s in keys}
     survivors, dropped = sorted(masked), sorted(set(keys) - set(masked))
+    confirmed = runtime.call("secure_confirm", session.job_id, round_, survivors=survivors)
     reveals = runtime.call(
         "secure_reveal",
         session.job_id,
         round_,
         survivors=survivors,
         dropped=dropped,
-        sites=survivors,
+        confirmations=confirmed.ok,
+        sites=list(confirmed.ok),
     )
-    if dropped or reveals.failed:
-        session.dropouts += len(dropped) + len(reveals.failed)
-        log.warning("%s: recovered without %s", where, sorted({*dropped, *reveals.failed}))
+    lost = {*dropped, *confirmed.failed, *reveals.failed}
+    if lost:
+        session.dropouts += len(lost)
+        log.warning("%s: recovered without %s", where, sorted(lost))
     total = unmask(masked, verified, round_, keys, reveals.ok)
     return total, {s: replies.ok[s] for s in survivors}
 

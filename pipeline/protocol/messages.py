@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.protocol.secure_sum import Reveal, RoundSetup
+from pipeline.protocol.secure_sum import Confirmation, Reveal, RoundSetup
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,7 @@ ALLOWED_REPLIES = (
     BoosterReply,
     Reservation,
     RoundSetup,
+    Confirmation,
     Reveal,
 )
 

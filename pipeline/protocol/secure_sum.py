@@ -5,28 +5,32 @@ Bonawitz et al. 2017, "Practical Secure Aggregation for Privacy-Preserving Machi
 Learning" (CCS), with double masking as Flower's SecAgg+ implements it. Per job, each site
 signs an X25519 key with its long-lived Ed25519 identity (pinned at every other site, so
 the coordinator cannot stand in for a site); those keys encrypt the shares below. Each
-round then runs in three steps, each answered at most once by a site:
+round then runs in four steps, each answered at most once by a site:
 
 1. **Set-up** (:meth:`SecureSumSite.setup`): the site draws a fresh round mask key and a
    fresh self-mask seed, signs the round key, and splits both secrets with Shamir's scheme
-   (:mod:`pipeline.protocol.shamir`, threshold a majority of the round's sites), one share
+   (:mod:`pipeline.protocol.shamir`, threshold :func:`threshold`), one share
    pair per site, each encrypted to its recipient (ChaCha20-Poly1305 under the pair's job
    keys): the coordinator relays shares it cannot read.
 2. **Masked input** (:meth:`SecureSumSite.mask`): the update, fixed-point encoded, plus the
    self mask (a ChaCha20 stream of the seed) plus, for every other site of the round, the
    pair mask of their round keys' agreement (added by the lower-named site, subtracted by
    the other), mod 2^64. Alone it looks uniformly random; in a sum the pair masks cancel.
-3. **Reveal** (:meth:`SecureSumSite.reveal`): told which sites' inputs arrived, a site
-   gives its shares of their self-mask seeds, and of the round keys of the sites that did
-   not. The coordinator (:func:`unmask`) removes the self masks and the dropped sites'
+3. **Confirm** (:meth:`SecureSumSite.confirm`): told which sites' inputs arrived, a site
+   signs that list with its identity.
+4. **Reveal** (:meth:`SecureSumSite.reveal`): shown a threshold of signatures on the
+   same list (Bonawitz et al.'s consistency check), a site gives its shares of the
+   survivors' self-mask seeds, and of the round keys of the sites that did not send an
+   input. The coordinator (:func:`unmask`) removes the self masks and the dropped sites'
    pair masks and decodes the survivors' sum.
 
 A site never reveals both secrets of one site in a round (it answers the reveal once, and
-a site is named either a survivor or dropped in it), and a majority threshold means a
-coordinator telling different sites different stories still cannot collect a threshold of
-both shares for one site. So a site's masked input stays hidden even when the coordinator
-claims it dropped; a second input at the same round is refused, which is what stops the
-differencing of a full sum against a sum without one site.
+a site is named either a survivor or dropped in it); every reveal is for the one survivor
+list a threshold of sites signed; and the threshold, above (sites + 1) / 2, is more than
+a site's round partners and a survivor set without them can both reach. So a site's
+masked input stays hidden even when the coordinator claims it dropped; a second input at
+the same round is refused, which is what stops the differencing of a full sum against a
+sum without one site.
 
 At least three sites are required: with two, each site learns the other's update by
 subtracting its own from the sum.
@@ -101,9 +105,11 @@ def decode(sum_uint64: np.ndarray, scale: int = DEFAULT_SCALE) -> np.ndarray:
 
 
 def threshold(sites: int) -> int:
-    """Shares that rebuild a secret of a round of `sites`: a strict majority, so no
-    coordinator can gather a threshold of both a site's seed and its key."""
-    return sites // 2 + 1
+    """Shares that rebuild a secret of a round of `sites`: more than (sites + 1) / 2, so
+    no coordinator can gather a threshold of both a site's seed and its key, nor make a
+    site's round partners and a survivor set without them both reach the threshold
+    (which would let it remove every mask of that site's input)."""
+    return (sites + 1) // 2 + 1
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,14 @@ class RoundSetup:
 
     key: SignedPublicKey
     shares: dict[str, bytes]
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """A site's signature on the survivor list of a round: a reveal needs a threshold of
+    them on one list, so a coordinator cannot tell different sites different stories."""
+
+    signature: bytes
 
 
 @dataclass(frozen=True)
@@ -237,6 +251,7 @@ class _Round:
     seeds: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)  # b-shares
     masked_with: tuple[str, ...] | None = None
     min_survivors: int = MIN_SITES
+    confirmed: tuple[str, ...] | None = None
     revealed: bool = False
 
 
@@ -351,29 +366,69 @@ class SecureSumSite:
         state.min_survivors = max(self.min_roster, threshold(len(state.sites)), min_survivors)
         return masked.reshape(np.shape(vector))
 
-    def reveal(self, round_: int, survivors: Sequence[str], dropped: Sequence[str]) -> Reveal:
-        """Step 3: shares of the survivors' seeds and of the dropped sites' round keys.
-        Refused unless the two lists split the round's sites, this site is a survivor,
-        the survivors are enough, and the round was not revealed before."""
+    def confirm(self, round_: int, survivors: Sequence[str]) -> Confirmation:
+        """Step 3: sign the list of sites whose input arrived, once per round. Refused
+        unless this site is on it and it holds enough sites."""
+        state = self._state(round_)
+        me = self.keys.site
+        if state.masked_with is None:
+            raise RosterError(f"site {me!r} sent no input in round {round_}")
+        if state.confirmed is not None:
+            raise RosterError(f"site {me!r} already confirmed round {round_}'s survivors")
+        alive = tuple(sorted(set(survivors)))
+        if me not in alive or not set(alive) <= set(state.masked_with):
+            raise RosterError(f"round {round_}: the survivors are not among the round's sites")
+        if len(alive) < state.min_survivors:
+            raise RosterError(
+                f"site {me!r} reveals a sum of at least {state.min_survivors} sites, this "
+                f"round kept {len(alive)}"
+            )
+        state.confirmed = alive
+        message = _survivors_message(self.job_id, round_, alive)
+        return Confirmation(signature=self.keys.signing_key.sign(message))
+
+    def reveal(
+        self,
+        round_: int,
+        survivors: Sequence[str],
+        dropped: Sequence[str],
+        confirmations: Mapping[str, Confirmation],
+    ) -> Reveal:
+        """Step 4: shares of the survivors' seeds and of the dropped sites' round keys.
+        Refused unless this site confirmed exactly these survivors, a threshold of the
+        round's sites signed the same list, the two lists split the round's sites, and
+        the round was not revealed before."""
         state = self._state(round_)
         me = self.keys.site
         if state.masked_with is None:
             raise RosterError(f"site {me!r} sent no input in round {round_}")
         if state.revealed:
             raise RosterError(f"site {me!r} already revealed round {round_}")
-        alive, gone = set(survivors), set(dropped)
-        if alive & gone or alive | gone != set(state.masked_with) or me not in alive:
+        alive, gone = tuple(sorted(set(survivors))), set(dropped)
+        if state.confirmed != alive:
+            raise RosterError(f"round {round_}: site {me!r} confirmed other survivors")
+        if set(alive) & gone or set(alive) | gone != set(state.masked_with):
             raise RosterError(
                 f"round {round_}: survivors and dropped sites must split the round's sites"
             )
-        if len(alive) < state.min_survivors:
+        message = _survivors_message(self.job_id, round_, alive)
+        signed = 0
+        for site, confirmation in confirmations.items():
+            if site in alive:
+                key = Ed25519PublicKey.from_public_bytes(self.roster.identities[site])
+                try:
+                    key.verify(bytes(confirmation.signature), message)
+                except InvalidSignature:
+                    continue
+                signed += 1
+        need = threshold(len(state.sites))
+        if signed < need:
             raise RosterError(
-                f"site {me!r} reveals a sum of at least {state.min_survivors} sites, this "
-                f"round kept {len(alive)}"
+                f"round {round_}: {signed} site(s) confirmed these survivors, {need} must"
             )
         state.revealed = True
         return Reveal(
-            seeds={s: state.seeds[s] for s in sorted(alive)},
+            seeds={s: state.seeds[s] for s in alive},
             keys={s: state.held[s] for s in sorted(gone)},
         )
 
@@ -467,6 +522,10 @@ def _verify(entry: SignedPublicKey, identity: bytes, job_id: str, round_: int | 
             f"site {entry.site!r}: public key signature does not verify against its "
             f"pinned identity for job {job_id!r}; the key was tampered with or replaced"
         ) from exc
+
+
+def _survivors_message(job_id: str, round_: int, survivors: Sequence[str]) -> bytes:
+    return _frame(_PROTOCOL, b"survivors", job_id, str(round_), *survivors)
 
 
 def _pair_mask(secret: bytes, job_id: str, round_: int, a: str, b: str, n: int) -> np.ndarray:

@@ -23,6 +23,7 @@ from pipeline.errors import BudgetError, DataError
 from pipeline.extract import Window
 from pipeline.protocol.identity import load_or_create_identity
 from pipeline.protocol.messages import (
+    Confirmation,
     DriftReply,
     MaskedEvaluation,
     PartitionList,
@@ -302,12 +303,24 @@ class SiteActor:
         self.boundary.check_refusal(job_id)
         return self.boundary.secure_setup(job_id, round_, roster, identities)
 
-    def secure_reveal(
-        self, job_id: str, round_: int, *, survivors: list[str], dropped: list[str]
-    ) -> Reveal:
-        """Step 3 of a secure-sum round: once, for a split of the round's sites."""
+    def secure_confirm(self, job_id: str, round_: int, *, survivors: list[str]) -> Confirmation:
+        """Step 3 of a secure-sum round: sign the survivor list, once."""
         self.boundary.check_refusal(job_id)
-        return self.boundary.secure_reveal(job_id, round_, survivors, dropped)
+        return self.boundary.secure_confirm(job_id, round_, survivors)
+
+    def secure_reveal(
+        self,
+        job_id: str,
+        round_: int,
+        *,
+        survivors: list[str],
+        dropped: list[str],
+        confirmations: dict[str, Confirmation],
+    ) -> Reveal:
+        """Step 4 of a secure-sum round: once, for the survivor list a threshold of the
+        round's sites signed."""
+        self.boundary.check_refusal(job_id)
+        return self.boundary.secure_reveal(job_id, round_, survivors, dropped, confirmations)
 
     # -- evaluation and drift ----------------------------------------------------------
     def evaluate_models(

@@ -24,7 +24,13 @@ from pipeline.site.policy import SitePolicy
 
 if TYPE_CHECKING:
     from pipeline.features import EncodedRows
-    from pipeline.protocol.secure_sum import Reveal, RoundSetup, SecureSumSite, SiteKeys
+    from pipeline.protocol.secure_sum import (
+        Confirmation,
+        Reveal,
+        RoundSetup,
+        SecureSumSite,
+        SiteKeys,
+    )
     from pipeline.site.pins import Pins
 
 
@@ -279,11 +285,22 @@ class Boundary:
         self.audit("secure_setup", job_id, round=round_, roster=",".join(session.roster.sites))
         return setup
 
+    def secure_confirm(self, job_id: str, round_: int, survivors: list[str]) -> Confirmation:
+        """Step 3 of a round: sign the survivor list, once."""
+        confirmation = self._session(job_id).confirm(round_, survivors)
+        self.audit("secure_confirm", job_id, round=round_, survivors=",".join(survivors))
+        return confirmation
+
     def secure_reveal(
-        self, job_id: str, round_: int, survivors: list[str], dropped: list[str]
+        self,
+        job_id: str,
+        round_: int,
+        survivors: list[str],
+        dropped: list[str],
+        confirmations: dict[str, Confirmation],
     ) -> Reveal:
-        """Step 3 of a round: once, and only for a split of the round's sites."""
-        reveal = self._session(job_id).reveal(round_, survivors, dropped)
+        """Step 4 of a round: once, for the survivor list a threshold of sites signed."""
+        reveal = self._session(job_id).reveal(round_, survivors, dropped, confirmations)
         self.audit(
             "secure_reveal",
             job_id,

@@ -102,8 +102,12 @@ def secure_round_in_process(actors, job: str, round_: int, ask):
     secure = {"round": round_, "keys": keys, "shares": shares}
     masked = {a.site: ask(a, secure).masked for a in actors}
     survivors = sorted(masked)
+    confirmations = {a.site: a.secure_confirm(job, round_, survivors=survivors) for a in actors}
     reveals = {
-        a.site: a.secure_reveal(job, round_, survivors=survivors, dropped=[]) for a in actors
+        a.site: a.secure_reveal(
+            job, round_, survivors=survivors, dropped=[], confirmations=confirmations
+        )
+        for a in actors
     }
     verified = verify_roster(roster, {s: bytes.fromhex(k) for s, k in identities.items()}, job)
     return unmask(masked, verified, round_, keys, reveals)
