@@ -184,6 +184,23 @@ def test_an_inconsistent_story_gets_no_reveal(updates, keys, roster):
         sites["brook"].reveal(0, everyone, [], signed)
 
 
+def test_sites_told_different_rounds_do_not_count_for_each_other(updates, keys, roster):
+    """The same survivor list, but brook masked without dunmore: its confirmation does not
+    count toward the others' reveal (their round was another one)."""
+    sites = sites_of(keys, roster)
+    setups = {s: site.setup(0) for s, site in sites.items()}
+    round_keys = {s: setup.key for s, setup in setups.items()}
+    views = {s: dict(round_keys) for s in SITES}
+    views["brook"].pop("dunmore")
+    for s, site in sites.items():
+        shares = {p: u.shares[s] for p, u in setups.items() if p != s and p in views[s]}
+        site.mask(0, updates[s], views[s], shares)
+    survivors = ["ashford", "brook", "carlow"]
+    signed = {s: sites[s].confirm(0, survivors) for s in survivors}
+    with pytest.raises(RosterError, match="2 site\\(s\\) confirmed these survivors, 3 must"):
+        sites["ashford"].reveal(0, survivors, ["dunmore"], signed)
+
+
 def test_the_threshold_outnumbers_a_sites_partners_and_a_survivor_set_without_them():
     for n in range(3, 30):
         t = secure_sum.threshold(n)

@@ -367,8 +367,9 @@ class SecureSumSite:
         return masked.reshape(np.shape(vector))
 
     def confirm(self, round_: int, survivors: Sequence[str]) -> Confirmation:
-        """Step 3: sign the list of sites whose input arrived, once per round. Refused
-        unless this site is on it and it holds enough sites."""
+        """Step 3: sign the list of sites whose input arrived, with the sites this site
+        masked with, once per round. Refused unless this site is on it and it holds
+        enough sites."""
         state = self._state(round_)
         me = self.keys.site
         if state.masked_with is None:
@@ -384,7 +385,7 @@ class SecureSumSite:
                 f"round kept {len(alive)}"
             )
         state.confirmed = alive
-        message = _survivors_message(self.job_id, round_, alive)
+        message = _survivors_message(self.job_id, round_, alive, state.masked_with)
         return Confirmation(signature=self.keys.signing_key.sign(message))
 
     def reveal(
@@ -396,8 +397,9 @@ class SecureSumSite:
     ) -> Reveal:
         """Step 4: shares of the survivors' seeds and of the dropped sites' round keys.
         Refused unless this site confirmed exactly these survivors, a threshold of the
-        round's sites signed the same list, the two lists split the round's sites, and
-        the round was not revealed before."""
+        round's sites signed the same list with the same round's sites (a coordinator
+        that told sites different rounds cannot make them count for each other), the
+        two lists split the round's sites, and the round was not revealed before."""
         state = self._state(round_)
         me = self.keys.site
         if state.masked_with is None:
@@ -411,7 +413,7 @@ class SecureSumSite:
             raise RosterError(
                 f"round {round_}: survivors and dropped sites must split the round's sites"
             )
-        message = _survivors_message(self.job_id, round_, alive)
+        message = _survivors_message(self.job_id, round_, alive, state.masked_with)
         signed = 0
         for site, confirmation in confirmations.items():
             if site in alive:
@@ -524,8 +526,12 @@ def _verify(entry: SignedPublicKey, identity: bytes, job_id: str, round_: int | 
         ) from exc
 
 
-def _survivors_message(job_id: str, round_: int, survivors: Sequence[str]) -> bytes:
-    return _frame(_PROTOCOL, b"survivors", job_id, str(round_), *survivors)
+def _survivors_message(
+    job_id: str, round_: int, survivors: Sequence[str], view: Sequence[str]
+) -> bytes:
+    """What a confirmation signs: the survivors and the sites the signer masked with, so
+    only sites that were told the same round count for each other."""
+    return _frame(_PROTOCOL, b"survivors", job_id, str(round_), ",".join(survivors), *view)
 
 
 def _pair_mask(secret: bytes, job_id: str, round_: int, a: str, b: str, n: int) -> np.ndarray:
