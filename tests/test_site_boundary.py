@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -233,7 +234,14 @@ def test_a_site_killed_mid_round_is_recovered_without_a_second_answer(
 
         def killing(secure):
             if secure is not None and secure["round"] == 2 and not killed.is_set():
-                ray.kill(self.runtime.actors[victim])
+                actor = self.runtime.actors[victim]
+                ray.kill(actor)
+                for _ in range(300):  # gone before its input: a kill is asynchronous
+                    try:
+                        ray.get(actor.pid.remote(), timeout=5)
+                    except ray.exceptions.RayActorError:
+                        break
+                    time.sleep(0.1)
                 killed.set()
             return ask(secure)
 

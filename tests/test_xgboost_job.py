@@ -274,6 +274,7 @@ def test_a_value_planted_at_one_site_reaches_no_split_and_no_reply(
         messages.MaskedEvaluation,
         messages.RoundSetup,  # the secure sum's round keys and encrypted shares
         messages.Reveal,  # its shares of the round's secrets
+        messages.Confirmation,  # its signature on who sent an input
     }
     booster = result.model.booster_
     grid = trees.contract_grid(result.model.contract, cfg.training.xgboost.max_bin)
