@@ -18,6 +18,13 @@ if TYPE_CHECKING:  # imported where files are read, not by a site that only list
     import pandas as pd
 
 
+def beside(extract: str | Path, suffix: str) -> Path:
+    """A file the site keeps beside its extract (``<extract>.<suffix>``): its identity,
+    policy, pins, ledger, audit log, trained months and validation report."""
+    extract = Path(extract)
+    return extract.parent / f"{extract.name}.{suffix}"
+
+
 @dataclass(frozen=True)
 class Window:
     """The partitions a job reads: those whose hive partition `key` (``key=value``

@@ -13,14 +13,16 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from pipeline.extract import beside
+
 
 def identity_path(extract: Path) -> Path:
-    return extract.parent / f"{extract.name}.identity.pem"
+    return beside(extract, "identity.pem")
 
 
 def load_or_create_identity(extract: Path) -> Ed25519PrivateKey:
     """The site's identity key; created (mode 0600) on first use."""
-    path = identity_path(Path(extract))
+    path = identity_path(extract)
     if path.exists():
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(key, Ed25519PrivateKey):

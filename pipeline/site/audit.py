@@ -8,10 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.extract import beside
+
 
 def audit_log_path(extract: Path) -> Path:
     """The site's audit log, beside its extract."""
-    return extract.parent / f"{extract.name}.audit.jsonl"
+    return beside(extract, "audit.jsonl")
 
 
 class AuditLog:

@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.contract import Contract
 from pipeline.errors import BudgetError, DataError
+from pipeline.extract import beside
 from pipeline.privacy.ledger import RELEASED, UNUSED, PrivacyLedger
 from pipeline.privacy.releases import JobReleases
 from pipeline.protocol.messages import MaskedUpdate, ModelUpdate, Reservation
@@ -32,11 +33,6 @@ if TYPE_CHECKING:
         SiteKeys,
     )
     from pipeline.site.pins import Pins
-
-
-def ledger_path(extract: Path) -> Path:
-    """The site's own privacy ledger, beside its extract."""
-    return extract.parent / f"{extract.name}.ledger.sqlite"
 
 
 class Boundary:
@@ -67,7 +63,7 @@ class Boundary:
         self.policy = policy
         self.pins = pins
         self.audit_log = AuditLog(extract, name)
-        self.ledger = PrivacyLedger(ledger_path(extract))
+        self.ledger = PrivacyLedger(beside(extract, "ledger.sqlite"))
         self.rows: tuple[EncodedRows, EncodedRows] | None = None  # (train, test)
         self.jobs: dict[str, JobReleases] = {}
         self.keys: dict[str, SiteKeys] = {}

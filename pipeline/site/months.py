@@ -7,15 +7,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-
-def months_path(extract: Path) -> Path:
-    return extract.parent / f"{extract.name}.months.json"
+from pipeline.extract import beside
 
 
 def trained_months(extract: Path) -> list[str]:
-    path = months_path(Path(extract))
+    path = beside(extract, "months.json")
     return list(json.loads(path.read_text())["trained"]) if path.exists() else []
 
 
 def record_trained_months(extract: Path, months: Sequence[str]) -> None:
-    months_path(Path(extract)).write_text(json.dumps({"trained": sorted(months)}))
+    beside(extract, "months.json").write_text(json.dumps({"trained": sorted(months)}))

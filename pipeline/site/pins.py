@@ -16,9 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-
-def pins_path(extract: Path) -> Path:
-    return extract.parent / f"{extract.name}.pins.json"
+from pipeline.extract import beside
 
 
 class Pins:
@@ -35,7 +33,7 @@ class Pins:
     """
 
     def __init__(self, extract: Path, own: tuple[str, bytes], first_use: bool = True) -> None:
-        self.path = pins_path(Path(extract))
+        self.path = beside(extract, "pins.json")
         self.own = own
         self.first_use = first_use
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.extract import beside
 from pipeline.strategies import StrategyName, names
 
 
@@ -72,20 +73,20 @@ class SitePolicy(BaseModel):
 
 def policy_path(extract: Path) -> Path:
     """The site's policy file, beside its extract."""
-    return extract.parent / f"{extract.name}.policy.yaml"
+    return beside(extract, "policy.yaml")
 
 
 def read_policy(extract: Path) -> SitePolicy:
     """The site's own policy, from its file; written with the defaults where the hospital
     has none yet, so that it can read and edit what the site enforces."""
-    path = policy_path(Path(extract))
+    path = policy_path(extract)
     if not path.exists():
         write_policy(extract, SitePolicy())
     return SitePolicy.model_validate(yaml.safe_load(path.read_text()) or {})
 
 
 def write_policy(extract: Path, policy: SitePolicy) -> Path:
-    path = policy_path(Path(extract))
+    path = policy_path(extract)
     header = (
         "# This site's own policy: what it serves and releases, whatever a coordinator's\n"
         "# config says. Edit it here; a coordinator whose config disagrees is refused.\n"

@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.contract import Contract
+from pipeline.extract import beside
 from pipeline.validation.gx import import_gx
 from pipeline.validation.summary import ExpectationResult, opt_int, opt_rate
 
@@ -26,8 +27,7 @@ _DOCS_SITE = "site_validation"
 
 def default_docs_dir(path: str | Path) -> Path:
     """Where the site's full validation report goes: beside the extract."""
-    path = Path(path)
-    return path.parent / f"{path.name}.validation"
+    return beside(path, "validation")
 
 
 def ge_frame(table: pa.Table, contract: Contract, typed: set[str]) -> pd.DataFrame:
