@@ -105,7 +105,6 @@ class SiteActor:
         the last job), and whether the coordinator's view of it is wrong."""
         policy = read_policy(self.extract)
         self.boundary.policy = policy
-        self.boundary.pins.first_use = policy.trust_on_first_use
         self.boundary.refusal = None
         if self.expected_policy is not None:
             why = disagreement(policy, SitePolicy.model_validate(self.expected_policy))

@@ -267,7 +267,7 @@ class Boundary:
         if job_id not in self.secure:
             if job_id not in self.keys:
                 raise DataError(f"site {self.name}: no keys for {job_id}; ask public_key first")
-            pinned = self.pins.resolve(identities, self.audit)
+            pinned = self.pins.resolve(identities, self.policy.trust_on_first_use, self.audit)
             verified = verify_roster(roster, pinned, job_id)
             self.secure[job_id] = SecureSumSite(
                 self.keys[job_id], verified, min_roster=self.policy.min_roster

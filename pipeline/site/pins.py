@@ -28,14 +28,11 @@ class Pins:
         The site's extract; the pins live beside it.
     own : tuple of (str, bytes)
         The site's own name and identity public key, always pinned.
-    first_use : bool
-        Pin a site not yet pinned when it is first offered.
     """
 
-    def __init__(self, extract: Path, own: tuple[str, bytes], first_use: bool = True) -> None:
+    def __init__(self, extract: Path, own: tuple[str, bytes]) -> None:
         self.path = beside(extract, "pins.json")
         self.own = own
-        self.first_use = first_use
 
     def read(self) -> dict[str, bytes]:
         stored = json.loads(self.path.read_text()) if self.path.exists() else {}
@@ -44,18 +41,21 @@ class Pins:
         return pinned
 
     def resolve(
-        self, offered: Mapping[str, str], audit: Callable[..., Any] | None = None
+        self,
+        offered: Mapping[str, str],
+        first_use: bool,
+        audit: Callable[..., Any] | None = None,
     ) -> dict[str, bytes]:
         """The pinned keys of the offered sites: the stored pin where there is one (an
         offered key that differs is ignored and recorded), the offered key pinned now for
-        a site met for the first time (when first use is trusted), else none."""
+        a site met for the first time (when `first_use` is trusted), else none."""
         pinned = self.read()
         new = {}
         for site, key in offered.items():
             if site in pinned:
                 if bytes.fromhex(key) != pinned[site] and audit is not None:
                     audit("pin_mismatch", None, peer=site)
-            elif self.first_use:
+            elif first_use:
                 new[site] = bytes.fromhex(key)
         if new:
             self._write({**pinned, **new})
