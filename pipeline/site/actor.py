@@ -153,9 +153,8 @@ class SiteActor:
     def finish(self, job_id: str) -> bool:
         """The job ended: a reservation it drew no noise under is given back, and the
         months it trained on become the site's drift reference."""
-        if job_id in self.boundary.jobs and self._loaded:
+        if self.boundary.finish(job_id) and self._loaded:
             record_trained_months(self.extract, self._loaded)
-        self.boundary.finish(job_id)
         return True
 
     # -- a strategy's requests ----------------------------------------------------------
@@ -255,7 +254,7 @@ class SiteActor:
             rows=len(train) + len(test),
             n_train=len(train),
             n_test=len(test),
-            partitions=self._partitions(self.window),
+            partitions=self._loaded,
         )
 
     def _partitions(self, window: Window | None = None) -> tuple[str, ...]:
@@ -379,7 +378,7 @@ class SiteActor:
         if drift_id in self._evaluated:
             raise BudgetError(f"site {self.site}: drift {drift_id} was measured already")
         reference = trained_months(self.extract)
-        current = [m for m in self._partitions(self.window) if m not in set(reference)]
+        current = sorted(set(self._partitions(self.window)) - set(reference))
         if not reference or not current:
             raise DataError(
                 f"site {self.site}: no months to compare (trained on {len(reference)}, "

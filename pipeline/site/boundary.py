@@ -69,6 +69,7 @@ class Boundary:
         self.keys: dict[str, SiteKeys] = {}
         self.secure: dict[str, SecureSumSite] = {}
         self._weights: dict[str, set[str]] = {}
+        self._ended: set[str] = set()
         self.reusable = True
         self.refusal: str | None = None  # why the site refuses every request, if it does
 
@@ -185,11 +186,16 @@ class Boundary:
             shares=self.accepts_shares(collusion_threshold),
         )
 
-    def finish(self, job_id: str) -> None:
+    def finish(self, job_id: str) -> bool:
         """A job ended: a reservation it never drew noise under is given back; a released
-        one stays spent."""
+        one stays spent. True the first time a job this site served ends (a process that
+        serves many jobs is told of each once, not at every recycle)."""
+        if job_id not in self.jobs or job_id in self._ended:
+            return False
+        self._ended.add(job_id)
         if self.ledger.settle(job_id, self.name, UNUSED) == UNUSED:
             self.audit("refund", job_id)
+        return True
 
     def accepts_shares(self, collusion_threshold: int) -> bool:
         return self.policy.accepts_shares(collusion_threshold)
