@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.federation.runtime import Replies, SiteRuntime
+
+if TYPE_CHECKING:
+    from pipeline.protocol.secure_sum import VerifiedRoster
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +28,14 @@ Ask = Callable[[dict | None], Replies]  # one request to every active site, give
 
 @dataclass
 class SecureSession:
-    """Secure aggregation state for one job: the signed job-key roster, the identities
-    offered to the sites, and how many sites dropped out of a round."""
+    """Secure aggregation state for one job: the signed job-key roster (verified once,
+    against the identities offered to the sites), and how many sites dropped out of a
+    round."""
 
     job_id: str
-    roster: dict = field(default_factory=dict)
-    pinned: dict[str, str] = field(default_factory=dict)
+    roster: dict
+    pinned: dict[str, str]
+    verified: VerifiedRoster
     dropouts: int = 0
 
 
@@ -38,18 +43,19 @@ def open_secure_session(runtime: SiteRuntime, job_id: str, quorum: int) -> Secur
     """Collect each site's signed per-job key, and the identity keys to offer the sites:
     the config's pins, else each site's own answer. A site checks them against its own
     pins (trust on first use only where its policy allows), never takes them on trust."""
-    session = SecureSession(job_id=job_id)
+    from pipeline.protocol.secure_sum import verify_roster
+
     pins = dict(runtime.pins)
     unpinned = [s for s in runtime.active if s not in pins]
     if unpinned:
         log.info("identity keys not in the config for %s: asking the sites", unpinned)
         got = runtime.call("identity_key", sites=unpinned, raw=True)
         pins.update(got.ok)
-    session.pinned = pins
     keys = runtime.call("public_key", job_id)
     runtime.require_quorum(quorum, "secure aggregation key exchange")
-    session.roster = {site: reply.signed_key for site, reply in keys.ok.items()}
-    return session
+    roster = {site: reply.signed_key for site, reply in keys.ok.items()}
+    identities = {s: bytes.fromhex(k) for s, k in pins.items()}
+    return SecureSession(job_id, roster, pins, verify_roster(roster.values(), identities, job_id))
 
 
 def secure_sum_round(
@@ -66,14 +72,11 @@ def secure_sum_round(
     of the inputs that arrived and those replies, by site. A site lost at any step is
     recovered from the others' shares while a threshold of the job's sites (more than
     half, and at least three) remains; no site is asked twice."""
-    from pipeline.protocol.secure_sum import unmask, verify_roster
+    from pipeline.protocol.secure_sum import unmask
 
     where = stage or f"round {round_}"
     floor = max(quorum, 3)
     roster = list(session.roster.values())
-    verified = verify_roster(
-        roster, {s: bytes.fromhex(k) for s, k in session.pinned.items()}, session.job_id
-    )
     runtime.require_quorum(floor, f"{where}: secure aggregation needs at least 3 sites;")
     setups = runtime.call(
         "secure_setup", session.job_id, round_, roster=roster, identities=session.pinned
@@ -99,7 +102,7 @@ def secure_sum_round(
     if lost:
         session.dropouts += len(lost)
         log.warning("%s: recovered without %s", where, sorted(lost))
-    total = unmask(masked, verified, round_, keys, reveals.ok)
+    total = unmask(masked, session.verified, round_, keys, reveals.ok)
     return total, {s: replies.ok[s] for s in survivors}
 
 
