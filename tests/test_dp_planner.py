@@ -247,6 +247,16 @@ def test_scale_release_noise_is_its_nominal_sigma(site: SiteActor) -> None:
     assert measured == pytest.approx(sigma * bound, rel=0.05)
 
 
+def test_a_job_gets_no_more_gradient_rounds_than_it_declared(site: SiteActor) -> None:
+    dim = site.boundary.train_rows().linear.shape[1] + 1
+    grad = dict(epsilon=1.0, clip=0.5, noise_multiplier=5.0, rounds=2)
+    gradient = ("dp-fedavg", "logistic_gradient", "two-rounds")
+    for round_ in (0, 1):
+        _ask(site, *gradient, np.full(dim, 0.01 * round_), round_=round_, **grad)
+    with pytest.raises(BudgetError, match="more rounds than it declared"):
+        _ask(site, *gradient, np.full(dim, 0.5), round_=2, **grad)
+
+
 def test_a_job_releases_scales_once_and_never_with_less_noise(site: SiteActor) -> None:
     kwargs = dict(epsilon=1.0, bound=0.4)
     scales = ("dp-fedavg", "release_deviation")

@@ -263,3 +263,26 @@ def test_a_site_killed_mid_round_is_recovered_without_a_second_answer(
         assert mine and len(mine) == len(set(mine)), mine
         reveals = [e for e in entries if e["request"] == "secure_reveal"]
         assert any(victim in e["dropped"] for e in reveals)
+
+
+def test_label_counts_leave_a_site_only_inside_the_secure_sum(actors) -> None:
+    """XGBoost's base score: the coordinator decodes the federation's count of positives,
+    never one site's (in the clear it is refused; masked it is not the site's count)."""
+    from pipeline.protocol.secure_sum import encode
+
+    with pytest.raises(BudgetError, match="only through secure aggregation"):
+        actors[0].handle("xgboost", "label_counts", "base")
+    inputs = {}
+
+    def ask(actor, secure):
+        reply = actor.handle("xgboost", "label_counts", "counts", secure=secure)
+        inputs[actor.site] = reply.masked
+        return reply
+
+    total = secure_round_in_process(actors, "counts", 0, ask)
+    rows = [a.boundary.train_rows() for a in actors]
+    assert total[0] == pytest.approx(sum(float(r.y.sum()) for r in rows), abs=1e-6)
+    assert total[1] == pytest.approx(sum(len(r) for r in rows), abs=1e-6)
+    for actor, r in zip(actors, rows, strict=True):
+        plain = encode(np.array([float(r.y.sum()), float(len(r))]))
+        assert not np.array_equal(inputs[actor.site], plain)
