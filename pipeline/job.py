@@ -35,6 +35,7 @@ from pipeline.stages.privacy import finish_at_sites, plan_and_reserve
 from pipeline.stages.promotion import (
     Champion,
     current_champion,
+    fix_at_sites,
     models_to_evaluate,
     register_and_gate,
     version_tags,
@@ -128,6 +129,7 @@ def run_job(
         with clock.stage("evaluation"):
             # Without registration there is no decision to make: the model alone.
             champion = current_champion(cfg, contract, workdir) if register else Champion()
+            champion = fix_at_sites(ctx, model, champion)
             against = f" and champion {champion.version}" if champion.payload else ""
             ctx.say(f"evaluating the model{against} on held-out rows at every site (secure sum)")
             evaluations = evaluate(ctx, models_to_evaluate(model, champion))

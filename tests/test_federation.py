@@ -196,6 +196,7 @@ def test_reply_size_does_not_grow_with_the_row_count(ray_session, tmp_path) -> N
             ),
         ]
         payload = {"m": LogisticModel(contract, w).site_payload()}
+        runtime.call("fix_model", "j", payload["m"])  # a site scores only its job's model
 
         def evaluate(secure: dict | None) -> Replies:
             replies.append(runtime.call("evaluate_models", "j:eval", payload, secure=secure))

@@ -123,3 +123,19 @@ def test_the_gate_promotes_better_models_keeps_worse_ones_and_rollback_restores(
     )
     table = _cli("models", "--config", str(config), cwd=tmp_path).stdout
     assert "champion" in table and "promoted by hand" in table
+
+    # 7. A site scores only models of jobs it trained in (by digest): to a site without
+    # the champion on its record (one that joined later, or a champion the coordinator
+    # crafted), the champion is not comparable, and the gate keeps the challenger out.
+    site = cfg.sites[0]
+    record = site.path.parent / f"{site.path.name}.models.json"
+    kept = json.loads(record.read_text())
+    try:
+        record.write_text("{}")
+        newer = run_job(cfg, strategy="logistic")
+    finally:
+        record.write_text(json.dumps({**kept, **json.loads(record.read_text())}))
+    assert newer.champion_evaluation is None and not newer.decision.promote
+    (auc,) = [c for c in newer.decision.failed() if c.name == "auc"]
+    assert f"champion 2 not comparable: site(s) {site.name} did not train it" in auc.value
+    assert _aliases(client)[CHAMPION] == "2"

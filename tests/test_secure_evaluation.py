@@ -94,6 +94,7 @@ def test_secure_evaluation_matches_row_level_metrics_and_releases_masked_vectors
         messages.RoundSetup,  # the secure sum's round keys and encrypted shares
         messages.Reveal,  # its shares of the round's secrets
         messages.Confirmation,  # its signature on who sent an input
+        messages.ModelCommitment,  # the digest of the job's model, fixed before evaluation
     }
     for reply in evaluations:
         site_rows = next(r for r in rows if r.name == reply.site)

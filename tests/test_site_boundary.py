@@ -17,6 +17,7 @@ from support.federation import make_config, secure_round_in_process, write_site_
 
 from pipeline.config import load_config
 from pipeline.errors import BudgetError, DataError
+from pipeline.models.digest import payload_digest
 from pipeline.privacy.ledger import RELEASED, UNUSED
 from pipeline.protocol.secure_sum import RosterError, SiteKeys
 from pipeline.site.actor import SiteActor
@@ -35,8 +36,8 @@ def actors(federation) -> list[SiteActor]:
     """Four loaded sites under their default policies, fresh processes' worth of state."""
     for s in federation.sites:
         write_site_policy(s.path, epsilon_budget=1.5)
-        for leftover in s.path.parent.glob(f"{s.path.name}.ledger.sqlite"):
-            leftover.unlink()
+        for suffix in ("ledger.sqlite", "models.json"):
+            s.path.parent.joinpath(f"{s.path.name}.{suffix}").unlink(missing_ok=True)
     out = [SiteActor(s.name, str(s.path), str(federation.contract)) for s in federation.sites]
     for actor in out:
         actor.load(0.2, 0)
@@ -148,6 +149,10 @@ def test_evaluation_only_of_a_job_the_site_trained_once_and_bounded(actors) -> N
     payload = LogisticModel(contract, w).site_payload()
     with pytest.raises(BudgetError, match="only the models of a job it trained"):
         actors[0].evaluate_models("never-trained:eval", {"m": payload}, secure={})
+    with pytest.raises(BudgetError, match="not fixed first"):
+        actors[0].evaluate_models("trained:eval", {"m": payload}, secure={})
+    for actor in actors:
+        actor.fix_model("trained", payload)
     crafted = {f"threshold-{i}": payload for i in range(3)}
     with pytest.raises(BudgetError, match="at most 2 models"):
         actors[0].evaluate_models("trained:eval", crafted, secure={})
@@ -158,6 +163,55 @@ def test_evaluation_only_of_a_job_the_site_trained_once_and_bounded(actors) -> N
     secure_round_in_process(actors, "trained:eval", 0, ask)
     with pytest.raises(BudgetError, match="once"):
         actors[0].evaluate_models("trained:eval", {"m": payload}, secure={})
+
+
+def test_a_crafted_model_is_refused_for_evaluation(actors) -> None:
+    """The oracle of the finding: a coordinator scores a threshold model of its own on the
+    site's held-out patients. A site scores only the job's fixed model and the models of
+    earlier jobs it trained in (what a registry alias can name), checked by digest."""
+    from pipeline.models.logistic import LogisticModel
+
+    contract = actors[0].contract
+    w = np.zeros(_dim(actors[0]))
+    _newton(actors, "earlier", 0, w)
+    earlier = LogisticModel(contract, w + 0.01).site_payload()
+    for actor in actors:
+        assert actor.fix_model("earlier", earlier).known == ()
+        actor.finish("earlier")
+
+    _newton(actors, "job", 0, w)
+    own = LogisticModel(contract, w + 0.02).site_payload()
+    crafted = LogisticModel(contract, np.r_[np.zeros(len(w) - 1), 5.0]).site_payload()
+    site = actors[0]
+    reply = site.fix_model("job", own, compare=[payload_digest(earlier), payload_digest(crafted)])
+    assert reply.known == (payload_digest(earlier),)
+    with pytest.raises(BudgetError, match="fixed already"):
+        site.fix_model("job", crafted)  # one model per job: the first one stands
+    with pytest.raises(BudgetError, match="champion is not a model of a job it trained in"):
+        site.evaluate_models("job:eval", {"job": own, "champion": crafted}, secure={})
+    # Refused before anything was scored: the job's real evaluation still runs once.
+    for actor in actors[1:]:
+        actor.fix_model("job", own)
+
+    def ask(actor, secure):
+        return actor.evaluate_models("job:eval", {"job": own, "champion": earlier}, secure=secure)
+
+    replies = secure_round_in_process(actors, "job:eval", 0, ask)
+    assert replies is not None
+    audit = [json.loads(line) for line in site.boundary.audit_log.path.read_text().splitlines()]
+    assert any(e["request"] == "refused" and e.get("reason") == "evaluation" for e in audit)
+    assert site.boundary.models.of_job("job") == payload_digest(own)
+
+
+def test_a_site_fixes_only_the_booster_its_own_worker_trained(actors) -> None:
+    """Under XGBoost the site holds the job's model itself: a coordinator cannot fix
+    another booster in its place."""
+    site = actors[0]
+    site.boundary.authorize("trees", "xgboost", 0.0)
+    site.boundary.held["trees"] = payload_digest({"booster": b"the site's own booster"})
+    with pytest.raises(BudgetError, match="not the model the site's own worker trained"):
+        site.fix_model("trees", {"booster": b"a booster of the coordinator's"})
+    assert site.fix_model("trees", {"booster": b"the site's own booster"}).digest
 
 
 def test_drift_months_are_the_sites_own(actors) -> None:

@@ -111,6 +111,16 @@ class BoosterReply:
     booster: bytes
 
 
+@dataclass(frozen=True)
+class ModelCommitment:
+    """A site's record of the job's model (its digest), and which of the other models
+    the coordinator means to evaluate beside it (by digest) the site has on record."""
+
+    site: str
+    digest: str
+    known: tuple[str, ...]
+
+
 ALLOWED_REPLIES = (
     SiteInfo,
     ValidationReply,
@@ -121,6 +131,7 @@ ALLOWED_REPLIES = (
     PartitionList,
     DriftReply,
     BoosterReply,
+    ModelCommitment,
     Reservation,
     RoundSetup,
     Confirmation,

@@ -6,5 +6,6 @@
   policy, is audited and lets a value out;
 - :mod:`~pipeline.site.rows`: reading and splitting the extract;
 - :mod:`~pipeline.site.policy` and :mod:`~pipeline.site.audit`: the site's own rules and
-  its audit log.
+  its audit log; :mod:`~pipeline.site.pins`, :mod:`~pipeline.site.months` and
+  :mod:`~pipeline.site.trained_models`: the keys, months and models it has on record.
 """

@@ -21,11 +21,13 @@ from cryptography.hazmat.primitives import serialization
 from pipeline.contract import load_contract
 from pipeline.errors import BudgetError, DataError
 from pipeline.extract import Window
+from pipeline.models.digest import payload_digest
 from pipeline.protocol.identity import load_or_create_identity
 from pipeline.protocol.messages import (
     Confirmation,
     DriftReply,
     MaskedEvaluation,
+    ModelCommitment,
     PartitionList,
     PublicKeyReply,
     Reservation,
@@ -321,6 +323,19 @@ class SiteActor:
         return self.boundary.secure_reveal(job_id, round_, survivors, dropped, confirmations)
 
     # -- evaluation and drift ----------------------------------------------------------
+    def fix_model(
+        self, job_id: str, payload: dict, *, compare: list[str] | tuple[str, ...] = ()
+    ) -> ModelCommitment:
+        """Fix the job's model (`payload`, as sent for evaluation) in the site's record of
+        trained models before anything evaluates it, and say which of the digests in
+        `compare` (the champion the job is judged against) are on that record: a site
+        scores only recorded models (:mod:`pipeline.site.trained_models`)."""
+        self.boundary.check_refusal(job_id)
+        digest = payload_digest(payload)
+        self.boundary.fix_model(job_id, digest)
+        known = self.boundary.models.known(compare)
+        return ModelCommitment(site=self.site, digest=digest, known=tuple(sorted(known)))
+
     def evaluate_models(
         self, eval_id: str, models: dict[str, dict], *, secure: dict
     ) -> MaskedEvaluation:
@@ -330,16 +345,21 @@ class SiteActor:
         only the pooled statistics.
 
         On the site's terms: only for a job this site trained (``<job>:eval``), once per
-        job, at most the policy's ``max_models_per_evaluation`` models (the job's own and
-        the champion it is compared with), so no coordinator can score many crafted
-        models on the same patients. Each model's own AUC here is released only where the
-        policy allows per-site figures, and only when both classes hold at least 11
-        patients."""
+        job, at most the policy's ``max_models_per_evaluation`` models, and only models on
+        the site's record (by digest: the job's own, fixed by ``fix_model``, and those
+        of earlier jobs, which is what a registry alias can name), so no coordinator can
+        score crafted models on the same patients. Each model's own AUC here is released
+        only where the policy allows per-site figures, and only when both classes hold at
+        least 11 patients."""
         from pipeline.evaluation import site_auc, stats_vector
         from pipeline.models.kinds import from_payload
 
+        self.boundary.check_refusal(eval_id)
         job_id = eval_id.removesuffix(":eval")
         policy = self.boundary.policy
+        digests = {name: payload_digest(payload) for name, payload in models.items()}
+        known = self.boundary.models.known(digests.values())
+        unknown = sorted(name for name, digest in digests.items() if digest not in known)
         why = None
         if job_id == eval_id or job_id not in self.boundary.jobs:
             why = "it evaluates only the models of a job it trained"
@@ -347,6 +367,13 @@ class SiteActor:
             why = "it evaluates a job's models once"
         elif len(models) > policy.max_models_per_evaluation:
             why = f"it evaluates at most {policy.max_models_per_evaluation} models per job"
+        elif self.boundary.models.of_job(job_id) is None:
+            why = "the job's model was not fixed first"
+        elif unknown:
+            why = (
+                f"{', '.join(unknown)} is not a model of a job it trained in "
+                "(it scores only models on its record)"
+            )
         if why is not None:
             self.boundary.audit("refused", eval_id, reason="evaluation", models=len(models))
             raise BudgetError(f"site {self.site} refuses the evaluation: {why}")

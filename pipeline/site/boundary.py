@@ -22,6 +22,7 @@ from pipeline.privacy.releases import JobReleases
 from pipeline.protocol.messages import MaskedUpdate, ModelUpdate, Reservation
 from pipeline.site.audit import AuditLog
 from pipeline.site.policy import SitePolicy
+from pipeline.site.trained_models import ModelRecord
 
 if TYPE_CHECKING:
     from pipeline.features import EncodedRows
@@ -66,6 +67,8 @@ class Boundary:
         self.ledger = PrivacyLedger(beside(extract, "ledger.sqlite"))
         self.rows: tuple[EncodedRows, EncodedRows] | None = None  # (train, test)
         self.jobs: dict[str, JobReleases] = {}
+        self.models = ModelRecord(extract)
+        self.held: dict[str, str] = {}  # job -> digest of a model the site itself holds
         self.keys: dict[str, SiteKeys] = {}
         self.secure: dict[str, SecureSumSite] = {}
         self._weights: dict[str, set[str]] = {}
@@ -196,6 +199,26 @@ class Boundary:
         if self.ledger.settle(job_id, self.name, UNUSED) == UNUSED:
             self.audit("refund", job_id)
         return True
+
+    # -- the job's model -------------------------------------------------------------------
+    def fix_model(self, job_id: str, digest: str) -> None:
+        """Fix `job_id`'s model (by digest) before it is evaluated: once, for a job this
+        site trained in, and, where the site holds the model itself (an XGBoost worker's
+        booster), only that model."""
+        why = None
+        fixed = self.models.of_job(job_id)
+        if job_id not in self.jobs:
+            why = "it fixes only the model of a job it trained in"
+        elif job_id in self.held and self.held[job_id] != digest:
+            why = "it is not the model the site's own worker trained"
+        elif fixed is not None and fixed != digest:
+            why = "the job's model was fixed already"
+        if why is not None:
+            self.audit("refused", job_id, reason="model", digest=digest[:16])
+            raise BudgetError(f"site {self.name} refuses the job's model: {why}")
+        if fixed is None:
+            self.models.fix(job_id, self.jobs[job_id].strategy, digest)
+            self.audit("fix_model", job_id, digest=digest[:16])
 
     def accepts_shares(self, collusion_threshold: int) -> bool:
         return self.policy.accepts_shares(collusion_threshold)

@@ -18,6 +18,7 @@ from pipeline.contract import Contract
 from pipeline.evaluation import Evaluation
 from pipeline.gate import Decision, decide
 from pipeline.models.base import Model
+from pipeline.models.digest import payload_digest
 from pipeline.protocol.messages import SiteInfo
 from pipeline.registry import (
     CHAMPION,
@@ -63,6 +64,25 @@ def current_champion(cfg: FederationConfig, contract: Contract, workdir: Path) -
             f"v{registered.contract.version} with other features",
         )
     return Champion(version, payload=registered.model.site_payload())
+
+
+def fix_at_sites(ctx: JobContext, model: Model, champion: Champion) -> Champion:
+    """Have every site fix the job's model on its record of trained models before anything
+    evaluates it, and learn which sites have the champion on theirs: a site scores only
+    the models of jobs it trained in (:mod:`pipeline.site.trained_models`). A champion
+    some site does not know is reported not comparable, so the gate keeps the challenger
+    out and says why (an operator can still promote it)."""
+    compare = [payload_digest(champion.payload)] if champion.payload is not None else []
+    replies = ctx.runtime.call("fix_model", ctx.job_id, model.site_payload(), compare=compare)
+    ctx.runtime.require_quorum(ctx.cfg.quorum, "evaluation")
+    unknown = sorted(s for s, reply in replies.ok.items() if set(compare) - set(reply.known))
+    if unknown:
+        return Champion(
+            champion.version,
+            problem=f"site(s) {', '.join(unknown)} did not train it, and a site scores only "
+            "the models of jobs it trained in",
+        )
+    return champion
 
 
 def models_to_evaluate(model: Model, champion: Champion) -> dict[str, dict]:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.console import printed_to_debug
+from pipeline.models.digest import payload_digest
 from pipeline.protocol.messages import BoosterReply, MaskedUpdate, ModelUpdate
 from pipeline.splits import validation_mask
 from pipeline.strategies.base import SiteHandler
@@ -98,4 +99,6 @@ class XGBoostSite(SiteHandler):
                 )
         finally:
             shutil.rmtree(tls_dir, ignore_errors=True)
+        # The site holds the job's model itself: only this booster can be fixed as it.
+        self.site.held[job_id] = payload_digest({"booster": raw})
         return BoosterReply(site=self.site.name, booster=raw)
