@@ -216,7 +216,7 @@ def _retrain(
     started = time.perf_counter()
     with site_runtime(cfg, record["run"], ray_address) as runtime:
         say("asking the sites for their closed follow-up months")
-        listing = runtime.call("partitions", month)
+        listing = runtime.call("partitions", runtime.job_id, month)
         runtime.require_quorum(cfg.quorum, "listing partitions")
         clock.seconds["start and listing"] = time.perf_counter() - started
         new = {s: sorted(set(p.closed) - set(already.get(s, ()))) for s, p in listing.ok.items()}

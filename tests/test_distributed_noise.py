@@ -129,7 +129,7 @@ def four_actors(tmp_path_factory: pytest.TempPathFactory) -> list[SiteActor]:
         write_site_policy(s.path, epsilon_budget=1000.0, **policy)
     actors = [SiteActor(s.name, str(s.path), str(cfg.contract)) for s in cfg.sites]
     for actor in actors:
-        actor.load(0.2, 0)
+        actor.load("j", "dp-fedavg", 0.2, 0)
     return actors
 
 

@@ -50,7 +50,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> SiteActor:
     # thousands of releases the noise is measured from.
     write_site_policy(cfg.sites[0].path, secure_aggregation=False, epsilon_budget=1e6)
     actor = SiteActor(cfg.sites[0].name, str(cfg.sites[0].path), str(cfg.contract))
-    actor.load(0.2, 0)
+    actor.load("j", "dp-fedavg", 0.2, 0)
     return actor
 
 
@@ -280,7 +280,7 @@ def test_newton_steps_on_pooled_statistics_reach_the_pooled_optimum(tmp_path: Pa
         write_site_policy(s.path, secure_aggregation=False)
     actors = [SiteActor(s.name, str(s.path), str(cfg.contract)) for s in cfg.sites]
     for a in actors:
-        a.load(cfg.training.test_fraction, cfg.training.seed)
+        a.load("n", "logistic", cfg.training.test_fraction, cfg.training.seed)
     dim = actors[0].boundary.train_rows().linear.shape[1] + 1
     weights = np.zeros(dim)
     for _ in range(12):

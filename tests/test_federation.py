@@ -131,7 +131,7 @@ def test_site_refuses_a_request_outside_its_policy(ray_session, four_sites_copy,
     site = cfg.sites[0]
     write_site_policy(site.path, strategies=["dp-fedavg"], max_epsilon_per_job=0.5)
     with runtime_for([site], cfg.contract, "policy-test") as runtime:
-        runtime.call("load", 0.2, 0)
+        runtime.call("load", "job-a", "dp-fedavg", 0.2, 0)
         dim = FeatureEncoder(load_contract(cfg.contract)).n_features_out
         fit = dict(
             epsilon=0.5,
@@ -179,8 +179,8 @@ def test_reply_size_does_not_grow_with_the_row_count(ray_session, tmp_path) -> N
     with runtime_for(sites, contract.path, "size-test") as runtime:
         w = np.zeros(FeatureEncoder(contract).n_features_out + 1)
         replies = [
-            runtime.call("validate", min_rows=100),
-            runtime.call("load", 0.2, 0),
+            runtime.call("validate", "j", min_rows=100),
+            runtime.call("load", "j", "dp-fedavg", 0.2, 0),
             runtime.call("reserve", "j", "dp-fedavg", epsilon=1.0, delta=1e-5),
             runtime.call(
                 "handle",
@@ -220,8 +220,10 @@ def test_a_job_trains_on_exactly_the_rows_that_passed_validation(ray_session, tm
     with runtime_for([site], cfg.contract, "prepare-test") as runtime:
         checked = runtime.call(
             "validate",
+            "prepare-test",
+            "logistic",
             min_rows=100,
-            prepare={"test_fraction": 0.2, "seed": 0, "strategy": "logistic"},
+            prepare={"test_fraction": 0.2, "seed": 0},
         )
         summary = checked.ok[site.name].summary
         assert summary["passed"], summary
@@ -229,8 +231,8 @@ def test_a_job_trains_on_exactly_the_rows_that_passed_validation(ray_session, tm
         late = Path(site.path) / "followup_month=2026-10" / first.name
         late.parent.mkdir()
         shutil.copy(first, late)
-        prepared = runtime.call("load", 0.2, 0)
-        reread = runtime.call("load", 0.2, 0)
+        prepared = runtime.call("load", "prepare-test", "logistic", 0.2, 0)
+        reread = runtime.call("load", "prepare-test", "logistic", 0.2, 0)
     assert prepared.ok[site.name].rows == summary["rows"]
     assert reread.ok[site.name].rows > summary["rows"]
 
@@ -256,7 +258,7 @@ def test_a_later_job_reuses_healthy_site_processes_with_nothing_of_the_last_job(
 
     with runtime_for(cfg.sites, cfg.contract, "reuse-1") as runtime:
         first = pids(runtime)
-        runtime.call("load", 0.2, 0)
+        runtime.call("load", "one-shot", "dp-logistic", 0.2, 0)
         fit = dict(
             epsilon=1.0,
             delta=1e-5,
@@ -290,7 +292,7 @@ def test_a_later_job_reuses_healthy_site_processes_with_nothing_of_the_last_job(
             sites=[names[2]],
         )
         assert "not loaded" in gone.failed[names[2]]  # the last job's rows are gone
-        runtime.call("load", 0.2, 0, sites=[names[2]])
+        runtime.call("load", "again", "dp-logistic", 0.2, 0, sites=[names[2]])
         again = runtime.call(
             "handle",
             "dp-logistic",

@@ -40,7 +40,7 @@ def actors(federation) -> list[SiteActor]:
             s.path.parent.joinpath(f"{s.path.name}.{suffix}").unlink(missing_ok=True)
     out = [SiteActor(s.name, str(s.path), str(federation.contract)) for s in federation.sites]
     for actor in out:
-        actor.load(0.2, 0)
+        actor.load("j", "logistic", 0.2, 0)
     return out
 
 
@@ -69,10 +69,14 @@ def test_the_policy_is_the_sites_own_and_a_disagreeing_coordinator_is_refused(
     try:
         told = SiteActor(site.name, str(site.path), str(federation.contract), SitePolicy())
         with pytest.raises(BudgetError, match="own policy differs.*strategies"):
-            told.validate(min_rows=10)
+            told.validate("j", min_rows=10)
         # Whatever the coordinator thinks, the site serves only what its file lists.
         own = SiteActor(site.name, str(site.path), str(federation.contract))
-        own.load(0.2, 0)
+        with pytest.raises(BudgetError, match="refuses strategy 'logistic'"):
+            own.validate("j", "logistic", min_rows=10)  # a job it would refuse ends at admission
+        with pytest.raises(BudgetError, match="refuses strategy 'logistic'"):
+            own.load("j", "logistic", 0.2, 0)
+        own.load("j", "dp-fedavg", 0.2, 0)
         with pytest.raises(BudgetError, match="refuses strategy 'logistic'"):
             own.handle("logistic", "newton_statistics", "j", np.zeros(_dim(own)), secure=None)
     finally:
@@ -258,7 +262,7 @@ def test_a_cap_on_non_private_jobs_per_day(federation) -> None:
     write_site_policy(site.path, max_nonprivate_jobs_per_day=0)
     try:
         capped = SiteActor(site.name, str(site.path), str(federation.contract))
-        capped.load(0.2, 0)
+        capped.load("j", "logistic", 0.2, 0)
         with pytest.raises(BudgetError, match="at most 0 non-private jobs a day"):
             capped.handle("logistic", "newton_statistics", "j", np.zeros(_dim(capped)))
     finally:

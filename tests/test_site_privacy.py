@@ -47,8 +47,8 @@ def test_sentinels_never_reach_the_driver(ray_session, tmp_path: Path, capfd) ->
     site.path = planted
 
     with runtime_for([site], load_config(config).contract, "sentinel") as runtime:
-        validated = runtime.call("validate", drop_failed=False)
-        loaded = runtime.call("load", 0.2, 0, drop_failed=False)
+        validated = runtime.call("validate", "sentinel", "logistic", drop_failed=False)
+        loaded = runtime.call("load", "sentinel", "logistic", 0.2, 0, drop_failed=False)
     time.sleep(2.0)  # let Ray forward the workers' logs
     out, err = capfd.readouterr()
 

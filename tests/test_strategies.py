@@ -78,7 +78,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> SiteActor:
     # One site alone can take no part in a secure sum: a site of a trusted cluster.
     write_site_policy(cfg.sites[0].path, secure_aggregation=False)
     actor = SiteActor(cfg.sites[0].name, str(cfg.sites[0].path), str(cfg.contract))
-    actor.load(0.2, 0)
+    actor.load("j", "logistic", 0.2, 0)
     return actor
 
 

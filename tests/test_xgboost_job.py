@@ -177,7 +177,7 @@ def test_sites_stuck_in_a_broken_collective_get_fresh_actors_and_train_in_the_re
     survivors = [s.name for s in cfg.sites if s.name != victim]
     said, progress = _kill_during_training(ray_session, victim, after_s=3.0)
     with runtime_for(cfg.sites, cfg.contract, "stuck", timeout_s=120) as runtime:
-        runtime.call("load", 0.2, 0)
+        runtime.call("load", "stuck", "xgboost", 0.2, 0)
 
         def params_for(sites: list[str]) -> dict:
             return trees.booster_params(base_score=0.2)  # the synthetic cohorts' prevalence
@@ -186,7 +186,7 @@ def test_sites_stuck_in_a_broken_collective_get_fresh_actors_and_train_in_the_re
 
         def reload(sites: list[str]) -> None:
             reloaded.append(sites)
-            runtime.call("load", 0.2, 0, sites=sites)
+            runtime.call("load", "stuck", "xgboost", 0.2, 0, sites=sites)
 
         result = train_collective(
             runtime,

@@ -181,23 +181,28 @@ class SiteActor:
     # -- validation and loading ---------------------------------------------------------
     def validate(
         self,
+        job_id: str,
+        strategy: str | None = None,
+        *,
         unknown_columns: str = "fail",
         min_rows: int = 100,
         leakage_auc: float = 0.98,
         prepare: dict[str, Any] | None = None,
     ) -> ValidationReply:
-        """Validate the extract here; only the redacted summary leaves.
+        """Validate the extract here for job `job_id`; only the redacted summary leaves.
 
-        With `prepare` (the job's ``test_fraction``, ``seed`` and ``strategy``), a site
-        whose extract passed also splits and encodes the rows it has just validated for
-        that strategy, keeping them for the job's ``load``: the extract is read once, and
-        the job trains on exactly the rows that passed even if a file changes in between.
-        Nothing more is returned."""
+        With `strategy` (the one the job will train) the site first checks that its policy
+        serves it, so a job it would refuse ends at admission, not mid-training. With
+        `prepare` (the job's ``test_fraction`` and ``seed``), a site whose extract passed
+        also splits and encodes the rows it has just validated for that strategy, keeping
+        them for the job's ``load``: the extract is read once, and the job trains on
+        exactly the rows that passed even if a file changes in between. Nothing more is
+        returned."""
         from pipeline.validation import validate
 
         self._read_policy()
-        self.boundary.check_refusal(None)
-        self.boundary.audit("validate", None)
+        self._check_job(job_id, strategy)
+        self.boundary.audit("validate", job_id, strategy=strategy or "")
         self._prepared = None
         paths = [self.extract] + ([self.test_extract] if self.test_extract else [])
         summary, tables = validate(
@@ -210,18 +215,28 @@ class SiteActor:
             write_docs=True,
             window=self.window,
         )
-        if prepare is not None and tables is not None:
-            self._prepare(tables, prepare)
+        if prepare is not None and strategy is not None and tables is not None:
+            self._prepare(tables, strategy, prepare)
         return ValidationReply(site=self.site, summary=summary.to_dict())
 
-    def _prepare(self, tables: tuple[Any, ...], prepare: dict[str, Any]) -> None:
+    def _check_job(self, job_id: str, strategy: str | None) -> None:
+        """A request names its job, and the strategy when it serves one: checked against
+        the site's policy before anything is read."""
+        if strategy is None:
+            self.boundary.check_refusal(job_id)
+        else:
+            self.boundary.allow(job_id, strategy)
+
+    def _prepare(
+        self, tables: tuple[Any, ...], strategy_name: str, prepare: dict[str, Any]
+    ) -> None:
         """Split and encode the validated tables for the job's strategy; a failure leaves
         nothing prepared (``load`` reads again and reports it)."""
         from pipeline import strategies
         from pipeline.site.rows import SplitKey, split
 
         key = SplitKey(float(prepare["test_fraction"]), int(prepare["seed"]))
-        strategy = strategies.get(str(prepare["strategy"]))
+        strategy = strategies.get(strategy_name)
         try:
             held = tables[1].to_pandas() if len(tables) > 1 else None
             rows = split(tables[0].to_pandas(), self.contract, key, held)
@@ -232,14 +247,17 @@ class SiteActor:
             self._prepared = None
         strategy.site_handler().prepare()
 
-    def load(self, test_fraction: float, seed: int) -> SiteInfo:
+    def load(self, job_id: str, strategy: str, test_fraction: float, seed: int) -> SiteInfo:
         """Split the extract by a keyed hash of the patient key, so the split is stable
         across jobs and identical for every strategy (rows prepared by ``validate`` for
         the same split are used as they are). A site with a held-out extract trains on
         all of its extract and holds out that file's rows instead."""
         from pipeline.site.rows import SplitKey, read_split
 
-        self.boundary.audit("load", None, test_fraction=test_fraction, seed=seed)
+        self._check_job(job_id, strategy)
+        self.boundary.audit(
+            "load", job_id, strategy=strategy, test_fraction=test_fraction, seed=seed
+        )
         prepared, self._prepared = self._prepared, None
         key = SplitKey(float(test_fraction), int(seed))
         if prepared is not None and prepared[0] == key:
@@ -267,10 +285,12 @@ class SiteActor:
         key = self.contract.cohort.partition
         return partition_values(self.extract, key, window) if key else ()
 
-    def partitions(self, before_month: str) -> PartitionList:
-        """The extract's follow-up months: closed (before `before_month`) and open. File
-        names only: nothing is read."""
-        self.boundary.audit("partitions", None, before=before_month)
+    def partitions(self, job_id: str, before_month: str) -> PartitionList:
+        """The extract's follow-up months: closed (before `before_month`) and open, for
+        the run `job_id` (a retraining deciding what to train). File names only: nothing
+        is read."""
+        self._check_job(job_id, None)
+        self.boundary.audit("partitions", job_id, before=before_month)
         values = self._partitions()
         return PartitionList(
             site=self.site,

@@ -88,18 +88,22 @@ def validate_sites(
     cfg: FederationConfig,
     on_site: Callable[[str], None] | None = None,
     *,
+    job_id: str | None = None,
     prepare_for: Strategy[Any] | None = None,
 ) -> dict[str, ValidationSummary]:
     """Validation runs inside each site; only redacted summaries come back.
     `on_site(site)` is called as each site finishes, for a progress bar. With
-    `prepare_for` (the strategy a job will train), sites that pass keep the validated
-    rows split and encoded for the job's ``load``."""
+    `prepare_for` (the strategy job `job_id` will train; the runtime's job by default),
+    a site first checks that its policy serves it, and sites that pass keep the
+    validated rows split and encoded for the job's ``load``."""
     v, t = cfg.validation, cfg.training
     prepare = None
     if prepare_for is not None:
-        prepare = {"test_fraction": t.test_fraction, "seed": t.seed, "strategy": prepare_for.name}
+        prepare = {"test_fraction": t.test_fraction, "seed": t.seed}
     replies = runtime.call(
         "validate",
+        job_id or runtime.job_id,
+        prepare_for.name if prepare_for is not None else None,
         unknown_columns=v.unknown_columns,
         min_rows=v.min_rows,
         leakage_auc=v.leakage_auc,
@@ -121,7 +125,7 @@ def admit_sites(
     """Validate at the sites and admit those that passed (the quorum rule); the others
     are quarantined with their reasons and leave the job."""
     ctx.say("validating extracts at the sites")
-    summaries = validate_sites(ctx.runtime, ctx.cfg, prepare_for=ctx.strategy)
+    summaries = validate_sites(ctx.runtime, ctx.cfg, job_id=ctx.job_id, prepare_for=ctx.strategy)
     ctx.tracker.json({s: v.to_dict() for s, v in summaries.items()}, "validation.json")
     admitted, quarantined = admit(list(summaries.values()), ctx.cfg.quorum)
     for site, reasons in quarantined.items():
@@ -134,7 +138,9 @@ def load_sites(ctx: JobContext) -> dict[str, SiteInfo]:
     """Every admitted site loads (or keeps, as validated) its split rows; the quorum must
     hold. Returns their counts, by site."""
     settings = ctx.settings
-    infos = ctx.runtime.call("load", settings.test_fraction, settings.seed)
+    infos = ctx.runtime.call(
+        "load", ctx.job_id, ctx.strategy.name, settings.test_fraction, settings.seed
+    )
     ctx.runtime.require_quorum(ctx.cfg.quorum, "loading extracts")
     ctx.tracker.json({s: vars(i) for s, i in infos.ok.items()}, "sites.json")
     return infos.ok
