@@ -11,7 +11,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench clean protos
 
 install: $(STAMP)
 
@@ -52,3 +52,9 @@ DOCKER  ?= docker
 .PHONY: image
 image:
 	$(DOCKER) build --tag $(IMAGE):$(VERSION) .
+
+# The gRPC stubs of XGBoost's federated protocol, from pipeline/protocol/federated.proto
+# (committed; regenerate after editing the .proto).
+protos: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'grpcio-tools>=1.85.4'
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. pipeline/protocol/federated.proto

@@ -54,3 +54,10 @@ unexpected_rate  # noqa
 
 # pytest: a module's marks.
 pytestmark  # noqa
+
+# gRPC: the methods of the federated service (pipeline/protocol/federated.proto), called
+# by grpcio's server for the workers' requests.
+Allreduce  # noqa
+Allgather  # noqa
+AllgatherV  # noqa
+Broadcast  # noqa

@@ -7,8 +7,10 @@ At 1,000,000 synthetic rows over 8 hospitals (``--rows`` for a smaller trial) it
   building included, three times (before, between and after the jobs; the ratios use
   the median, as one measurement varies by a fifth on this machine);
 * the federated collective (the sites' actors as ranks, matrix building included) for
-  each communicator, and the whole job (``run_job``: actors, validation, loading,
-  training, evaluation, registration);
+  each communicator: ``secure`` (every site's histograms masked by its relay, only their
+  sum decoded), ``federated`` (the same aggregator, histograms in the clear) and
+  ``rabit``, with the time the relays spent masking; and the whole job (``run_job``:
+  actors, validation, loading, training, evaluation, registration);
 * test AUCs on the same held-out rows: federated vs pooled XGBoost, the non-private
   federated logistic regression (``run_job(strategy="logistic")``) and the median site's
   local-only XGBoost.
@@ -36,9 +38,12 @@ CORES = 2
 
 
 def _config(base: Path, out: Path, communicator: str, tracking_uri: str):
+    """The bench federation's config for `communicator`; the sites' policies allow a
+    collective in the clear only for the clear communicators."""
     import yaml
 
     from pipeline.config import load_config
+    from pipeline.site.policy import SitePolicy, write_policy
 
     raw = yaml.safe_load(base.read_text())
     raw["sites"] = [{**s, "path": str((base.parent / s["path"]).resolve())} for s in raw["sites"]]
@@ -51,7 +56,26 @@ def _config(base: Path, out: Path, communicator: str, tracking_uri: str):
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"federation-{communicator}.yaml"
     path.write_text(yaml.safe_dump(raw))
-    return load_config(path)
+    cfg = load_config(path)
+    clear = communicator in ("federated", "rabit")
+    for site in cfg.sites:
+        write_policy(site.path, SitePolicy(epsilon_budget=1e6, secure_aggregation=not clear))
+    return cfg
+
+
+def _masking_seconds(cfg, job_id: str) -> list[float]:
+    """Each site's time in its relay's encoding, masking and decoding (its audit log)."""
+    import json
+
+    from pipeline.site.audit import audit_log_path
+
+    out = []
+    for site in cfg.sites:
+        for line in audit_log_path(site.path).read_text().splitlines():
+            entry = json.loads(line)
+            if entry["request"] == "xgb_collective" and entry["job"] == job_id:
+                out.append(float(entry["mask_s"]))
+    return out
 
 
 def _train_pooled(contract, cfg, parts, nthread: int):
@@ -111,8 +135,8 @@ def main() -> None:
             pooled = pooled_run()
             auc = {"pooled xgboost": roc_auc_score(y_test, trees.predict_proba(pooled, T_test))}
 
-            times, predictions, stages = {}, {}, {}
-            for communicator in ("federated", "rabit"):
+            times, predictions, stages, boosters, masking = {}, {}, {}, {}, []
+            for communicator in ("secure", "federated", "rabit"):
                 c = _config(base, out / communicator, communicator, tracking_uri)
                 start = time.perf_counter()
                 result = run_job(c, strategy="xgboost")
@@ -121,6 +145,9 @@ def main() -> None:
                 times[communicator] = (train_s, job_s)
                 stages[communicator] = result.seconds
                 predictions[communicator] = result.model.predict_proba(held_out)
+                boosters[communicator] = result.model.booster_
+                if communicator == "secure":
+                    masking = _masking_seconds(c, result.job_id)
                 auc[f"federated xgboost ({communicator})"] = roc_auc_score(
                     y_test, predictions[communicator]
                 )
@@ -151,7 +178,7 @@ def main() -> None:
         finally:
             ray.shutdown()
 
-    fed_p = predictions["federated"]
+    fed_p = predictions["secure"]
     versus = {
         "federated logistic": paired_bootstrap_auc(
             joint_counts(y_test, fed_p, predictions["logistic"])
@@ -169,6 +196,22 @@ def main() -> None:
         print(f"  federated collective / pooled ({communicator}): {train_s / pooled_s:.2f}")
         print(f"  whole job / pooled ({communicator}):            {job_s / pooled_s:.2f}")
     print(f"  logistic whole job / pooled:                  {logistic_s / pooled_s:.2f}")
+    secure_s, plain_s = times["secure"][0], times["federated"][0]
+    print(f"  secure collective / federated (plaintext) collective: {secure_s / plain_s:.2f}")
+    if masking:
+        print(
+            f"  masking in the relays: {np.median(masking):.2f} s per site (median; "
+            f"{min(masking):.2f}-{max(masking):.2f}), of the secure collective's {secure_s:.2f} s"
+        )
+    same = [
+        float(np.max(np.abs(predictions["secure"] - predictions[c])))
+        for c in ("federated", "rabit")
+    ]
+    dumps = {c: b.get_dump() for c, b in boosters.items()}
+    print(
+        "  secure vs plaintext: largest difference in a held-out prediction "
+        f"{max(same):.2e}; same trees as federated: {dumps['secure'] == dumps['federated']}"
+    )
     print("\nwhere a whole job's time goes, seconds (validation includes the site actors'")
     print("processes starting and importing Great Expectations, all on the same cores):")
     for communicator, seconds in stages.items():
@@ -177,7 +220,7 @@ def main() -> None:
     print(f"\ntest AUC on the same {len(y_test):,} held-out rows:")
     for name, value in auc.items():
         print(f"  {name:<48} {value:.4f}")
-    print("\nfederated xgboost (federated communicator) against, paired bootstrap 95 % CI:")
+    print("\nfederated xgboost (secure communicator) against, paired bootstrap 95 % CI:")
     for name, (diff, low, high) in versus.items():
         print(f"  {name:<48} {diff:+.4f} [{low:+.4f}, {high:+.4f}]")
 
@@ -191,6 +234,10 @@ def main() -> None:
         job_ratio = times[communicator][1] / pooled_s
         checks[f"training ({communicator}) {train_ratio:.2f}x pooled <= 1.5x"] = train_ratio <= 1.5
         checks[f"whole job ({communicator}) {job_ratio:.2f}x pooled <= 3x"] = job_ratio <= 3
+    ratio = times["secure"][0] / times["federated"][0]
+    checks[f"secure collective {ratio:.2f}x the plaintext collective <= 1.3x"] = ratio <= 1.3
+    gap = abs(auc["federated xgboost (secure)"] - auc["federated xgboost (federated)"])
+    checks[f"secure AUC = plaintext AUC: |difference| {gap:.5f} <= 0.0005"] = gap <= 0.0005
     lr_gap = versus["federated logistic"][0]
     checks[f"beats federated logistic by {lr_gap:+.4f} >= 0.02"] = lr_gap >= 0.02
     low = versus[f"median local-only xgboost ({median_site})"][1]

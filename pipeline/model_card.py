@@ -175,7 +175,7 @@ def _privacy(p: dict, name: str) -> list[str]:
     """The strategy's privacy as the registry describes it, and what the run spent."""
     strategy = strategies.REGISTRY.get(name)
     mechanism = strategy.privacy.mechanism if strategy else "unknown"
-    sees = strategy.privacy.aggregator_sees if strategy else "unknown"
+    sees = strategy.privacy.seen(p) if strategy else "unknown"
     out = ["## Privacy", "", f"- **Mechanism:** {mechanism}"]
     if "epsilon_per_site" in p:
         out.append(

@@ -19,7 +19,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
-from support.federation import make_config, served_probabilities, unseen_hospital_rows
+from support.federation import (
+    make_config,
+    served_probabilities,
+    unseen_hospital_rows,
+    write_site_policy,
+)
 
 from pipeline import pooled
 from pipeline.config import FederationConfig, load_config
@@ -42,8 +47,15 @@ _MODELS: dict[str, object] = {}
 
 
 def _config(base: Path, tmp: Path, **xgboost) -> FederationConfig:
+    """A copy of `base`'s config for `xgboost` settings. A site whose policy requires
+    secure aggregation joins only a secure collective: for the clear communicators its
+    hospital has said otherwise."""
     training = {"round_timeout_s": ROUND_TIMEOUT_S, "xgboost": xgboost}
-    return load_config(make_config(base, tmp, training=training))
+    cfg = load_config(make_config(base, tmp, training=training))
+    clear = xgboost.get("communicator") in ("federated", "rabit")
+    for site in cfg.sites:
+        write_site_policy(site.path, epsilon_budget=1000.0, secure_aggregation=not clear)
+    return cfg
 
 
 def _pooled(cfg: FederationConfig):
@@ -56,7 +68,7 @@ def _pooled(cfg: FederationConfig):
     return booster, held_out, np.concatenate([r.test_y for r in rows])
 
 
-@pytest.mark.parametrize("communicator", ["federated", "rabit"])
+@pytest.mark.parametrize("communicator", ["secure", "rabit"])
 def test_xgboost_job_registers_a_served_model_matching_pooled_training(
     ray_session, small_federation: Path, tmp_path: Path, communicator: str
 ) -> None:
@@ -102,19 +114,24 @@ def _kill_during_training(ray, site: str, after_s: float):
     """A progress callback that kills `site`'s actor `after_s` seconds into the first
     attempt of the collective (from a thread, as an outside failure would)."""
     said: list[str] = []
+    at: dict[str, float] = {}  # when it was killed, when the first attempt failed
 
     def kill() -> None:
         time.sleep(after_s)
         for actor in ray.util.list_named_actors(all_namespaces=True):
             if actor["name"].endswith(f":{site}"):
                 ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+                at.setdefault("killed", time.monotonic())
                 said.append(f"killed {actor['name']}")
 
     def progress(msg: str) -> None:
         said.append(msg)
+        if msg.startswith("xgboost attempt 1 failed"):
+            at.setdefault("failed", time.monotonic())
         if msg.startswith("xgboost attempt 1:"):
             threading.Thread(target=kill, daemon=True).start()
 
+    progress.at = at  # type: ignore[attr-defined]
     return said, progress
 
 
@@ -125,7 +142,7 @@ def four_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return config
 
 
-@pytest.mark.parametrize("communicator", ["federated", "rabit"])
+@pytest.mark.parametrize("communicator", ["secure", "rabit"])
 def test_a_site_killed_mid_training_is_dropped_and_the_job_retries_without_it(
     ray_session, four_small: Path, tmp_path: Path, communicator: str
 ) -> None:
@@ -139,6 +156,7 @@ def test_a_site_killed_mid_training_is_dropped_and_the_job_retries_without_it(
         rounds=800,
         early_stopping_rounds=800,
         timeout_s=timeout_s,
+        call_deadline_s=20.0,
     )
     victim = cfg.sites[1].name
     said, progress = _kill_during_training(ray_session, victim, after_s=3.0)
@@ -160,7 +178,12 @@ def test_a_site_killed_mid_training_is_dropped_and_the_job_retries_without_it(
     # No server outlives the job: both attempts' ports are closed, no server process left.
     assert len(training.ports) == 2
     assert not any(collective.is_listening("127.0.0.1", p) for p in training.ports)
-    assert len(training.server_pids) == 2
+    if communicator == "rabit":
+        assert len(training.server_pids) == 2
+    else:  # the project's aggregator runs in the coordinator: it fails the others itself
+        assert training.server_pids == ()
+        at = progress.at
+        assert at["failed"] - at["killed"] < 20.0, at  # within the call deadline
     for pid in training.server_pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

@@ -19,8 +19,9 @@ stay at their sites. Two conditions make that exact and keep the invariants:
   (sum of the sites' positives over the sum of their rows, see :func:`global_base_score`);
   no ``scale_pos_weight`` tuned on one site's balance.
 
-The communicator's server (:mod:`pipeline.strategies.xgboost.collective`) sees every site's gradient
-histograms (see the trust model in ARCHITECTURE.md).
+The communicator's server (:mod:`pipeline.strategies.xgboost.collective`) sees the sum of
+the sites' gradient histograms under the ``secure`` communicator (each site's relay masks
+its own), every site's under ``federated`` and ``rabit``.
 
 Evaluation metrics in a collective are reduced across workers: ``logloss`` (the default
 here) is the exact global mean over all sites' validation rows, so early stopping decides
@@ -260,7 +261,7 @@ def train_worker(
     num_boost_round : int
         Maximum number of boosting rounds.
     communicator_env : mapping or None
-        ``FederatedServer.env(rank)`` or ``RabitServer.env(rank)``; None trains alone,
+        ``FederatedAggregator.env(rank)`` or ``RabitServer.env(rank)``; None trains alone,
         in this process, on the same grid and parameters: the pooled baseline.
     X_valid, y_valid : arrays, optional
         The site's validation rows. Every worker must pass them, or none: the metric is

@@ -352,7 +352,7 @@ class SecureSumSite:
                 x = self.roster.x(me)
                 state.held[peer], state.seeds[peer] = (x, key_y), (x, seed_y)
         masked = encode(vector, scale).ravel().copy()
-        masked += _stream(_self_info(self.job_id, round_, me), state.seed, masked.size)
+        masked += keystream(_self_info(self.job_id, round_, me), state.seed, masked.size)
         for peer in sites:
             if peer == me:
                 continue
@@ -446,17 +446,17 @@ class SecureSumSite:
             X25519PublicKey.from_public_bytes(self.roster.public_keys[peer])
         )
         low, high = sorted((a, b))
-        info = _frame(_PROTOCOL, b"shares", self.job_id, low, high)
+        info = frame(_PROTOCOL, b"shares", self.job_id, low, high)
         key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
         return ChaCha20Poly1305(key)
 
     def _seal(self, round_: int, sender: str, to: str, pair: tuple[int, int]) -> bytes:
-        aad = _frame(self.job_id, str(round_), sender, to)
+        aad = frame(self.job_id, str(round_), sender, to)
         plain = b"".join(v.to_bytes(_SHARE_BYTES, "big") for v in pair)
         return self._cipher(sender, to).encrypt(_nonce(aad), plain, aad)
 
     def _open(self, round_: int, sender: str, to: str, sealed: bytes) -> tuple[int, int]:
-        aad = _frame(self.job_id, str(round_), sender, to)
+        aad = frame(self.job_id, str(round_), sender, to)
         try:
             plain = self._cipher(sender, to).decrypt(_nonce(aad), bytes(sealed), aad)
         except InvalidTag as exc:
@@ -496,7 +496,7 @@ def unmask(
         total += a.ravel()  # uint64 arithmetic wraps: addition mod 2^64.
     for site in survivors:
         seed = shamir.combine([r.seeds[site] for r in reveals.values()], _KEY_BYTES)
-        total -= _stream(_self_info(roster.job_id, round_, site), seed, total.size)
+        total -= keystream(_self_info(roster.job_id, round_, site), seed, total.size)
     for gone in dropped:
         raw = shamir.combine([r.keys[gone] for r in reveals.values()], _KEY_BYTES)
         key = X25519PrivateKey.from_private_bytes(raw)
@@ -531,19 +531,19 @@ def _survivors_message(
 ) -> bytes:
     """What a confirmation signs: the survivors and the sites the signer masked with, so
     only sites that were told the same round count for each other."""
-    return _frame(_PROTOCOL, b"survivors", job_id, str(round_), ",".join(survivors), *view)
+    return frame(_PROTOCOL, b"survivors", job_id, str(round_), ",".join(survivors), *view)
 
 
 def _pair_mask(secret: bytes, job_id: str, round_: int, a: str, b: str, n: int) -> np.ndarray:
     low, high = sorted((a, b))
-    return _stream(_frame(_PROTOCOL, b"pair", job_id, str(round_), low, high), secret, n)
+    return keystream(frame(_PROTOCOL, b"pair", job_id, str(round_), low, high), secret, n)
 
 
 def _self_info(job_id: str, round_: int, site: str) -> bytes:
-    return _frame(_PROTOCOL, b"self", job_id, str(round_), site)
+    return frame(_PROTOCOL, b"self", job_id, str(round_), site)
 
 
-def _stream(info: bytes, secret: bytes, n: int) -> np.ndarray:
+def keystream(info: bytes, secret: bytes, n: int) -> np.ndarray:
     """A ChaCha20 keystream of `n` uint64 under HKDF-SHA256(secret, info): a
     cryptographic PRG (a statistical one such as PCG64 has a recoverable state). The key
     is unique per (job, round, pair or site), so the fixed nonce is never reused."""
@@ -558,12 +558,12 @@ def _nonce(aad: bytes) -> bytes:
 
 def _signed_message(job_id: str, round_: int | None, site: str, public_key: bytes) -> bytes:
     purpose = b"x25519-key" if round_ is None else b"round-key"
-    return _frame(
+    return frame(
         _PROTOCOL, purpose, job_id, "" if round_ is None else str(round_), site, public_key
     )
 
 
-def _frame(*parts: str | bytes) -> bytes:
+def frame(*parts: str | bytes) -> bytes:
     """Length-prefixed concatenation: no two different part lists give the same bytes."""
     out = bytearray()
     for part in parts:

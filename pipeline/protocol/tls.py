@@ -1,4 +1,4 @@
-"""Per-job public-key infrastructure for the XGBoost federated server's mutual TLS.
+"""Per-job public-key infrastructure for the mutual TLS of the XGBoost aggregator.
 
 Hospitals that do not share a trust domain meet only through channels with their own
 authentication (see ARCHITECTURE.md, trust model). For one federated XGBoost job the
@@ -17,7 +17,7 @@ expire after ``valid_for`` and :meth:`JobPKI.cleanup` deletes the directory afte
 Example
 -------
 >>> with JobPKI.create(tmp / "job-42", ["northgate", "riverside"]) as pki:  # doctest: +SKIP
-...     server = FederatedServer(pki).start()
+...     server = FederatedAggregator(pki).start()
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from pipeline.site.trained_models import ModelRecord
 
 if TYPE_CHECKING:
     from pipeline.features import EncodedRows
+    from pipeline.protocol.collective_masks import CollectiveMasks
     from pipeline.protocol.secure_sum import (
         Confirmation,
         Reveal,
@@ -72,6 +73,7 @@ class Boundary:
         self.keys: dict[str, SiteKeys] = {}
         self.secure: dict[str, SecureSumSite] = {}
         self._weights: dict[str, set[str]] = {}
+        self._attempts: dict[str, set[str]] = {}  # collective attempts joined, by job
         self._ended: set[str] = set()
         self.reusable = True
         self.refusal: str | None = None  # why the site refuses every request, if it does
@@ -151,6 +153,41 @@ class Boundary:
                 f"site {self.name} serves at most {cap} non-private jobs a day (site policy)"
             )
         self.audit("nonprivate_job", job_id, strategy=strategy)
+
+    def collective(
+        self, job_id: str, mode: str, sites: list[str], attempt: str
+    ) -> CollectiveMasks | None:
+        """The site's terms for joining an attempt of the job's XGBoost collective, and
+        the attempt's masks. Under its policy's secure aggregation only a ``secure``
+        collective (every SUM masked by the site's relay), of at least its `min_roster`
+        sites of the job's verified roster, each attempt once; None: a collective in the
+        clear, which the policy allows."""
+        from pipeline.protocol.collective_masks import CollectiveMasks
+
+        if mode != "secure":
+            if self.policy.secure_aggregation:
+                self.audit("refused", job_id, reason="clear collective", mode=mode)
+                raise BudgetError(
+                    f"site {self.name} joins only a secure XGBoost collective (site policy: "
+                    f"secure_aggregation); under {mode or 'this communicator'} its "
+                    "histograms would leave it in the clear"
+                )
+            return None
+        self.check_roster(job_id, len(sites))
+        session = self.secure.get(job_id)
+        if session is None:
+            raise DataError(
+                f"site {self.name}: job {job_id} has no verified key roster (its secure sum "
+                "sets one up first)"
+            )
+        joined = self._attempts.setdefault(job_id, set())
+        if attempt in joined:
+            self.audit("refused", job_id, reason="attempt again", attempt=attempt)
+            raise BudgetError(f"site {self.name}: job {job_id} already ran attempt {attempt}")
+        joined.add(attempt)
+        return CollectiveMasks(
+            session.keys, session.roster, sites, f"{attempt}", min_sites=self.policy.min_roster
+        )
 
     def check_roster(self, job_id: str, sites: int | None) -> None:
         """A sum this site's values enter covers at least its `min_roster` sites (with two,

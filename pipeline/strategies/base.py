@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pipeline.federation.runtime import Replies, SiteRuntime
     from pipeline.models.base import Model
     from pipeline.privacy.releases import JobReleases
+    from pipeline.protocol.collective_masks import CollectiveMasks
     from pipeline.protocol.messages import MaskedUpdate, ModelUpdate, SiteInfo
     from pipeline.strategies.settings import TrainingSettings
 
@@ -59,11 +60,19 @@ class Tracker(Protocol):
 # -- the coordinator's side ----------------------------------------------------------------
 @dataclass(frozen=True)
 class PrivacyText:
-    """What the model card says of a strategy's privacy."""
+    """What the model card says of a strategy's privacy. Where it depends on how the job
+    ran, ``by_mode`` gives what the aggregator saw for each value of the run's
+    ``mode_param``."""
 
     mechanism: str
     aggregator_sees: str
     secure_aggregation: bool  # whether its training updates go through the secure sum
+    mode_param: str = ""
+    by_mode: Mapping[str, str] = field(default_factory=dict)
+
+    def seen(self, params: Mapping[str, Any]) -> str:
+        """What the aggregator saw in a run with these (MLflow) params."""
+        return self.by_mode.get(str(params.get(self.mode_param, "")), self.aggregator_sees)
 
 
 @dataclass(frozen=True)
@@ -209,6 +218,7 @@ class SiteAccess(Protocol):
 
     name: str
     contract: Contract
+    held: dict[str, str]  # job -> digest of the job's model the site holds itself
 
     def train_rows(self) -> EncodedRows:
         """The rows of the current job's training split (refused when none is loaded)."""
@@ -224,6 +234,13 @@ class SiteAccess(Protocol):
 
     def check_roster(self, job_id: str, sites: int | None) -> None:
         """Refuse a sum of fewer sites than the site's policy's minimum."""
+        ...
+
+    def collective(
+        self, job_id: str, mode: str, sites: list[str], attempt: str
+    ) -> CollectiveMasks | None:
+        """The site's terms for an attempt of an XGBoost collective; its masks, or None
+        for a collective in the clear its policy allows."""
         ...
 
     def answer_once_at(self, job_id: str, weights: np.ndarray) -> None:

@@ -19,16 +19,25 @@ class _Strict(BaseModel):
 class XGBoostSettings(_Strict):
     """Federated XGBoost: the sites as workers of one collective."""
 
-    communicator: Literal["auto", "federated", "rabit"] = Field(
+    communicator: Literal["auto", "secure", "federated", "rabit"] = Field(
         "auto",
-        description="auto: the federated (mTLS) server when XGBoost is built with it, "
-        "else rabit (inside one trusted cluster only)",
+        description="secure: the project's aggregator over mTLS, every site's histograms "
+        "masked by its relay (only their sum can be decoded); federated: the same "
+        "aggregator, histograms in the clear inside TLS (for comparison); rabit: inside "
+        "one trusted cluster only; auto: secure when XGBoost has the federated client, "
+        "else rabit",
     )
     rounds: int = Field(200, ge=1, description="most boosting rounds")
     max_depth: int = Field(4, ge=1)
     learning_rate: float = Field(0.1, gt=0, le=1)
     early_stopping_rounds: int = Field(20, ge=1)
     timeout_s: float = Field(600.0, gt=0, description="watchdog deadline of one collective")
+    call_deadline_s: float = Field(
+        120.0,
+        gt=0,
+        description="how long the aggregator waits for the last rank of one collective "
+        "call before it fails the collective (a lost site fails the others this soon)",
+    )
     max_bin: int = Field(256, ge=2, description="bins per numeric feature, over its range")
     threads: int | None = Field(
         None,

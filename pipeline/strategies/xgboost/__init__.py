@@ -25,6 +25,13 @@ class XGBoost(Strategy[None]):
         "plaintext, at the collective's aggregator; bin edges come from the contract, "
         "never from a site",
         secure_aggregation=False,
+        mode_param="xgboost_communicator",
+        by_mode={
+            "secure": "the sums over all sites of the gradient and hessian histograms per "
+            "tree node, each site's masked by its own relay (no one site's histogram, in "
+            "the clear or decodable); integer MAX/MIN checks and the column sampler's seed "
+            "in the clear; bin edges come from the contract, never from a site",
+        },
     )
     requirements = ("xgboost",)
     in_demo = True
@@ -41,18 +48,14 @@ class XGBoost(Strategy[None]):
 
     @contextlib.contextmanager
     def ahead(self) -> Iterator[Callable[[], None]]:
-        """The collective server's interpreter (1.5 s to start) and the coordinator's own
-        XGBoost (1.2 s to import; it reads the agreed booster), started while the sites
-        validate."""
-        from pipeline.strategies.xgboost.collective import spare_interpreter
-
+        """The coordinator's own XGBoost (1.2 s to import; it reads the agreed booster),
+        imported while the sites validate."""
         warm = threading.Thread(target=_import_trees, daemon=True)
-        with spare_interpreter():
-            warm.start()
-            try:
-                yield warm.join
-            finally:
-                warm.join()
+        warm.start()
+        try:
+            yield warm.join
+        finally:
+            warm.join()
 
 
 def _import_trees() -> None:

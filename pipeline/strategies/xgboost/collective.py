@@ -1,17 +1,20 @@
-"""The servers of an XGBoost collective, each in a child process the coordinator can end.
+"""The servers of an XGBoost collective, which the coordinator always ends.
 
-``federated``: XGBoost's gRPC server (star topology, for sites on separate networks). It
-binds every interface and has no host option, never gives up on a dead worker and never
-exits by itself, so here it always runs with mutual TLS (a per-job PKI,
-:mod:`pipeline.protocol.tls`) in a process that :meth:`stop` ends by its id.
-``rabit``: XGBoost's own tracker, on one address, for sites inside one trusted cluster.
+``secure`` and ``federated``: the project's own aggregator of XGBoost's federated
+protocol (:mod:`~pipeline.strategies.xgboost.aggregator`), in this process, on the address
+it is given, over mutual TLS with a per-job PKI (:mod:`pipeline.protocol.tls`). Under
+``secure`` each site's worker dials its site's masking relay
+(:mod:`~pipeline.strategies.xgboost.relay`), which dials the aggregator; under
+``federated`` the workers dial it directly and their histograms arrive in the clear (for
+comparison and debugging). ``rabit``: XGBoost's own tracker, on one address, for sites
+inside one trusted cluster, in a child process.
 
-The child is a fresh interpreter (``python -m pipeline.strategies.xgboost.collective``), not a fork
-(forking a process in which XGBoost ran hangs the workers) and not a multiprocessing
-spawn (that re-imports the caller's main script, which breaks scripts without a
-``__main__`` guard). It reads its orders as one line on standard input, reports its port
-on a pipe and ends as soon as its standard input closes, so it never outlives its owner,
-even one that was killed.
+The rabit child is a fresh interpreter (``python -m pipeline.strategies.xgboost.collective``),
+not a fork (forking a process in which XGBoost ran hangs the workers) and not a
+multiprocessing spawn (that re-imports the caller's main script, which breaks scripts
+without a ``__main__`` guard). It reads its orders as one line on standard input, reports
+its port on a pipe and ends as soon as its standard input closes, so it never outlives
+its owner, even one that was killed.
 
 Starting that interpreter costs about 1.5 s, nearly all of it importing XGBoost, and a job
 would pay it between admitting the sites and training. :func:`spare_interpreter` starts
@@ -35,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
     from pipeline.protocol.tls import JobPKI
+    from pipeline.strategies.xgboost.aggregator import Aggregator
 
 
 def is_listening(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -47,20 +51,6 @@ def is_listening(host: str, port: int, timeout: float = 1.0) -> bool:
 
 
 # -- the child process ------------------------------------------------------------------
-def _start_federated(n_workers: int, key: str, cert: str, ca: str) -> int:
-    from xgboost.federated import run_federated_server
-
-    args = run_federated_server(
-        n_workers,
-        0,  # the OS picks a free port: no race with anything else on the host
-        server_key_path=key,
-        server_cert_path=cert,
-        client_cert_path=ca,  # a client must present a certificate signed by the job CA
-        blocking=False,
-    )
-    return int(args["dmlc_tracker_port"])  # type: ignore[index]
-
-
 def _start_rabit(n_workers: int, host: str) -> int:
     from xgboost.tracker import RabitTracker
 
@@ -71,7 +61,7 @@ def _start_rabit(n_workers: int, host: str) -> int:
     return port
 
 
-_STARTERS = {"federated": _start_federated, "rabit": _start_rabit}
+_STARTERS = {"rabit": _start_rabit}
 
 
 def _child_main() -> None:
@@ -252,65 +242,89 @@ class _ServerProcess:
         self.stop()
 
 
-class FederatedServer(_ServerProcess):
-    """XGBoost's federated (gRPC) server over mutual TLS, in a killable child process.
+class FederatedAggregator:
+    """The project's aggregator for one attempt of a collective, with the job's PKI.
 
     Parameters
     ----------
     pki : JobPKI
-        The job's certificates; the world is its sites, in order, unless `n_workers`.
+        The job's certificates; the world is its sites, in order.
     host : str
-        The name the sites dial; must be in the server certificate (``pki.hosts``).
-    n_workers : int, optional
-        World size; defaults to the number of sites in `pki`.
-    log_file : path, optional
-        Where the server process writes its log (mode 0600) instead of the owner's
-        stderr; refused TLS handshakes appear there, an audit trail of who knocked.
-
-    Examples
-    --------
-    >>> with JobPKI.create(d, sites) as pki, FederatedServer(pki) as server:  # doctest: +SKIP
-    ...     raw = train_worker(X, y, communicator_env=server.env(0), ...)
+        The address the aggregator binds and the sites dial; in the server certificate.
+    secure : bool
+        ``secure``: workers dial their site's relay, which masks every SUM; otherwise
+        (``federated``) they dial the aggregator directly, in the clear inside TLS.
+    attempt : str
+        Names the attempt (the relays' masks are the attempt's own).
+    scale : int
+        The fixed point of the relays' float SUMs.
+    deadline_s : float
+        How long any collective call may wait for its last rank.
     """
-
-    communicator = "federated"
 
     def __init__(
         self,
         pki: JobPKI,
         *,
-        host: str = "localhost",
-        n_workers: int | None = None,
-        log_file: str | os.PathLike[str] | None = None,
-        start_timeout: float = 60.0,
-        stop_timeout: float = 5.0,
+        host: str = "127.0.0.1",
+        secure: bool = True,
+        attempt: str = "1",
+        scale: int = 2**32,
+        deadline_s: float = 60.0,
     ) -> None:
         if host not in pki.hosts:
             raise ValueError(f"host {host!r} is not in the server certificate {pki.hosts}")
-        super().__init__(
-            len(pki.sites) if n_workers is None else n_workers,
-            log_file=log_file,
-            start_timeout=start_timeout,
-            stop_timeout=stop_timeout,
-        )
         self.pki = pki
         self.host = host
+        self.secure = secure
+        self.communicator = "secure" if secure else "federated"
+        self.attempt = attempt
+        self.scale = scale
+        self.deadline_s = deadline_s
+        self.n_workers = len(pki.sites)
+        self._aggregator: Aggregator | None = None
+        self.port: int | None = None
+        self.pid: int | None = None  # it runs in this process: nothing to end but its port
 
-    def _server_args(self) -> list[Any]:
+    def start(self) -> Self:
+        from pipeline.strategies.xgboost.aggregator import Aggregator, server_credentials
+
         p = self.pki
-        return [self.n_workers, str(p.server_key), str(p.server_cert), str(p.ca_cert)]
+        credentials = server_credentials(
+            p.server_key.read_bytes(), p.server_cert.read_bytes(), p.ca_cert.read_bytes()
+        )
+        self._aggregator = Aggregator(
+            self.n_workers, host=self.host, credentials=credentials, deadline_s=self.deadline_s
+        ).start()
+        self.port = self._aggregator.port
+        return self
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def aggregator(self) -> Aggregator | None:
+        return self._aggregator
+
+    def stop(self) -> None:
+        """Fail every waiting rank, close the port. Safe to call twice."""
+        aggregator, self._aggregator = self._aggregator, None
+        if aggregator is not None:
+            aggregator.stop()
+
     def env(self, rank: int, site: str | None = None) -> dict[str, Any]:
-        """Communicator settings of worker `rank`, holding `site`'s client certificate
-        (default: the rank-th site of the PKI). Paths are on the worker's file system."""
-        self._check_rank(rank)
+        """Worker `rank`'s settings, holding `site`'s client certificate (default: the
+        rank-th site of the PKI); paths are on the worker's file system. Under
+        ``secure`` they are the relay's orders: the site starts its relay from them and
+        gives its worker the relay's loopback address instead."""
+        if self.port is None:
+            raise RuntimeError("start the aggregator before asking for worker settings")
+        if not 0 <= rank < self.n_workers:
+            raise ValueError(f"rank {rank} outside 0..{self.n_workers - 1}")
         site = self.pki.sites[rank] if site is None else site
-        return {
-            "dmlc_communicator": "federated",
+        env: dict[str, Any] = {
+            "dmlc_communicator": self.communicator,
             "federated_server_address": self.address,
             "federated_world_size": self.n_workers,
             "federated_rank": rank,
@@ -318,6 +332,20 @@ class FederatedServer(_ServerProcess):
             "federated_client_key_path": str(self.pki.client_key(site)),
             "federated_client_cert_path": str(self.pki.client_cert(site)),
         }
+        if self.secure:
+            env.update(
+                relay_sites=list(self.pki.sites),
+                relay_attempt=self.attempt,
+                relay_scale=self.scale,
+                relay_deadline_s=self.deadline_s,
+            )
+        return env
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 RABIT_RETRY = 2

@@ -12,14 +12,24 @@ from typing import Any
 from pipeline.evaluation.plots import plot_importance
 from pipeline.models import trees
 from pipeline.models.tree_model import TreeModel
+from pipeline.protocol.collective_masks import fixed_point_scale
+from pipeline.protocol.secure_sum import MIN_SITES
 from pipeline.splits import VALID_FRACTION
 from pipeline.strategies.base import TrainingJob
 from pipeline.strategies.xgboost.watchdog import (
+    AggregatorSettings,
+    CollectiveError,
     CollectiveResult,
     resolve_communicator,
     server_host,
     train_collective,
 )
+
+# The largest magnitude any row adds to a SUM of the collective: a gradient (at most 1),
+# a hessian (at most 1/4), a count or weight (1), a log-loss term (at most 36.8, XGBoost's
+# probabilities being clipped at 1e-16), with headroom. Times the rows of every site, it
+# bounds every sum, so the fixed point never overflows.
+SUM_BOUND_PER_ROW = 64.0
 
 
 def train(job: TrainingJob) -> TreeModel:
@@ -33,6 +43,11 @@ def train(job: TrainingJob) -> TreeModel:
 
     settings, x, tracker = job.settings, job.settings.xgboost, job.tracker
     communicator = resolve_communicator(x.communicator)
+    if communicator == "secure" and len(job.runtime.active) < MIN_SITES:
+        raise CollectiveError(
+            f"secure XGBoost needs at least {MIN_SITES} sites, {len(job.runtime.active)} "
+            "left: with two, each site learns the other's histograms from their sum"
+        )
     host = server_host(x.server_host)
     positives, n, _ = summed_release(
         job.runtime,
@@ -53,9 +68,12 @@ def train(job: TrainingJob) -> TreeModel:
             nthread=x.threads,
         )
 
+    scale = fixed_point_scale(SUM_BOUND_PER_ROW * sum(i.n_train for i in job.sites.values()))
     tracker.params(
         {
             "xgboost_communicator": communicator,
+            "xgboost_fixed_point_scale": scale if communicator == "secure" else "none",
+            "xgboost_call_deadline_s": x.call_deadline_s,
             "xgboost_max_rounds": x.rounds,
             "xgboost_max_depth": x.max_depth,
             "xgboost_learning_rate": x.learning_rate,
@@ -84,8 +102,9 @@ def train(job: TrainingJob) -> TreeModel:
         timeout_s=x.timeout_s,
         say=job.say,
         host=host,
+        aggregator=AggregatorSettings(scale=scale, deadline_s=x.call_deadline_s),
         reload=lambda sites: job.runtime.call(
-            "load", settings.test_fraction, settings.seed, sites=sites
+            "load", job.job_id, job.strategy, settings.test_fraction, settings.seed, sites=sites
         ),
     )
     model = TreeModel(job.contract, result.booster)

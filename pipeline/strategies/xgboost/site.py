@@ -3,20 +3,27 @@ contract's bin grid."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.console import printed_to_debug
+from pipeline.errors import BudgetError
 from pipeline.models.digest import payload_digest
 from pipeline.protocol.messages import BoosterReply, MaskedUpdate, ModelUpdate
 from pipeline.splits import validation_mask
 from pipeline.strategies.base import SiteHandler
+
+if TYPE_CHECKING:
+    from pipeline.protocol.collective_masks import CollectiveMasks
+    from pipeline.strategies.xgboost.relay import MaskingRelay
 
 log = logging.getLogger(__name__)
 
@@ -59,46 +66,116 @@ class XGBoostSite(SiteHandler):
 
         The site quantizes its rows on the contract's grid (never on its own sketch) and
         early-stops on the federated log-loss over a deterministic validation subset of
-        its training rows. `tls_files` carries the job's certificates for the federated
-        communicator (key -> PEM bytes, for the `env` entries naming files); they are
-        written to a private directory of this site and deleted after training."""
+        its training rows. Under the ``secure`` communicator its worker dials the site's
+        own masking relay (:mod:`~pipeline.strategies.xgboost.relay`), which masks every
+        SUM before it leaves; a site whose policy requires secure aggregation joins no
+        other (:meth:`pipeline.site.boundary.Boundary.collective`). `tls_files` carries
+        the job's certificates (key -> PEM bytes, for the `env` entries naming files):
+        the relay holds them in memory; a worker that dials the aggregator itself reads
+        them from a private directory deleted after training."""
         from pipeline.models.trees import train_worker
 
         rows = self.site.train_rows()
         self.site.authorize(job_id, self.strategy, 0.0)
-        self.site.check_roster(job_id, int(env.get("federated_world_size", 0)) or None)
+        mode = str(env.get("dmlc_communicator", ""))
+        world = int(env.get("federated_world_size", 0)) or None
+        rank = int(env.get("federated_rank", 0))
+        self.site.check_roster(job_id, world)
+        sites = [str(s) for s in env.get("relay_sites", [])]
+        if mode == "secure" and (len(sites) != world or sites[rank : rank + 1] != [self.site.name]):
+            raise BudgetError(
+                f"site {self.site.name}: the collective's ranks {sites} do not give it rank {rank}"
+            )
+        masks = self.site.collective(job_id, mode, sites, str(env.get("relay_attempt", "")))
         self.site.not_reusable()
-        self.site.audit(
-            "xgb_train",
-            job_id,
-            communicator=str(env.get("dmlc_communicator", "")),
-            rounds=num_boost_round,
-        )
+        self.site.audit("xgb_train", job_id, communicator=mode, rounds=num_boost_round)
         X, y = rows.tree, rows.y
         valid = validation_mask(len(y), seed, valid_fraction)
-        tls_dir = tempfile.mkdtemp(prefix="xgb-tls-")  # mode 0700
-        try:
-            env = dict(env)
-            for key, pem in (tls_files or {}).items():
-                path = Path(tls_dir) / key
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(pem)
-                env[key] = str(path)
-            with printed_to_debug(log, f"site {self.site.name}, xgboost"):
-                raw = train_worker(
-                    X[~valid],
-                    y[~valid].astype(np.float64),
-                    X_valid=X[valid],
-                    y_valid=y[valid].astype(np.float64),
-                    ref_params={"contract": self.site.contract, "max_bin": max_bin},
-                    params=params,
-                    num_boost_round=num_boost_round,
-                    communicator_env=env,
-                    early_stopping_rounds=early_stopping_rounds,
-                )
-        finally:
-            shutil.rmtree(tls_dir, ignore_errors=True)
+        with contextlib.ExitStack() as stack:
+            relay = None
+            if masks is None:
+                env = _with_tls_files(env, tls_files or {}, stack)
+            else:
+                relay = stack.enter_context(_relay(env, tls_files or {}, masks, rank))
+                env = {
+                    "dmlc_communicator": "federated",
+                    "federated_server_address": relay.address,  # loopback, in this process
+                    "federated_world_size": world,
+                    "federated_rank": rank,
+                }
+            try:
+                with printed_to_debug(log, f"site {self.site.name}, xgboost"):
+                    raw = train_worker(
+                        X[~valid],
+                        y[~valid].astype(np.float64),
+                        X_valid=X[valid],
+                        y_valid=y[valid].astype(np.float64),
+                        ref_params={"contract": self.site.contract, "max_bin": max_bin},
+                        params=params,
+                        num_boost_round=num_boost_round,
+                        communicator_env=env,
+                        early_stopping_rounds=early_stopping_rounds,
+                    )
+            except Exception as exc:
+                if relay is not None and relay.refusal:
+                    raise BudgetError(
+                        f"site {self.site.name}'s relay refused {relay.refusal}"
+                    ) from exc
+                raise
+            finally:
+                if relay is not None:
+                    self.site.audit(
+                        "xgb_collective",
+                        job_id,
+                        mode=mode,
+                        attempt=str(env.get("relay_attempt", "")),
+                        masked=relay.counts["masked"],
+                        clear=relay.counts["clear"],
+                        refused=relay.counts["refused"],
+                        mask_s=round(relay.mask_s, 3),
+                    )
         # The site holds the job's model itself: only this booster can be fixed as it.
         self.site.held[job_id] = payload_digest({"booster": raw})
         return BoosterReply(site=self.site.name, booster=raw)
+
+
+def _with_tls_files(
+    env: dict[str, Any], tls_files: dict[str, bytes], stack: contextlib.ExitStack
+) -> dict[str, Any]:
+    """`env` with its certificate entries pointing at files of a private directory
+    (mode 0700, each file 0600) that `stack` deletes."""
+    tls_dir = tempfile.mkdtemp(prefix="xgb-tls-")  # mode 0700
+    stack.callback(shutil.rmtree, tls_dir, True)
+    env = dict(env)
+    for key, pem in tls_files.items():
+        path = Path(tls_dir) / key
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+        env[key] = str(path)
+    return env
+
+
+@contextlib.contextmanager
+def _relay(
+    env: dict[str, Any], tls_files: dict[str, bytes], masks: CollectiveMasks, rank: int
+) -> Iterator[MaskingRelay]:
+    """The site's masking relay to the aggregator of `env`, for the attempt's `masks`."""
+    from pipeline.strategies.xgboost.aggregator import channel_credentials
+    from pipeline.strategies.xgboost.relay import MaskingRelay
+
+    credentials = channel_credentials(
+        tls_files["federated_server_cert_path"],
+        tls_files["federated_client_key_path"],
+        tls_files["federated_client_cert_path"],
+    )
+    relay = MaskingRelay(
+        str(env["federated_server_address"]),
+        credentials,
+        rank,
+        masks,
+        int(env["relay_scale"]),
+        float(env["relay_deadline_s"]),
+    )
+    with relay:
+        yield relay

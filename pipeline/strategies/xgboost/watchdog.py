@@ -11,9 +11,13 @@ did nothing wrong), and, while the quorum holds, trains once more without the lo
 on a fresh server (and a fresh PKI), with a new world size and new ranks. A deadline that
 passes with nothing broken fails the job. The server is stopped on every path.
 
-Communicators: ``federated`` (gRPC over mutual TLS, a per-job CA in a private temporary
-directory deleted after the attempt) or ``rabit`` (inside one trusted cluster). Both give
-the same model; ``auto`` picks federated when XGBoost was built with it.
+Communicators: ``secure`` (the project's aggregator over mutual TLS, a per-job CA in a
+private temporary directory deleted after the attempt, every site's SUMs masked by its
+relay), ``federated`` (the same aggregator, the workers' SUMs in the clear inside TLS) or
+``rabit`` (inside one trusted cluster). All give the same model; ``auto`` picks secure
+when XGBoost was built with the federated client. The aggregator fails every waiting
+rank at once when one is lost, so the others fail within its call deadline instead of
+waiting for the watchdog.
 """
 
 from __future__ import annotations
@@ -43,17 +47,21 @@ class CollectiveError(PipelineError):
     """The XGBoost collective could not train a model."""
 
 
+COMMUNICATORS = ("secure", "federated", "rabit")
+
+
 def resolve_communicator(name: str) -> str:
-    """``auto`` -> ``federated`` when XGBoost is built with it, else ``rabit``."""
+    """``auto`` -> ``secure`` when XGBoost is built with the federated client, else
+    ``rabit``."""
     import xgboost
 
     federated = bool(xgboost.build_info().get("USE_FEDERATED"))
     if name == "auto":
-        return "federated" if federated else "rabit"
-    if name == "federated" and not federated:
-        raise CollectiveError("this XGBoost build has no federated communicator; use rabit")
-    if name not in ("federated", "rabit"):
+        return "secure" if federated else "rabit"
+    if name not in COMMUNICATORS:
         raise CollectiveError(f"unknown XGBoost communicator {name!r}")
+    if name != "rabit" and not federated:
+        raise CollectiveError(f"this XGBoost build has no federated client for {name}; use rabit")
     return name
 
 
@@ -100,17 +108,41 @@ def server_host(configured: str | None = None) -> str:
     return ray.util.get_node_ip_address()
 
 
+@dataclass(frozen=True)
+class AggregatorSettings:
+    """What the aggregator and the sites' relays of every attempt share: the fixed point
+    of masked sums, and the deadline of each collective call."""
+
+    scale: int = 2**32
+    deadline_s: float = 60.0
+
+
 @contextlib.contextmanager
-def _server(communicator: str, sites: list[str], label: str, host: str):
+def _server(
+    communicator: str,
+    sites: list[str],
+    label: str,
+    host: str,
+    attempt: int = 1,
+    settings: AggregatorSettings | None = None,
+):
     """The communicator's server for one attempt; always stopped, keys always deleted."""
     from pipeline.protocol.tls import JobPKI
-    from pipeline.strategies.xgboost.collective import FederatedServer, RabitServer
+    from pipeline.strategies.xgboost.collective import FederatedAggregator, RabitServer
 
+    settings = settings or AggregatorSettings()
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"xgb-{label}-")))
-        if communicator == "federated":
+        if communicator in ("secure", "federated"):
             pki = stack.enter_context(JobPKI.create(work / "pki", sites, hosts=[host]))
-            server = FederatedServer(pki, host=host, log_file=work / "server.log")
+            server = FederatedAggregator(
+                pki,
+                host=host,
+                secure=communicator == "secure",
+                attempt=str(attempt),
+                scale=settings.scale,
+                deadline_s=settings.deadline_s,
+            )
         else:
             server = RabitServer(len(sites), host=host)
         stack.callback(server.stop)
@@ -129,6 +161,8 @@ def run_attempt(
     timeout_s: float,
     grace_s: float = GRACE_S,
     host: str = "127.0.0.1",
+    attempt_number: int = 1,
+    aggregator: AggregatorSettings | None = None,
 ) -> Attempt:
     """Train once with `sites` as ranks 0..n-1; never hangs beyond `timeout_s` (+ grace).
 
@@ -142,13 +176,14 @@ def run_attempt(
     from ray.exceptions import RayActorError, RayTaskError
 
     attempt = Attempt(sites=list(sites))
-    with _server(communicator, sites, job_id[-10:], host) as server:
+    label = job_id[-10:]
+    with _server(communicator, sites, label, host, attempt_number, aggregator) as server:
         attempt.port, attempt.server_pid = server.port, server.pid
         refs: dict[Any, str] = {}
         for rank, site in enumerate(sites):
             env = server.env(rank, site=site)
             tls = None
-            if communicator == "federated":
+            if communicator in ("secure", "federated"):
                 tls = {k: Path(env[k]).read_bytes() for k in _TLS_KEYS}
             ref = runtime.actors[site].handle.remote(
                 strategy, "xgb_train", job_id, env=env, tls_files=tls, **train_kwargs
@@ -226,6 +261,7 @@ def train_collective(
     say: Callable[[str], None] = lambda _m: None,
     grace_s: float = GRACE_S,
     host: str = "127.0.0.1",
+    aggregator: AggregatorSettings | None = None,
 ) -> CollectiveResult:
     """Run the collective over the active sites, retrying once without lost sites.
 
@@ -252,6 +288,8 @@ def train_collective(
                 timeout_s=timeout_s,
                 grace_s=grace_s,
                 host=host,
+                attempt_number=n,
+                aggregator=aggregator,
             )
             lost.update(attempt.lost)
             ports += [attempt.port] if attempt.port is not None else []
@@ -276,7 +314,7 @@ def train_collective(
                     f"XGBoost training: {len(runtime.active)} site(s) left after losing "
                     f"{sorted(attempt.lost)}, quorum is {quorum} ({detail})"
                 )
-            if n < MAX_ATTEMPTS:
+            if n < MAX_ATTEMPTS and communicator == "rabit":
                 # The retry's server interpreter starts while restarted sites reload.
                 spares.enter_context(spare_interpreter())
             if attempt.restarted:

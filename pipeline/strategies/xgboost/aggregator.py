@@ -1,0 +1,287 @@
+"""The project's aggregator for XGBoost's federated protocol (the server half of
+``pipeline/protocol/federated.proto``; XGBoost supplies only the worker half).
+
+Each collective call arrives once from every rank with the same sequence number; the
+aggregator combines the buffers (a SUM, MIN, MAX or bitwise reduction, a gather in rank
+order, or the root's broadcast) and answers every rank with the result. What XGBoost's own
+server did not do, this one does:
+
+- it binds the address it is given (loopback by default), never every interface, and
+  requires mutual TLS with the job's CA (:mod:`pipeline.protocol.tls`);
+- every call has a deadline: a rank that does not send its part in time fails the call,
+  and the collective with it;
+- a lost rank (its connection closed mid-call, or :meth:`Aggregator.abort` from the
+  coordinator's watchdog) fails every waiting rank at once, and every later call;
+- it runs in the coordinator's process, on threads, and stops with the job.
+
+In the ``secure`` mode the sites' relays send every SUM already masked
+(:mod:`pipeline.protocol.collective_masks`): the aggregator adds uint64 vectors modulo
+2^64 and never holds one site's values in the clear. ``observers`` see every request as it
+arrives (the tests' curious aggregator).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+
+from pipeline.protocol import federated_pb2 as pb
+from pipeline.protocol import federated_pb2_grpc as pb_grpc
+
+# Data types the aggregator reduces (DataType in federated.proto): HALF and LONG_DOUBLE
+# are not used by XGBoost's CPU training and are refused.
+REDUCE_TYPES: dict[int, np.dtype] = {
+    1: np.dtype(np.float32),
+    2: np.dtype(np.float64),
+    4: np.dtype(np.int8),
+    5: np.dtype(np.int16),
+    6: np.dtype(np.int32),
+    7: np.dtype(np.int64),
+    8: np.dtype(np.uint8),
+    9: np.dtype(np.uint16),
+    10: np.dtype(np.uint32),
+    11: np.dtype(np.uint64),
+}
+MAX, MIN, SUM, BITWISE_AND, BITWISE_OR, BITWISE_XOR = range(6)
+_MAX_MESSAGE = 2**31 - 1
+
+Observer = Callable[[str, Any], None]
+observers: list[Observer] = []  # called with (call name, request) for every request
+
+
+class CollectiveBroken(Exception):
+    """The collective cannot complete: a rank was lost or missed its deadline."""
+
+
+@dataclass
+class _Call:
+    """One collective call (one sequence number) while its ranks arrive."""
+
+    kind: str
+    params: tuple
+    parts: dict[int, bytes] = field(default_factory=dict)
+    arrived: set[int] = field(default_factory=set)
+    result: bytes | None = None
+    collected: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def reduce_buffers(parts: list[bytes], data_type: int, op: int) -> bytes:
+    """The elementwise reduction of the ranks' buffers, in rank order (a SUM of integers
+    wraps at the type's width, as XGBoost's own reduction does)."""
+    dtype = REDUCE_TYPES.get(data_type)
+    if dtype is None:
+        raise ValueError(f"data type {data_type} is not reduced here")
+    arrays = [np.frombuffer(p, dtype=dtype) for p in parts]
+    if len({a.size for a in arrays}) != 1:
+        raise ValueError("the ranks sent buffers of different sizes")
+    if op in (BITWISE_AND, BITWISE_OR, BITWISE_XOR) and dtype.kind == "f":
+        raise ValueError("a bitwise reduction of floating-point values")
+    ufunc = {
+        MAX: np.maximum,
+        MIN: np.minimum,
+        SUM: np.add,
+        BITWISE_AND: np.bitwise_and,
+        BITWISE_OR: np.bitwise_or,
+        BITWISE_XOR: np.bitwise_xor,
+    }.get(op)
+    if ufunc is None:
+        raise ValueError(f"reduce operation {op} is not known")
+    out = arrays[0].copy()
+    with np.errstate(over="ignore"):
+        for a in arrays[1:]:
+            ufunc(out, a, out=out)
+    return out.tobytes()
+
+
+class Aggregator(pb_grpc.FederatedServicer):
+    """The server of one collective attempt: `world` ranks, calls answered once all have
+    sent, each within `deadline_s`.
+
+    Parameters
+    ----------
+    world : int
+        The number of ranks.
+    host : str
+        The address to bind (and the name in the server certificate).
+    credentials : grpc.ServerCredentials, optional
+        Mutual TLS (:func:`server_credentials`); None only on loopback.
+    deadline_s : float
+        How long a call waits for the last rank before the collective is failed.
+    """
+
+    def __init__(
+        self,
+        world: int,
+        *,
+        host: str = "127.0.0.1",
+        credentials: grpc.ServerCredentials | None = None,
+        deadline_s: float = 60.0,
+    ) -> None:
+        if world < 1:
+            raise ValueError("world must be at least 1")
+        if credentials is None and host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(f"the aggregator needs mutual TLS off loopback (host {host!r})")
+        self.world = world
+        self.host = host
+        self.deadline_s = deadline_s
+        self.credentials = credentials
+        self.port: int | None = None
+        self.broken: str | None = None
+        self._calls: dict[int, _Call] = {}
+        self._lock = threading.Lock()
+        self._server: grpc.Server | None = None
+
+    # -- life --------------------------------------------------------------------------
+    def start(self) -> Aggregator:
+        # Every rank blocks a thread while it waits for the others.
+        pool = futures.ThreadPoolExecutor(max_workers=2 * self.world + 4)
+        server = grpc.server(
+            pool,
+            options=[
+                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ("grpc.max_send_message_length", _MAX_MESSAGE),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pb_grpc.add_FederatedServicer_to_server(self, server)
+        address = f"{self.host}:0"
+        if self.credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, self.credentials)
+        if not self.port:
+            raise RuntimeError(f"the aggregator could not bind {address}")
+        server.start()
+        self._server = server
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def abort(self, reason: str) -> None:
+        """Fail every waiting rank now, and every later call."""
+        with self._lock:
+            if self.broken is None:
+                self.broken = reason
+            for call in self._calls.values():
+                call.done.set()
+
+    def stop(self) -> None:
+        """Fail what waits, close the port and the threads. Safe to call twice."""
+        self.abort("the aggregator stopped")
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop(grace=None).wait(5.0)
+
+    def __enter__(self) -> Aggregator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the calls ---------------------------------------------------------------------
+    def _collect(
+        self,
+        context: grpc.ServicerContext,
+        kind: str,
+        request: Any,
+        params: tuple,
+        combine: Callable[[list[bytes]], bytes],
+    ) -> bytes:
+        """Add `request`'s buffer to its call, wait for the other ranks, and return the
+        combined result; a broken collective aborts the RPC with the reason."""
+        for observe in observers:
+            observe(kind, request)
+        rank, seq = int(request.rank), int(request.sequence_number)
+        finished = threading.Event()
+
+        def gone() -> None:  # the RPC ended: if this rank was still waiting, it is lost
+            if not finished.is_set():
+                self.abort(f"rank {rank} left during call {seq} ({kind})")
+
+        context.add_callback(gone)
+        try:
+            with self._lock:
+                if self.broken is None and not 0 <= rank < self.world:
+                    self.broken = f"a request from rank {rank}, outside 0..{self.world - 1}"
+                if self.broken is not None:
+                    raise CollectiveBroken(self.broken)
+                call = self._calls.setdefault(seq, _Call(kind, params))
+                if call.kind != kind or call.params != params or rank in call.arrived:
+                    self.broken = f"rank {rank} sent a different call {seq} ({kind})"
+                    raise CollectiveBroken(self.broken)
+                call.arrived.add(rank)
+                call.parts[rank] = bytes(request.send_buffer)
+                if len(call.arrived) == self.world:
+                    try:
+                        call.result = combine([call.parts[r] for r in range(self.world)])
+                    except ValueError as exc:
+                        self.broken = f"call {seq} ({kind}): {exc}"
+                    call.parts.clear()
+                    call.done.set()
+            if not call.done.wait(self.deadline_s):
+                self.abort(f"call {seq} ({kind}): not every rank sent within {self.deadline_s:g} s")
+            with self._lock:
+                if call.result is None:
+                    raise CollectiveBroken(self.broken or "the collective broke")
+                call.collected += 1
+                if call.collected == self.world:
+                    del self._calls[seq]
+                return call.result
+        except CollectiveBroken as exc:
+            finished.set()
+            context.abort(grpc.StatusCode.ABORTED, f"collective broken: {exc}")
+            raise  # not reached: abort raises
+        finally:
+            finished.set()
+
+    def Allreduce(self, request: pb.AllreduceRequest, context: grpc.ServicerContext):  # noqa: N802
+        data_type, op = int(request.data_type), int(request.reduce_operation)
+        out = self._collect(
+            context,
+            "allreduce",
+            request,
+            (data_type, op, len(request.send_buffer)),
+            lambda parts: reduce_buffers(parts, data_type, op),
+        )
+        return pb.AllreduceReply(receive_buffer=out)
+
+    def Allgather(self, request: pb.AllgatherRequest, context: grpc.ServicerContext):  # noqa: N802
+        out = self._collect(
+            context, "allgather", request, (len(request.send_buffer),), lambda p: b"".join(p)
+        )
+        return pb.AllgatherReply(receive_buffer=out)
+
+    def AllgatherV(self, request: pb.AllgatherVRequest, context: grpc.ServicerContext):  # noqa: N802
+        out = self._collect(context, "allgatherv", request, (), lambda p: b"".join(p))
+        return pb.AllgatherVReply(receive_buffer=out)
+
+    def Broadcast(self, request: pb.BroadcastRequest, context: grpc.ServicerContext):  # noqa: N802
+        root = int(request.root)
+        if not 0 <= root < self.world:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"root {root} is not a rank")
+        out = self._collect(context, "broadcast", request, (root,), lambda p: p[root])
+        return pb.BroadcastReply(receive_buffer=out)
+
+
+def server_credentials(key: bytes, cert: bytes, ca: bytes) -> grpc.ServerCredentials:
+    """Mutual TLS: the server's key and certificate; a client must present a certificate
+    signed by the job's CA."""
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=True
+    )
+
+
+def channel_credentials(ca: bytes, key: bytes, cert: bytes) -> grpc.ChannelCredentials:
+    """A site's side of the mutual TLS: trust only the job's CA, present its own pair."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
