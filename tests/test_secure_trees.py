@@ -21,7 +21,7 @@ from support.federation import make_config, write_site_policy
 from pipeline.config import FederationConfig, load_config
 from pipeline.errors import BudgetError
 from pipeline.job import run_job
-from pipeline.protocol.collective_masks import UINT64, decode_sum
+from pipeline.protocol.collective_masks import DATA_TYPES, UINT64, decode_sum
 from pipeline.site.actor import SiteActor
 from pipeline.site.audit import audit_log_path
 from pipeline.strategies.xgboost import aggregator
@@ -92,10 +92,7 @@ def test_the_aggregator_sees_only_masked_sums_whose_total_is_the_plaintext_sum(
     compared = 0
     for seq, by_rank in sorted(calls.items()):
         data_type = plain[(seq, 0)][0]
-        clear = {
-            r: np.frombuffer(plain[(seq, r)][1], dtype=aggregator.REDUCE_TYPES[data_type])
-            for r in by_rank
-        }
+        clear = {r: np.frombuffer(plain[(seq, r)][1], dtype=DATA_TYPES[data_type]) for r in by_rank}
         for rank, masked in by_rank.items():
             alone = np.frombuffer(decode_sum(masked, data_type, scale), dtype=clear[rank].dtype)
             # One site's buffer, decoded as if it were a sum, is nothing like its values.

@@ -34,9 +34,9 @@ from pipeline.protocol.secure_sum import (
 )
 
 _PROTOCOL = b"pipeline/collective-masks/v1"
-# The data types of XGBoost's federated protocol (DataType in federated.proto) that a
-# SUM may carry; HALF and LONG_DOUBLE are refused.
-SUM_TYPES: dict[int, np.dtype] = {
+# The data types of XGBoost's federated protocol (DataType in federated.proto) as numpy
+# reads them; HALF and LONG_DOUBLE are refused.
+DATA_TYPES: dict[int, np.dtype] = {
     1: np.dtype(np.float32),
     2: np.dtype(np.float64),
     4: np.dtype(np.int8),
@@ -66,7 +66,7 @@ def encode_sum(buffer: bytes, data_type: int, scale: int) -> np.ndarray:
     as themselves (two's complement). Refuses a type it cannot sum exactly, NaN or
     infinite values, and a value past the scale's range (the bound was wrong: better a
     failed job than a wrapped sum)."""
-    dtype = SUM_TYPES.get(data_type)
+    dtype = DATA_TYPES.get(data_type)
     if dtype is None:
         raise ValueError(f"a SUM of data type {data_type} cannot be masked")
     values = np.frombuffer(buffer, dtype=dtype)
@@ -84,7 +84,7 @@ def encode_sum(buffer: bytes, data_type: int, scale: int) -> np.ndarray:
 
 def decode_sum(total: np.ndarray, data_type: int, scale: int) -> bytes:
     """The total of :func:`encode_sum`'s contributions, back in the call's data type."""
-    dtype = SUM_TYPES[data_type]
+    dtype = DATA_TYPES[data_type]
     signed = np.asarray(total, dtype=np.uint64).view(np.int64)
     if dtype.kind == "f":
         return (signed.astype(np.float64) / scale).astype(dtype).tobytes()

@@ -33,23 +33,16 @@ import numpy as np
 
 from pipeline.protocol import federated_pb2 as pb
 from pipeline.protocol import federated_pb2_grpc as pb_grpc
+from pipeline.protocol.collective_masks import DATA_TYPES
 
-# Data types the aggregator reduces (DataType in federated.proto): HALF and LONG_DOUBLE
-# are not used by XGBoost's CPU training and are refused.
-REDUCE_TYPES: dict[int, np.dtype] = {
-    1: np.dtype(np.float32),
-    2: np.dtype(np.float64),
-    4: np.dtype(np.int8),
-    5: np.dtype(np.int16),
-    6: np.dtype(np.int32),
-    7: np.dtype(np.int64),
-    8: np.dtype(np.uint8),
-    9: np.dtype(np.uint16),
-    10: np.dtype(np.uint32),
-    11: np.dtype(np.uint64),
-}
 MAX, MIN, SUM, BITWISE_AND, BITWISE_OR, BITWISE_XOR = range(6)
 _MAX_MESSAGE = 2**31 - 1
+# Either way a histogram may be large; never share a port with another process.
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", _MAX_MESSAGE),
+    ("grpc.max_send_message_length", _MAX_MESSAGE),
+    ("grpc.so_reuseport", 0),
+]
 
 Observer = Callable[[str, Any], None]
 observers: list[Observer] = []  # called with (call name, request) for every request
@@ -75,7 +68,7 @@ class _Call:
 def reduce_buffers(parts: list[bytes], data_type: int, op: int) -> bytes:
     """The elementwise reduction of the ranks' buffers, in rank order (a SUM of integers
     wraps at the type's width, as XGBoost's own reduction does)."""
-    dtype = REDUCE_TYPES.get(data_type)
+    dtype = DATA_TYPES.get(data_type)
     if dtype is None:
         raise ValueError(f"data type {data_type} is not reduced here")
     arrays = [np.frombuffer(p, dtype=dtype) for p in parts]
@@ -142,14 +135,7 @@ class Aggregator(pb_grpc.FederatedServicer):
     def start(self) -> Aggregator:
         # Every rank blocks a thread while it waits for the others.
         pool = futures.ThreadPoolExecutor(max_workers=2 * self.world + 4)
-        server = grpc.server(
-            pool,
-            options=[
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
+        server = grpc.server(pool, options=GRPC_OPTIONS)
         pb_grpc.add_FederatedServicer_to_server(self, server)
         address = f"{self.host}:0"
         if self.credentials is None:

@@ -40,11 +40,10 @@ from pipeline.protocol.collective_masks import (
     decode_sum,
     encode_sum,
 )
-from pipeline.strategies.xgboost.aggregator import MAX, MIN, SUM
+from pipeline.strategies.xgboost.aggregator import GRPC_OPTIONS, MAX, MIN, SUM
 
 CLEAR_EXTREMA_TYPES = frozenset({4, 5, 6, 7, 8, 9, 10, 11})  # integer DataTypes
 MAX_BROADCAST_BYTES = 8
-_MAX_MESSAGE = 2**31 - 1
 
 
 class MaskingRelay(pb_grpc.FederatedServicer):
@@ -84,27 +83,13 @@ class MaskingRelay(pb_grpc.FederatedServicer):
         self.mask_s = 0.0  # time spent encoding, masking and decoding
         self.refusal: str | None = None
         self._lock = threading.Lock()
-        self._channel = grpc.secure_channel(
-            upstream,
-            credentials,
-            options=[
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
-            ],
-        )
+        self._channel = grpc.secure_channel(upstream, credentials, options=GRPC_OPTIONS[:2])
         self._upstream = pb_grpc.FederatedStub(self._channel)
         self._server: grpc.Server | None = None
         self.port: int | None = None
 
     def start(self) -> MaskingRelay:
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=4),
-            options=[
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=GRPC_OPTIONS)
         pb_grpc.add_FederatedServicer_to_server(self, server)
         self.port = server.add_insecure_port("127.0.0.1:0")  # loopback: inside the site
         server.start()
