@@ -94,6 +94,7 @@ def test_the_gate_promotes_better_models_keeps_worse_ones_and_rollback_restores(
         assert section in card, section
     assert "**promoted** (compared with champion version 1)" in card
     assert "gradient and hessian histograms" in card  # what the aggregator sees, for trees
+    assert "each site's masked by its own relay" in card  # trained under `secure`
 
     # 4. A failed job registers nothing and moves no alias.
     over = load_config(make_config(base, tmp_path, privacy={"epsilon_budget": 0.5}))

@@ -9,6 +9,8 @@ the site."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 from collections import defaultdict
 from pathlib import Path
 
@@ -39,8 +41,8 @@ def three_sites(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return config
 
 
-def _config(base: Path, tmp: Path, communicator: str) -> FederationConfig:
-    xgboost = {"communicator": communicator, "rounds": 12, "early_stopping_rounds": 12}
+def _config(base: Path, tmp: Path, communicator: str, **more) -> FederationConfig:
+    xgboost = {"communicator": communicator, "rounds": 12, "early_stopping_rounds": 12, **more}
     tmp.mkdir()
     cfg = load_config(make_config(base, tmp, training={"round_timeout_s": 300, "xgboost": xgboost}))
     for site in cfg.sites:  # the plaintext run needs sites that allow it
@@ -48,13 +50,21 @@ def _config(base: Path, tmp: Path, communicator: str) -> FederationConfig:
     return cfg
 
 
-def _recorded(monkeypatch, cfg: FederationConfig) -> tuple[dict, list, object]:
+def _recorded(monkeypatch, cfg: FederationConfig, sockets: dict | None = None):
     """Run the job with an observer on the aggregator: SUM buffers by (call, rank), the
-    other calls as (kind, data type, operation, bytes)."""
+    other calls as (kind, data type, operation, bytes). With `sockets`, the listening
+    sockets (`ss -ltn`) as the collective starts and at its second call, when every
+    site's relay is up."""
     sums: dict[tuple[int, int], tuple[int, bytes]] = {}
     others: list[tuple] = []
 
+    def progress(message: str) -> None:
+        if sockets is not None and message.startswith("xgboost attempt 1:"):
+            sockets["before"] = _listeners()
+
     def observe(kind: str, request) -> None:
+        if sockets is not None and request.sequence_number == 1 and "during" not in sockets:
+            sockets["during"] = _listeners()
         if kind == "allreduce" and request.reduce_operation == SUM:
             key = (int(request.sequence_number), int(request.rank))
             sums[key] = (int(request.data_type), bytes(request.send_buffer))
@@ -69,8 +79,19 @@ def _recorded(monkeypatch, cfg: FederationConfig) -> tuple[dict, list, object]:
             )
 
     monkeypatch.setattr(aggregator, "observers", [observe])
-    result = run_job(cfg, strategy="xgboost", register=False)
+    result = run_job(cfg, strategy="xgboost", register=False, progress=progress)
     return sums, others, result
+
+
+def _check_listeners(sockets: dict, result, host: str, sites: int) -> None:
+    """The sockets that opened for the collective: the aggregator's on `host` only, one
+    relay per site on loopback, none on every interface."""
+    (port,) = result.model.training_.ports
+    opened = sockets["during"] - sockets["before"]
+    assert {address for address, p in opened if p == port} == {host}, opened
+    relays = {(address, p) for address, p in opened if p != port}
+    assert len(relays) == sites and {address for address, _ in relays} == {"127.0.0.1"}
+    assert not {address for address, _ in opened} & {"0.0.0.0", "*", "::"}
 
 
 def test_the_aggregator_sees_only_masked_sums_whose_total_is_the_plaintext_sum(
@@ -79,7 +100,10 @@ def test_the_aggregator_sees_only_masked_sums_whose_total_is_the_plaintext_sum(
     plain_cfg = _config(three_sites, tmp_path / "plain", "federated")
     plain, _, _ = _recorded(monkeypatch, plain_cfg)
     secure_cfg = _config(three_sites, tmp_path / "secure", "secure")
-    secure, others, result = _recorded(monkeypatch, secure_cfg)
+    sockets: dict = {}
+    secure, others, result = _recorded(monkeypatch, secure_cfg, sockets)
+    # Measured, not read from the code: on one machine everything is on loopback.
+    _check_listeners(sockets, result, "127.0.0.1", len(secure_cfg.sites))
 
     run = mlflow.MlflowClient(secure_cfg.tracking_uri).get_run(result.run_id)
     scale = int(run.data.params["xgboost_fixed_point_scale"])
@@ -165,3 +189,33 @@ def test_a_secure_collective_of_two_sites_is_refused(
     env = {"dmlc_communicator": "federated", "federated_world_size": 3, "federated_rank": 0}
     with pytest.raises(BudgetError, match="joins only a secure XGBoost collective"):
         actor.handle("xgboost", "xgb_train", "two", env=env, seed=0, **kwargs)
+
+
+def _listeners() -> set[tuple[str, int]]:
+    """Every listening TCP socket on this machine, as `ss -ltn` reports it."""
+    out = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=True).stdout
+    found = set()
+    for line in out.splitlines():
+        local = line.split()[3]
+        address, _, port = local.rpartition(":")
+        found.add((address.strip("[]"), int(port)))
+    return found
+
+
+def _external_address() -> str:
+    """This machine's address on its network (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("10.255.255.255", 1))
+        return s.getsockname()[0]
+
+
+def test_on_a_cluster_the_aggregator_listens_on_the_configured_address_only(
+    ray_session, three_sites: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """`training.xgboost.server_host` names the address sites dial (a multi-node
+    cluster's): the aggregator binds that one, never every interface."""
+    host = _external_address()
+    cfg = _config(three_sites, tmp_path / "job", "secure", server_host=host)
+    sockets: dict = {}
+    _, _, result = _recorded(monkeypatch, cfg, sockets)
+    _check_listeners(sockets, result, host, len(cfg.sites))

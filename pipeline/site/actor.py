@@ -15,13 +15,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from cryptography.hazmat.primitives import serialization
 
 from pipeline.contract import load_contract
 from pipeline.errors import BudgetError, DataError
 from pipeline.extract import Window
-from pipeline.models.digest import payload_digest
 from pipeline.protocol.identity import load_or_create_identity
 from pipeline.protocol.messages import (
     Confirmation,
@@ -37,9 +35,10 @@ from pipeline.protocol.messages import (
     ValidationReply,
 )
 from pipeline.site.boundary import Boundary
-from pipeline.site.months import record_trained_months, trained_months
+from pipeline.site.months import record_trained_months
 from pipeline.site.pins import Pins
 from pipeline.site.policy import SitePolicy, disagreement, read_policy
+from pipeline.site.scoring import SiteScoring
 
 if TYPE_CHECKING:
     from pipeline.features import EncodedRows
@@ -97,7 +96,7 @@ class SiteActor:
         self._read_policy()
         self._prepared: tuple[SplitKey, tuple[EncodedRows, EncodedRows]] | None = None
         self._handlers: dict[str, SiteHandler] = {}
-        self._evaluated: set[str] = set()  # jobs evaluated and drift ids measured
+        self.scoring = SiteScoring(site, self.boundary, self.contract, self.extract)
         self._loaded: tuple[str, ...] = ()  # the months of the current job's rows
         key = self.contract.cohort.partition
         self.window = Window(key, before_month) if key and before_month else None
@@ -342,102 +341,22 @@ class SiteActor:
         self.boundary.check_refusal(job_id)
         return self.boundary.secure_reveal(job_id, round_, survivors, dropped, confirmations)
 
-    # -- evaluation and drift ----------------------------------------------------------
+    # -- evaluation and drift (:mod:`pipeline.site.scoring`) -----------------------------
     def fix_model(
         self, job_id: str, payload: dict, *, compare: list[str] | tuple[str, ...] = ()
     ) -> ModelCommitment:
-        """Fix the job's model (`payload`, as sent for evaluation) in the site's record of
-        trained models before anything evaluates it, and say which of the digests in
-        `compare` (the champion the job is judged against) are on that record: a site
-        scores only recorded models (:mod:`pipeline.site.trained_models`)."""
-        self.boundary.check_refusal(job_id)
-        digest = payload_digest(payload)
-        self.boundary.fix_model(job_id, digest)
-        known = self.boundary.models.known(compare)
-        return ModelCommitment(site=self.site, digest=digest, known=tuple(sorted(known)))
+        """Fix the job's model before anything evaluates it
+        (:meth:`~pipeline.site.scoring.SiteScoring.fix_model`)."""
+        return self.scoring.fix_model(job_id, payload, compare)
 
     def evaluate_models(
         self, eval_id: str, models: dict[str, dict], *, secure: dict
     ) -> MaskedEvaluation:
-        """Evaluation statistics of every model in `models` (name -> payload) on this
-        site's held-out rows, for the whole cohort and each of the contract's subgroups,
-        masked for the secure sum (keys from ``public_key(eval_id)``): the coordinator sees
-        only the pooled statistics.
-
-        On the site's terms: only for a job this site trained (``<job>:eval``), once per
-        job, at most the policy's ``max_models_per_evaluation`` models, and only models on
-        the site's record (by digest: the job's own, fixed by ``fix_model``, and those
-        of earlier jobs, which is what a registry alias can name), so no coordinator can
-        score crafted models on the same patients. Each model's own AUC here is released
-        only where the policy allows per-site figures, and only when both classes hold at
-        least 11 patients."""
-        from pipeline.evaluation import site_auc, stats_vector
-        from pipeline.models.kinds import from_payload
-
-        self.boundary.check_refusal(eval_id)
-        job_id = eval_id.removesuffix(":eval")
-        policy = self.boundary.policy
-        digests = {name: payload_digest(payload) for name, payload in models.items()}
-        known = self.boundary.models.known(digests.values())
-        unknown = sorted(name for name, digest in digests.items() if digest not in known)
-        why = None
-        if job_id == eval_id or job_id not in self.boundary.jobs:
-            why = "it evaluates only the models of a job it trained"
-        elif job_id in self._evaluated:
-            why = "it evaluates a job's models once"
-        elif len(models) > policy.max_models_per_evaluation:
-            why = f"it evaluates at most {policy.max_models_per_evaluation} models per job"
-        elif self.boundary.models.of_job(job_id) is None:
-            why = "the job's model was not fixed first"
-        elif unknown:
-            why = (
-                f"{', '.join(unknown)} is not a model of a job it trained in "
-                "(it scores only models on its record)"
-            )
-        if why is not None:
-            self.boundary.audit("refused", eval_id, reason="evaluation", models=len(models))
-            raise BudgetError(f"site {self.site} refuses the evaluation: {why}")
-        self._evaluated.add(job_id)
-        rows = self.boundary.test_rows()
-        groups = list(self.contract.subgroup_masks(rows.frame).values())
-        vectors, aucs = [], {}
-        for name, payload in models.items():
-            p = from_payload(self.contract, payload).predict_rows(rows)
-            vectors.append(stats_vector(rows.y, p, groups))
-            aucs[name] = site_auc(rows.y, p) if policy.site_metrics else None
-        self.boundary.audit("evaluate_models", eval_id, models=",".join(models))
-        masked = self.boundary.masked(eval_id, np.concatenate(vectors), secure)
-        return MaskedEvaluation(site=self.site, masked=masked.masked, auc=aucs)
+        """Masked evaluation statistics of recorded models on the held-out rows
+        (:meth:`~pipeline.site.scoring.SiteScoring.evaluate_models`)."""
+        return self.scoring.evaluate_models(eval_id, models, secure)
 
     def drift(self, drift_id: str, *, secure: dict) -> DriftReply:
-        """Per-feature histograms of the rows of the months this site trained on in its
-        last finished job (the reference) and of its closed months since (the new ones),
-        masked for the secure sum under keys of `drift_id`, and this site's own PSI per
-        feature (suppressed where a bin cannot hold 11 patients of each; none where its
-        policy keeps per-site figures). The months are the site's own record, never a
-        list a request carries. Once per drift id."""
-        from pipeline.evaluation.drift import histogram_vector, psi_by_feature
-        from pipeline.extract import read_months
-
-        key = self.contract.cohort.partition
-        if not key:
-            raise DataError(f"site {self.site}: the contract has no partition key to compare")
-        if drift_id in self._evaluated:
-            raise BudgetError(f"site {self.site}: drift {drift_id} was measured already")
-        reference = trained_months(self.extract)
-        current = sorted(set(self._partitions(self.window)) - set(reference))
-        if not reference or not current:
-            raise DataError(
-                f"site {self.site}: no months to compare (trained on {len(reference)}, "
-                f"{len(current)} new)"
-            )
-        self._evaluated.add(drift_id)
-        schema = self.contract.arrow_schema
-        ref = histogram_vector(read_months(self.extract, key, reference, schema), self.contract)
-        cur = histogram_vector(read_months(self.extract, key, current, schema), self.contract)
-        self.boundary.audit("drift", drift_id, reference=len(reference), current=len(current))
-        masked = self.boundary.masked(drift_id, np.concatenate([ref, cur]), secure)
-        psi = psi_by_feature(ref, cur, self.contract)
-        if not self.boundary.policy.site_metrics:
-            psi = dict.fromkeys(psi)
-        return DriftReply(site=self.site, masked=masked.masked, psi=psi)
+        """Masked histograms of the site's own trained and new months
+        (:meth:`~pipeline.site.scoring.SiteScoring.drift`)."""
+        return self.scoring.drift(drift_id, secure, self._partitions(self.window))
