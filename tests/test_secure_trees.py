@@ -198,7 +198,8 @@ def _listeners() -> set[tuple[str, int]]:
     for line in out.splitlines():
         local = line.split()[3]
         address, _, port = local.rpartition(":")
-        found.add((address.strip("[]"), int(port)))
+        # gRPC binds an IPv4 address as its IPv4-mapped IPv6 form: the same one address.
+        found.add((address.strip("[]").removeprefix("::ffff:"), int(port)))
     return found
 
 

@@ -4,12 +4,12 @@ vectors modulo 2^64 and only the total can be decoded.
 Every SUM allreduce a site's XGBoost worker makes (gradient and hessian histograms,
 gradient sums, the validation metric's numerator and denominator, row counts) is encoded
 as 64-bit integers (floats in fixed point, :func:`encode_sum`) and masked here with
-pairwise masks: for every other site of the attempt, a ChaCha20 stream keyed by the X25519
-agreement of the two sites' signed job keys (the keys of :mod:`pipeline.protocol.
-secure_sum`, verified against the site's own pins) and by the job, the attempt and the
-call's sequence number. The lower-named site adds it, the other subtracts it, so the masks
-cancel in the sum of the attempt's sites and nowhere else: a masked buffer alone is a
-uniformly random vector.
+pairwise masks: for every other site of the attempt, a ChaCha20 stream under a key derived
+(HKDF-SHA256) from the X25519 agreement of the two sites' signed job keys (the keys of
+:mod:`pipeline.protocol.secure_sum`, verified against the site's own pins), the job and
+the attempt, at a nonce that is the call's sequence number. The lower-named site adds
+it, the other subtracts it, so the masks cancel in the sum of the attempt's sites and
+nowhere else: a masked buffer alone is a uniformly random vector.
 
 No dropout recovery: a collective that loses a rank fails as a whole, and the coordinator
 retries with fresh attempt masks. Every rank decodes the same total, so every site ends
@@ -22,7 +22,10 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from pipeline.protocol.secure_sum import (
     MIN_SITES,
@@ -30,7 +33,6 @@ from pipeline.protocol.secure_sum import (
     SiteKeys,
     VerifiedRoster,
     frame,
-    keystream,
 )
 
 _PROTOCOL = b"pipeline/collective-masks/v1"
@@ -132,23 +134,30 @@ class CollectiveMasks:
         self.site = keys.site
         self.job_id = roster.job_id
         self.attempt = attempt
-        self._secrets = {
-            peer: keys.exchange_key.exchange(
+        # One ChaCha20 key per pair and attempt (HKDF of the pair's X25519 agreement);
+        # each call's stream starts at its own nonce, the call's sequence number.
+        self._keys: dict[str, tuple[bytes, bool]] = {}
+        for peer in sites:
+            if peer == keys.site:
+                continue
+            secret = keys.exchange_key.exchange(
                 X25519PublicKey.from_public_bytes(roster.public_keys[peer])
             )
-            for peer in sites
-            if peer != keys.site
-        }
+            low, high = sorted((keys.site, peer))
+            info = frame(_PROTOCOL, roster.job_id, attempt, low, high)
+            key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
+            self._keys[peer] = (key, keys.site == low)
 
     def mask(self, sequence: int, encoded: np.ndarray) -> np.ndarray:
         """`encoded` (uint64) plus this site's pair masks for call `sequence`, mod 2^64."""
         out = np.array(encoded, dtype=np.uint64, copy=True)
-        for peer, secret in self._secrets.items():
-            low, high = sorted((self.site, peer))
-            info = frame(_PROTOCOL, self.job_id, self.attempt, str(sequence), low, high)
-            stream = keystream(info, secret, out.size)
-            if self.site == low:
-                out += stream  # uint64 arithmetic wraps: addition mod 2^64
+        # ChaCha20's 16-byte nonce: a 4-byte block counter from 0, then the call's number.
+        nonce = bytes(4) + int(sequence).to_bytes(12, "little")
+        for key, adds in self._keys.values():
+            stream = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()
+            mask = np.frombuffer(stream.update(bytes(8 * out.size)), dtype="<u8")
+            if adds:
+                out += mask  # uint64 arithmetic wraps: addition mod 2^64
             else:
-                out -= stream
+                out -= mask
         return out
