@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/pipeline demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests bench
