@@ -154,7 +154,7 @@ def test_the_aggregator_sees_only_masked_sums_whose_total_is_the_plaintext_sum(
         served = [
             e for e in lines if e["request"] == "xgb_collective" and e["job"] == result.job_id
         ]
-        assert served and served[-1]["mode"] == "secure"
+        assert served and served[-1]["mode"] == "secure" and served[-1]["attempt"] == "1"
         assert served[-1]["masked"] == len(calls) and served[-1]["refused"] == 0
 
 

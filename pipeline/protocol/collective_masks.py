@@ -131,9 +131,6 @@ class CollectiveMasks:
         unknown = sorted(set(sites) - set(roster.sites))
         if unknown:
             raise RosterError(f"sites {unknown} are not in the job's verified roster")
-        self.site = keys.site
-        self.job_id = roster.job_id
-        self.attempt = attempt
         # One ChaCha20 key per pair and attempt (HKDF of the pair's X25519 agreement);
         # each call's stream starts at its own nonce, the call's sequence number.
         self._keys: dict[str, tuple[bytes, bool]] = {}

@@ -173,7 +173,6 @@ class Boundary:
                     "histograms would leave it in the clear"
                 )
             return None
-        self.check_roster(job_id, len(sites))
         session = self.secure.get(job_id)
         if session is None:
             raise DataError(
@@ -186,7 +185,7 @@ class Boundary:
             raise BudgetError(f"site {self.name}: job {job_id} already ran attempt {attempt}")
         joined.add(attempt)
         return CollectiveMasks(
-            session.keys, session.roster, sites, f"{attempt}", min_sites=self.policy.min_roster
+            session.keys, session.roster, sites, attempt, min_sites=self.policy.min_roster
         )
 
     def check_roster(self, job_id: str, sites: int | None) -> None:

@@ -223,7 +223,6 @@ class Aggregator(pb_grpc.FederatedServicer):
                     del self._calls[seq]
                 return call.result
         except CollectiveBroken as exc:
-            finished.set()
             context.abort(grpc.StatusCode.ABORTED, f"collective broken: {exc}")
             raise  # not reached: abort raises
         finally:

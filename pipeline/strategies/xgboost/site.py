@@ -86,7 +86,8 @@ class XGBoostSite(SiteHandler):
             raise BudgetError(
                 f"site {self.site.name}: the collective's ranks {sites} do not give it rank {rank}"
             )
-        masks = self.site.collective(job_id, mode, sites, str(env.get("relay_attempt", "")))
+        attempt = str(env.get("relay_attempt", ""))
+        masks = self.site.collective(job_id, mode, sites, attempt)
         self.site.not_reusable()
         self.site.audit("xgb_train", job_id, communicator=mode, rounds=num_boost_round)
         X, y = rows.tree, rows.y
@@ -128,7 +129,7 @@ class XGBoostSite(SiteHandler):
                         "xgb_collective",
                         job_id,
                         mode=mode,
-                        attempt=str(env.get("relay_attempt", "")),
+                        attempt=attempt,
                         masked=relay.counts["masked"],
                         clear=relay.counts["clear"],
                         refused=relay.counts["refused"],
