@@ -38,6 +38,7 @@ _.fit_dp_logistic  # noqa
 _.newton_statistics  # noqa
 _.xgb_train  # noqa
 _.label_counts  # noqa
+_.recalibration_counts  # noqa
 
 # PEP 562: a package's lazy attributes.
 __getattr__  # noqa
@@ -50,6 +51,7 @@ _.progress_bars  # noqa
 # Dataclass fields read by name from their dicts (vars, asdict): sites.json, the
 # validation summary's wire form.
 n_test  # noqa
+recalibration_noise_to_signal  # noqa  (privacy_plan.json)
 unexpected_rate  # noqa
 
 # pytest: a module's marks.

@@ -164,6 +164,16 @@ class GateConfig(_Strict):
     calibration_intercept: float = Field(
         0.2, ge=0, description="largest |calibration-in-the-large|, log-odds"
     )
+    max_epsilon: float | None = Field(
+        None,
+        gt=0,
+        description="the consortium's privacy policy: only a differentially private job "
+        "that charged every site at most this epsilon yields a champion",
+    )
+    strategies: list[StrategyName] = Field(
+        default_factory=list,
+        description="the strategies a champion may come from (empty: any)",
+    )
 
     @field_validator("calibration_slope")
     @classmethod
@@ -178,6 +188,8 @@ class GateConfig(_Strict):
             auc_floor=self.auc_floor,
             slope_range=self.calibration_slope,
             intercept_max=self.calibration_intercept,
+            max_epsilon=self.max_epsilon,
+            strategies=tuple(self.strategies),
         )
 
 

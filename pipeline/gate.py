@@ -12,6 +12,11 @@ private or simpler model that is as good is not refused for noise), be calibrate
 near 1, calibration-in-the-large near 0), come only from validated data and a job that
 stayed within every site's privacy budget, and reach an absolute floor when nothing is in
 use yet.
+
+A consortium whose hospitals require differential privacy says so in the policy
+(``max_epsilon``, optionally ``strategies``): a model from a job outside it never becomes
+champion, however well it ranks, and a champion outside it is no yardstick, so a
+challenger is then held to the floor instead of to it.
 """
 
 from __future__ import annotations
@@ -36,12 +41,36 @@ class GatePolicy:
         Accepted calibration slopes.
     intercept_max : float
         Largest accepted |calibration-in-the-large| (log-odds).
+    max_epsilon : float or None
+        The consortium's privacy policy: only a job that charged every site at most this
+        epsilon (a differentially private one) yields a champion. None: no such policy.
+    strategies : tuple of str
+        The strategies a champion may come from (empty: any).
     """
 
     auc_margin: float = 0.005
     auc_floor: float = 0.70
     slope_range: tuple[float, float] = (0.8, 1.2)
     intercept_max: float = 0.2
+    max_epsilon: float | None = None
+    strategies: tuple[str, ...] = ()
+
+    def outside(self, epsilon: float | None, strategy: str) -> str | None:
+        """Why a job of `strategy` charging `epsilon` per site (None: not differentially
+        private) is outside the consortium's policy, or None."""
+        if self.strategies and strategy not in self.strategies:
+            return f"strategy {strategy} is not one of {', '.join(self.strategies)}"
+        if self.max_epsilon is None:
+            return None
+        if epsilon is None:
+            return f"{strategy} is not differentially private"
+        if epsilon > self.max_epsilon + 1e-12:
+            return f"epsilon {epsilon:g} per site is above {self.max_epsilon:g}"
+        return None
+
+    @property
+    def has_privacy_policy(self) -> bool:
+        return self.max_epsilon is not None or bool(self.strategies)
 
 
 @dataclass(frozen=True)
@@ -97,6 +126,8 @@ def decide(
     policy: GatePolicy = GatePolicy(),
     champion_version: str | None = None,
     champion_problem: str | None = None,
+    privacy: tuple[float | None, str] | None = None,
+    champion_outside: str | None = None,
 ) -> Decision:
     """Apply the gate.
 
@@ -110,9 +141,25 @@ def decide(
         Validation outcome of every site whose rows trained or evaluated the challenger.
     budget : mapping site -> (epsilon spent, epsilon budget)
         Each taking-part site's ledger after the job.
+    privacy : (epsilon per site or None, strategy)
+        The job's charge (None: not differentially private) and strategy, for the
+        consortium's privacy policy (``policy.max_epsilon``, ``policy.strategies``).
+    champion_outside : str, optional
+        Why the champion is outside that policy: the challenger is then held to the
+        floor, not compared with it.
     """
     criteria: list[Criterion] = []
-    if champion is not None:
+    if champion_outside is not None:
+        criteria.append(
+            Criterion(
+                "auc_floor",
+                challenger.auc >= policy.auc_floor,
+                f"{challenger.auc:.4f}; champion {champion_version} is outside the "
+                f"consortium's privacy policy ({champion_outside})",
+                f"at least {policy.auc_floor:g} when no champion meets the privacy policy",
+            )
+        )
+    elif champion is not None:
         diff = challenger.auc - champion.auc
         criteria.append(
             Criterion(
@@ -182,6 +229,25 @@ def decide(
             "the job stayed within every site's epsilon budget",
         )
     )
+    if policy.has_privacy_policy:
+        epsilon, strategy = privacy if privacy is not None else (None, "the job")
+        why = policy.outside(epsilon, strategy)
+        within = "not differentially private" if epsilon is None else f"epsilon {epsilon:g}"
+        rule = (
+            f"a differentially private job of at most epsilon {policy.max_epsilon:g} per site"
+            if policy.max_epsilon is not None
+            else "a job of an allowed strategy"
+        )
+        if policy.strategies:
+            rule += f", strategy one of {', '.join(policy.strategies)}"
+        criteria.append(
+            Criterion(
+                "privacy_policy",
+                why is None,
+                f"{strategy}, {within}" + (f" ({why})" if why else ""),
+                rule + " (the consortium's policy)",
+            )
+        )
     return Decision(
         promote=all(c.passed for c in criteria),
         criteria=tuple(criteria),

@@ -186,6 +186,7 @@ def _privacy(p: dict, name: str) -> list[str]:
                 else ""
             )
         )
+    out += _recalibration(p)
     out += [
         f"- **What the aggregator sees:** {sees}.",
         "- **Evaluation:** sites send masked statistics; only their sum over sites is "
@@ -195,6 +196,23 @@ def _privacy(p: dict, name: str) -> list[str]:
         on = str(p.get("secure_aggregation", "")).lower() == "true"
         out.append(f"- **Secure aggregation of training updates:** {'on' if on else 'off'}")
     return [*out, ""]
+
+
+def _recalibration(p: dict) -> list[str]:
+    """Whether the private model was recalibrated, how, and at what part of its cost."""
+    if "recalibration_slope" in p:
+        share = float(p.get("plan_recalibration_share", 0) or 0)
+        sigma = p.get("plan_recalibration_noise_multiplier", "?")
+        return [
+            "- **Recalibrated** on the sites' training rows (never the held-out rows): "
+            f"log-odds mapped with slope {float(p['recalibration_slope']):.3f} about "
+            f"{float(p['recalibration_centre']):.2f}, fitted from one private release of "
+            f"per-cell label counts (noise multiplier {sigma}), {share:.0%} of the job's "
+            "privacy cost, included in the spend above."
+        ]
+    if "recalibration" in p:
+        return [f"- **Recalibration:** {p['recalibration']}."]
+    return []
 
 
 def _limitations(contract: Contract) -> list[str]:

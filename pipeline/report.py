@@ -121,6 +121,13 @@ def print_models(console: Console, model_name: str, rows) -> None:  # noqa: ANN0
     for r in rows:
         t = r.tags
         gate = t.get("gate.decision", "-")
+        failed = [
+            k.removeprefix("gate.")
+            for k, v in t.items()
+            if k.startswith("gate.") and v.startswith("FAIL")
+        ]
+        if failed:
+            gate += f" ({', '.join(sorted(failed))} failed)"
         if t.get("promotion") == "manual":
             gate += " (promoted by hand)"
         aliases = ", ".join(f"[bold]{a}[/]" if a == "champion" else a for a in r.aliases)

@@ -105,3 +105,72 @@ def test_thresholds_come_from_the_policy() -> None:
     )
     assert _failed(d) == {"auc", "calibration_slope", "calibration_intercept"}
     assert d.to_dict()["decision"] == "kept" and len(d.to_dict()["criteria"]) == 5
+
+
+PRIVATE_ONLY = GatePolicy(max_epsilon=1.0)
+
+
+def test_a_privacy_policy_keeps_out_a_better_model_from_a_job_outside_it() -> None:
+    better = decide(
+        _metrics(0.85),
+        _metrics(0.80),
+        validation=VALID,
+        budget=BUDGET,
+        policy=PRIVATE_ONLY,
+        champion_version="2",
+        privacy=(None, "xgboost"),
+    )
+    assert not better.promote and _failed(better) == {"privacy_policy"}
+    assert "xgboost is not differentially private" in better.failed()[0].value
+    assert "at most epsilon 1" in better.failed()[0].rule
+    over = decide(
+        _metrics(0.85),
+        None,
+        validation=VALID,
+        budget=BUDGET,
+        policy=PRIVATE_ONLY,
+        privacy=(2.0, "dp-fedavg"),
+    )
+    assert _failed(over) == {"privacy_policy"} and "above 1" in over.failed()[0].value
+    within = decide(
+        _metrics(0.80),
+        None,
+        validation=VALID,
+        budget=BUDGET,
+        policy=PRIVATE_ONLY,
+        privacy=(0.9997, "dp-fedavg"),
+    )
+    assert within.promote and "privacy_policy" in {c.name for c in within.criteria}
+
+
+def test_without_a_privacy_policy_the_gate_is_todays() -> None:
+    d = decide(
+        _metrics(0.85), _metrics(0.80), validation=VALID, budget=BUDGET, privacy=(None, "xgboost")
+    )
+    assert d.promote and "privacy_policy" not in {c.name for c in d.criteria}
+
+
+def test_a_champion_outside_the_policy_is_no_yardstick_and_a_strategy_list_binds() -> None:
+    d = decide(
+        _metrics(0.78),
+        _metrics(0.85),
+        validation=VALID,
+        budget=BUDGET,
+        policy=PRIVATE_ONLY,
+        champion_version="4",
+        privacy=(1.0, "dp-fedavg"),
+        champion_outside="xgboost is not differentially private",
+    )
+    assert d.promote  # held to the floor, not to a champion the policy excludes
+    floor = next(c for c in d.criteria if c.name == "auc_floor")
+    assert "champion 4 is outside" in floor.value
+    only = GatePolicy(strategies=("dp-fedavg",))
+    kept = decide(
+        _metrics(0.8),
+        None,
+        validation=VALID,
+        budget=BUDGET,
+        policy=only,
+        privacy=(1.0, "dp-logistic"),
+    )
+    assert _failed(kept) == {"privacy_policy"} and "not one of dp-fedavg" in kept.failed()[0].value

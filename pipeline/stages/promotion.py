@@ -111,18 +111,25 @@ def register_and_gate(
     cfg, tracker = ctx.cfg, ctx.tracker
     challenger = evaluations[CHALLENGER_KEY]
     taking_part = sorted(challenger.sites)
+    policy = cfg.gate.policy()
+    client = registry_client(cfg.tracking_uri)
+    name = cfg.mlflow.model_name
+    outside = None
+    if policy.has_privacy_policy and champion.version is not None:
+        champion_tags = client.get_model_version(name, champion.version).tags or {}
+        outside = policy.outside(*privacy_of(champion_tags))
     decision = decide(
         challenger.overall,
         evaluations[CHAMPION_KEY].overall if CHAMPION_KEY in evaluations else None,
         validation={s: summaries[s].passed for s in taking_part if s in summaries},
         budget=budget_facts(cfg, taking_part),
-        policy=cfg.gate.policy(),
+        policy=policy,
         champion_version=champion.version,
         champion_problem=champion.problem,
+        privacy=privacy_of(tags),
+        champion_outside=outside,
     )
-    name = cfg.mlflow.model_name
     version = tracker.register(model, str(cfg.contract), name, tags=tags)
-    client = registry_client(cfg.tracking_uri)
     apply_decision(client, name, version, decision)
     tracker.json(decision.to_dict(), "gate.json")
     tracker.tags({"gate.decision": decision.outcome, "model_version": version})
@@ -150,6 +157,16 @@ def version_tags(
         "calibration_intercept": f"{m.calibration_intercept:+.3f}",
         "data_window": f"{months[0]}..{months[-1]}" if months else "",
     }
+
+
+def privacy_of(tags: Mapping[str, str]) -> tuple[float | None, str]:
+    """(epsilon per site, or None when not differentially private; strategy) of a
+    version, from the tags :func:`version_tags` wrote (epsilon 0: no noise)."""
+    try:
+        epsilon = float(tags.get("epsilon", "0"))
+    except ValueError:
+        epsilon = 0.0
+    return (epsilon if epsilon > 0 else None), tags.get("strategy", "unknown")
 
 
 def budget_facts(cfg: FederationConfig, sites: list[str]) -> dict[str, tuple[float, float]]:

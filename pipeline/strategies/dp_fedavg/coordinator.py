@@ -4,7 +4,9 @@ One private feature-scale release (which also counts positives, privately), then
 planned rounds of clipped, noised gradient sums in standardized, centred coordinates
 (:mod:`pipeline.privacy.scales`), summed over the sites (through the secure sum when the
 job uses it) and stepped by the server's optimiser from the released prevalence's
-log-odds: FedAvgM for a path of rounds, one damped Newton step for a plan of one round.
+log-odds: FedAvgM for a path of rounds (the model: the average of the second half's
+weights), one damped Newton step for a plan of one round. Then, where the plan has it,
+the recalibration (:mod:`pipeline.strategies.recalibration`).
 Every privacy spend was reserved in the ledger before this runs; nothing here seeds or
 logs noise.
 """
@@ -23,6 +25,7 @@ from pipeline.models.logistic import LogisticModel
 from pipeline.privacy.scales import column_centres, column_scales, released_log_odds
 from pipeline.strategies.base import RoundLogger, TrainingJob
 from pipeline.strategies.dp_fedavg.plan import DPFedAvgPlan
+from pipeline.strategies.recalibration import recalibrate
 
 SCALE_ROUND = 2**32  # the secure-sum round number of a job's scale release
 
@@ -45,6 +48,7 @@ class GradientRounds:
     sampling_rate: float = 1.0
     noise_shares: int = 1
     collusion_threshold: int = 0
+    averaged: int = 0  # the model averages the weights after the last this many rounds
 
     def site_request(self) -> dict:
         """The keywords of every round's request to a site."""
@@ -91,6 +95,7 @@ def train(job: TrainingJob, plan: DPFedAvgPlan) -> LogisticModel:
         sampling_rate=plan.sampling_rate,
         noise_shares=plan.noise_shares,
         collusion_threshold=plan.collusion_threshold,
+        averaged=plan.averaged_rounds,
     )
     weights = gradient_rounds(
         job,
@@ -100,6 +105,18 @@ def train(job: TrainingJob, plan: DPFedAvgPlan) -> LogisticModel:
         on_round=RoundLogger(job, plan.rounds),
         initial=initial,
     )
+    if plan.recalibration_noise_multiplier is None:
+        job.tracker.params({"recalibration": plan.recalibration_note or "none"})
+    else:
+        weights, _ = recalibrate(
+            job,
+            weights,
+            epsilon=plan.epsilon,
+            noise_multiplier=plan.recalibration_noise_multiplier,
+            scales=scales,
+            centres=column_centres(contract),
+            secure=secure,
+        )
     if secure is not None:
         job.tracker.metrics({"secure_dropouts": secure.dropouts})
     return LogisticModel(contract, weights)
@@ -137,17 +154,24 @@ def gradient_rounds(
     optimiser), from `initial` weights (default zeros). Returns the final weights (last
     entry: intercept) over the encoder's columns; with ``plan.column_scale`` (and
     ``column_centre``) the rounds, and `initial`, are in standardized coordinates and
-    the weights are mapped back at the end."""
+    the weights are mapped back at the end. With ``plan.averaged`` the result is the
+    mean of the weights after each of the last that many rounds."""
     dim = FeatureEncoder(job.contract).n_features_out
     weights = np.zeros(dim + 1) if initial is None else np.array(initial, dtype=np.float64)
     request = plan.site_request()
+    averaged = min(plan.averaged, plan.rounds)
+    total = np.zeros_like(weights)
     for round_ in range(plan.rounds):
         ask = job.asker("logistic_gradient", job.job_id, weights, round_=round_, **request)
         grad_sum, count, sites = summed_release(job.runtime, secure, round_, job.quorum, ask)
         gradient = grad_sum / max(count * plan.sampling_rate, 1.0)
         weights = optimizer.step(weights, gradient)
+        if round_ >= plan.rounds - averaged:
+            total += weights
         if on_round is not None:
             on_round(round_, weights, sites)
+    if averaged:
+        weights = total / averaged
     return to_encoder_weights(weights, plan.column_scale, plan.column_centre)
 
 

@@ -32,11 +32,22 @@ The plan (:func:`plan_dp_fedavg`):
   Non-Identical Data Distribution for Federated Visual Classification"): 0.5 while the
   noise is large, up to 0.9 when it is a small fraction of the signal, for the long
   horizon that many rows can afford.
-- **Clipping** at a quarter of the typical per-example gradient norm at the start, fixed
-  from the contract (:func:`pipeline.privacy.scales.standardized_sq_norm`): clipping near
-  the median norm is what Andrew et al. 2021 ("Differentially Private Learning with
-  Adaptive Clipping", NeurIPS) find best; in standardized coordinates the typical norm is
-  known in advance, so no budget is spent on estimating the quantile.
+- **Clipping** at the typical per-example gradient norm at the start, fixed from the
+  contract (:func:`pipeline.privacy.scales.standardized_sq_norm`): clipping near the
+  median norm is what Andrew et al. 2021 ("Differentially Private Learning with Adaptive
+  Clipping", NeurIPS) find best; in standardized coordinates the typical norm is known in
+  advance, so no budget is spent on estimating the quantile. A quarter of it, as this
+  plan clipped before, ranked patients as well but biased the weights (every row counted
+  by its direction): calibration slope 0.52 and calibration-in-the-large +1.7 on the
+  synthetic 4-site federation, against 0.69 and +0.52 at the typical norm, for the same
+  AUC (in-process, 40 noise draws each; Bu et al. 2023 on clipping and calibration).
+- **The iterates' average** over the second half of the rounds is the model (Polyak &
+  Juditsky 1992): the noise of the last rounds averages out instead of staying in the
+  final weights, which lifted the median AUC by 0.0015 there and narrowed the log-odds'
+  spread. Post-processing, free.
+- **Recalibration** (:mod:`pipeline.privacy.recalibration`): one release of per-cell label
+  counts of the trained model's log-odds, for a share of the budget chosen from the row
+  counts (at most a quarter); the rounds are planned with the rest.
 - **Distributed noise** (opt-in, :mod:`pipeline.privacy.distributed`): when each site
   adds a share, ``1/m`` of a release's noise variance, the sum over sites carries
   ``sites / m`` releases' noise instead of ``sites``, and the ratio above uses that.
@@ -61,7 +72,7 @@ from pipeline.strategies.base import SharePolicy, check_counts
 NOISE_TO_SIGNAL = 0.1
 SCALE_SHARE = 0.5  # the scale release costs as much as half a training round
 MIN_ROUNDS = 1
-CLIP_FRACTION = 0.25  # of the typical per-example gradient norm at the start
+CLIP_FRACTION = 1.0  # of the typical per-example gradient norm at the start
 STEP = 1.0  # learning_rate * clip: each round moves the weights at most this far
 MOMENTUM_RANGE = (0.5, 0.9)
 
@@ -99,6 +110,17 @@ class DPFedAvgPlan:
         gradient a round can carry.
     rows, sites, dim : int
         The counts the plan was made from: training rows, sites, weights.
+    averaged_rounds : int
+        The model is the average of the weights after each of the last this many rounds
+        (half of a plan of two or more rounds; 0: the last weights).
+    recalibration_noise_multiplier : float or None
+        Noise std of each cell count of the one recalibration release (sensitivity 1;
+        None: the model is not recalibrated, ``recalibration_note`` says why).
+    recalibration_share : float
+        The recalibration's part of the job's privacy cost.
+    recalibration_noise_to_signal : float
+        Expected L2 noise of the summed cell counts over the training rows.
+    recalibration_note : str
     noise_shares : int
         How many sites' shares make one release's noise (1: every site adds all of it;
         more: distributed noise under secure aggregation, :mod:`pipeline.privacy.distributed`).
@@ -122,6 +144,11 @@ class DPFedAvgPlan:
     rows: int
     sites: int
     dim: int
+    averaged_rounds: int = 0
+    recalibration_noise_multiplier: float | None = None
+    recalibration_share: float = 0.0
+    recalibration_noise_to_signal: float = 0.0
+    recalibration_note: str = ""
     noise_shares: int = 1
     collusion_threshold: int = 0
 
@@ -130,6 +157,8 @@ class DPFedAvgPlan:
         out = [(self.noise_multiplier, self.rounds, self.sampling_rate)]
         if self.scale_noise_multiplier is not None:
             out.append((self.scale_noise_multiplier, 1, 1.0))
+        if self.recalibration_noise_multiplier is not None:
+            out.append((self.recalibration_noise_multiplier, 1, 1.0))
         return out
 
     def spent_epsilon(self) -> float:
@@ -147,9 +176,15 @@ class DPFedAvgPlan:
             if self.noise_shares > 1
             else ""
         )
+        recalibration = (
+            f"; recalibration: {self.recalibration_share:.0%} of the budget, sigma "
+            f"{self.recalibration_noise_multiplier:.1f}"
+            if self.recalibration_noise_multiplier is not None
+            else f"; {self.recalibration_note}"
+        )
         return (
             f"privacy plan: {self.rounds} rounds, sigma {self.noise_multiplier:.2f}, "
-            f"noise per round {self.noise_to_signal:.2f} of the signal{shares}"
+            f"noise per round {self.noise_to_signal:.2f} of the signal{shares}{recalibration}"
         )
 
     def trust(self, policy: SharePolicy) -> str:
@@ -198,6 +233,7 @@ def plan_dp_fedavg(
         ``sites``, which affords more rounds.
     """
     from pipeline.privacy.accounting import calibrate_noise_scale
+    from pipeline.privacy.recalibration import plan_noise
 
     check_counts(counts)
     if max_rounds < 1:
@@ -213,13 +249,22 @@ def plan_dp_fedavg(
     noisy = sites / noise_shares
     # One release at sigma_1 costs epsilon; T rounds plus the scale release cost the same
     # at sigma_1 * sqrt(T + share) (RDP adds per order), so the ratio at T rounds is
-    # sigma_1 * sqrt((T + share) * noisy * dim) / rows.
+    # sigma_1 * sqrt((T + share) * noisy * dim) / rows. Recalibration takes its share of
+    # 1 / sigma_1^2 first; every site adds its full noise to it.
     sigma_1 = calibrate_noise_scale(epsilon, delta, [(1.0, 1, 1.0)])
-    affordable = (noise_to_signal * rows / sigma_1) ** 2 / (noisy * dim) - share
+    recalibration = plan_noise(sigma_one=sigma_1, rows=rows, sites=sites)
+    training = 1.0 - recalibration.share
+    affordable = (noise_to_signal * rows / sigma_1) ** 2 * training / (noisy * dim) - share
     rounds = max(min(MIN_ROUNDS, max_rounds), min(max_rounds, math.floor(affordable)))
     releases = [(1.0, rounds, 1.0)]
     if share:
         releases.append((1.0 / math.sqrt(share), 1, 1.0))
+    relative_recalibration = None
+    if recalibration.planned:
+        # Its cost (1 / r^2) is `share` of the whole: r^-2 = s / (1 - s) * (T + share).
+        cost = recalibration.share / training * (rounds + share)
+        relative_recalibration = 1.0 / math.sqrt(cost)
+        releases.append((relative_recalibration, 1, 1.0))
     sigma = calibrate_noise_scale(epsilon, delta, releases)
     ratio = sigma * math.sqrt(noisy * dim) / rows
     low, high = MOMENTUM_RANGE
@@ -241,6 +286,13 @@ def plan_dp_fedavg(
         rows=rows,
         sites=sites,
         dim=dim,
+        averaged_rounds=rounds // 2 if rounds >= 2 else 0,
+        recalibration_noise_multiplier=(
+            None if relative_recalibration is None else sigma * relative_recalibration
+        ),
+        recalibration_share=recalibration.share,
+        recalibration_noise_to_signal=recalibration.noise_to_signal,
+        recalibration_note=recalibration.reason,
         noise_shares=noise_shares,
         collusion_threshold=collusion_threshold if noise_shares > 1 else 0,
     )

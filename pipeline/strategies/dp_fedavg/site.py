@@ -14,12 +14,12 @@ from pipeline.errors import BudgetError
 from pipeline.privacy.releases import Declared, JobReleases
 from pipeline.privacy.scales import row_deviations
 from pipeline.protocol.messages import MaskedUpdate, ModelUpdate
-from pipeline.strategies.base import SiteHandler
 from pipeline.strategies.dp_fedavg.gradient import (
     per_example_gradients,
     poisson_sample,
     standardized,
 )
+from pipeline.strategies.recalibration import RecalibrationSite
 
 GRADIENT, SCALES = "gradient", "deviation"  # the kinds of release a job declares
 
@@ -37,8 +37,8 @@ def noisy_release(
     return noisy_clipped_sum(per_example, bound, noise_multiplier)
 
 
-class DPFedAvgSite(SiteHandler):
-    requests = frozenset({"logistic_gradient", "release_deviation"})
+class DPFedAvgSite(RecalibrationSite):
+    requests = RecalibrationSite.requests | {"logistic_gradient", "release_deviation"}
 
     def logistic_gradient(
         self,
