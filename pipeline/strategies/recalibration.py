@@ -109,4 +109,4 @@ class RecalibrationSite(SiteHandler):
         job.hold_to(KIND, Declared(noise_multiplier, 1.0, 1))
         counts = noisy_clipped_sum(grid.one_hot(X @ w[:-1] + w[-1], rows.y), 1.0, noise_multiplier)
         self.site.audit(REQUEST, job_id, strategy=self.strategy, noise_multiplier=noise_multiplier)
-        return self.site.send(job_id, counts, len(rows), secure)
+        return self.site.send(job_id, counts, len(rows), secure, private=True)

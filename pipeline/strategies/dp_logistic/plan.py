@@ -2,9 +2,11 @@
 site (:mod:`pipeline.privacy.objective`), chosen from row counts and the contract only.
 
 Every site's ledger records ``count_epsilon`` (its Laplace-noised count of positives, the
-intercept's offset) plus the perturbed objective's epsilon at ``delta``; each site
-calibrates its own noise from them. A site too small for its epsilon is named: the noise
-of its fit is then most of its model.
+intercept's offset) plus the perturbed objective's epsilon plus, where the federation is
+large enough, the recalibration's (:mod:`pipeline.privacy.recalibration`), composed
+basically: epsilons add, and the objective and the recalibration take half of ``delta``
+each. Each site calibrates its fit's noise from them. A site too small for its epsilon is
+named: the noise of its fit is then most of its model.
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ class DPLogisticPlan:
         largest mean gradient the site's rows can have.
     too_small : list of str
         Sites where that exceeds :data:`ONE_SHOT_NOISE_LIMIT`.
+    recalibration_epsilon : float
+        The recalibration's part of ``epsilon`` (at half of ``delta``; 0: none, and the
+        objective has all of ``delta``).
+    recalibration_noise_multiplier : float or None
+        Noise std of each cell count of the recalibration release (None: none,
+        ``recalibration_note`` says why).
+    recalibration_share, recalibration_noise_to_signal : float
+    recalibration_note : str
     """
 
     epsilon: float
@@ -55,10 +65,19 @@ class DPLogisticPlan:
     intercept: float
     noise_to_signal: dict[str, float]
     too_small: list[str]
+    recalibration_epsilon: float = 0.0
+    recalibration_noise_multiplier: float | None = None
+    recalibration_share: float = 0.0
+    recalibration_noise_to_signal: float = 0.0
+    recalibration_note: str = ""
 
     @property
     def objective_epsilon(self) -> float:
-        return self.epsilon - self.count_epsilon
+        return self.epsilon - self.count_epsilon - self.recalibration_epsilon
+
+    @property
+    def objective_delta(self) -> float:
+        return self.delta / 2 if self.recalibration_epsilon else self.delta
 
     @property
     def clip(self) -> float:
@@ -70,9 +89,10 @@ class DPLogisticPlan:
         (:meth:`~pipeline.strategies.dp_logistic.site.DPLogisticSite.fit_dp_logistic`)."""
         return {
             "epsilon": self.epsilon,
-            "delta": self.delta,
+            "delta": self.objective_delta,
             "regularization": self.regularization,
             "count_epsilon": self.count_epsilon,
+            "recalibration_epsilon": self.recalibration_epsilon,
             "clip_fraction": self.clip_fraction,
             "intercept": self.intercept,
         }
@@ -81,9 +101,15 @@ class DPLogisticPlan:
         return asdict(self)
 
     def describe(self) -> str:
+        recalibration = (
+            f"; recalibration: epsilon {self.recalibration_epsilon:.3g}, sigma "
+            f"{self.recalibration_noise_multiplier:.1f}"
+            if self.recalibration_noise_multiplier is not None
+            else f"; {self.recalibration_note}"
+        )
         return (
             f"privacy plan: one perturbed fit per site, lambda {self.regularization:.1f}, "
-            f"sigma {self.noise_multiplier:.2f}"
+            f"sigma {self.noise_multiplier:.2f}{recalibration}"
         )
 
 
@@ -101,19 +127,25 @@ def plan_dp_logistic(
     found together by fixed-point iteration. Nothing here reads a row.
     """
     from pipeline.privacy.objective import noise_std
+    from pipeline.privacy.recalibration import plan_epsilon
 
     check_counts(counts)
     dim = FeatureEncoder(contract).n_features_out + 1
     count_epsilon = COUNT_SHARE * epsilon
-    objective_epsilon = epsilon - count_epsilon
+    rows = sum(int(n) for n in counts.values())
+    recalibration, recalibration_epsilon, recalibration_sigma = plan_epsilon(
+        epsilon=epsilon, delta=delta / 2, rows=rows, sites=len(counts)
+    )
+    objective_delta = delta / 2 if recalibration.planned else delta
+    objective_epsilon = epsilon - count_epsilon - recalibration_epsilon
     regularization = 5.0 * math.sqrt(dim)
     for _ in range(50):
-        sigma = noise_std(objective_epsilon, delta, regularization)
+        sigma = noise_std(objective_epsilon, objective_delta, regularization)
         updated = sigma * math.sqrt(dim)
         if abs(updated - regularization) <= 1e-9 * regularization:
             break
         regularization = updated
-    sigma = noise_std(objective_epsilon, delta, regularization)
+    sigma = noise_std(objective_epsilon, objective_delta, regularization)
     ratios = {site: sigma * math.sqrt(dim) / int(n) for site, n in counts.items()}
     return DPLogisticPlan(
         epsilon=epsilon,
@@ -125,4 +157,9 @@ def plan_dp_logistic(
         intercept=ONE_SHOT_INTERCEPT,
         noise_to_signal=ratios,
         too_small=sorted(s for s, r in ratios.items() if r > ONE_SHOT_NOISE_LIMIT),
+        recalibration_epsilon=recalibration_epsilon,
+        recalibration_noise_multiplier=recalibration_sigma,
+        recalibration_share=recalibration.share,
+        recalibration_noise_to_signal=recalibration.noise_to_signal,
+        recalibration_note=recalibration.reason,
     )

@@ -7,11 +7,11 @@ import math
 
 from pipeline.errors import BudgetError
 from pipeline.protocol.messages import MaskedUpdate, ModelUpdate
-from pipeline.strategies.base import SiteHandler
+from pipeline.strategies.recalibration import RecalibrationSite
 
 
-class DPLogisticSite(SiteHandler):
-    requests = frozenset({"fit_dp_logistic"})
+class DPLogisticSite(RecalibrationSite):
+    requests = RecalibrationSite.requests | {"fit_dp_logistic"}
 
     def fit_dp_logistic(
         self,
@@ -23,11 +23,13 @@ class DPLogisticSite(SiteHandler):
         count_epsilon: float,
         clip_fraction: float,
         intercept: float,
+        recalibration_epsilon: float = 0.0,
     ) -> ModelUpdate | MaskedUpdate:
         """One-shot DP logistic regression (:mod:`pipeline.privacy.objective`): the
         site's count of positives, Laplace-noised at `count_epsilon`, sets the intercept's
         offset; then the objective, perturbed by Gaussian noise that the site calibrates
-        itself from the rest of `epsilon`, `delta` and `regularization`, is minimised on
+        itself from the rest of `epsilon` (less the job's `recalibration_epsilon`, which
+        its later recalibration release spends), `delta` and `regularization`, is minimised on
         its rows in the contract's unit-ball coordinates (`clip_fraction`, `intercept`:
         :class:`pipeline.privacy.scales.UnitBallCoordinates`). Released once per job, as
         weights over the encoder's columns."""
@@ -38,8 +40,12 @@ class DPLogisticSite(SiteHandler):
         job = self.site.authorize(job_id, self.strategy, epsilon)
         if job.released >= 1:
             raise BudgetError(f"site {self.site.name}: job {job_id} already released its model")
-        if not 0 < count_epsilon < epsilon:
-            raise BudgetError(f"site {self.site.name}: the count's epsilon must be below the job's")
+        objective_epsilon = epsilon - count_epsilon - recalibration_epsilon
+        if not (count_epsilon > 0 and recalibration_epsilon >= 0 and objective_epsilon > 0):
+            raise BudgetError(
+                f"site {self.site.name}: the count's and recalibration's epsilon must leave "
+                "the fit some of the job's"
+            )
         coords = UnitBallCoordinates.from_contract(
             self.site.contract, clip_fraction=clip_fraction, intercept=intercept
         )
@@ -49,7 +55,7 @@ class DPLogisticSite(SiteHandler):
         w = perturbed_logistic(
             coords.rows(rows.linear),
             rows.y,
-            epsilon=epsilon - count_epsilon,
+            epsilon=objective_epsilon,
             delta=delta,
             regularization=regularization,
             offset=offset,
