@@ -59,11 +59,11 @@ class GatePolicy:
         """Why a job of `strategy` charging `epsilon` per site (None: not differentially
         private) is outside the consortium's policy, or None."""
         if self.strategies and strategy not in self.strategies:
-            return f"strategy {strategy} is not one of {', '.join(self.strategies)}"
+            return f"strategy not one of {', '.join(self.strategies)}"
         if self.max_epsilon is None:
             return None
         if epsilon is None:
-            return f"{strategy} is not differentially private"
+            return "not differentially private"
         if epsilon > self.max_epsilon + 1e-12:
             return f"epsilon {epsilon:g} per site is above {self.max_epsilon:g}"
         return None
@@ -233,6 +233,7 @@ def decide(
         epsilon, strategy = privacy if privacy is not None else (None, "the job")
         why = policy.outside(epsilon, strategy)
         within = "not differentially private" if epsilon is None else f"epsilon {epsilon:g}"
+        value = f"{strategy}: {why}" if why else f"{strategy}, {within}"
         rule = (
             f"a differentially private job of at most epsilon {policy.max_epsilon:g} per site"
             if policy.max_epsilon is not None
@@ -244,7 +245,7 @@ def decide(
             Criterion(
                 "privacy_policy",
                 why is None,
-                f"{strategy}, {within}" + (f" ({why})" if why else ""),
+                value,
                 rule + " (the consortium's policy)",
             )
         )

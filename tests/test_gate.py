@@ -121,7 +121,7 @@ def test_a_privacy_policy_keeps_out_a_better_model_from_a_job_outside_it() -> No
         privacy=(None, "xgboost"),
     )
     assert not better.promote and _failed(better) == {"privacy_policy"}
-    assert "xgboost is not differentially private" in better.failed()[0].value
+    assert "xgboost: not differentially private" in better.failed()[0].value
     assert "at most epsilon 1" in better.failed()[0].rule
     over = decide(
         _metrics(0.85),
@@ -159,7 +159,7 @@ def test_a_champion_outside_the_policy_is_no_yardstick_and_a_strategy_list_binds
         policy=PRIVATE_ONLY,
         champion_version="4",
         privacy=(1.0, "dp-fedavg"),
-        champion_outside="xgboost is not differentially private",
+        champion_outside="not differentially private",
     )
     assert d.promote  # held to the floor, not to a champion the policy excludes
     floor = next(c for c in d.criteria if c.name == "auc_floor")
@@ -173,4 +173,7 @@ def test_a_champion_outside_the_policy_is_no_yardstick_and_a_strategy_list_binds
         policy=only,
         privacy=(1.0, "dp-logistic"),
     )
-    assert _failed(kept) == {"privacy_policy"} and "not one of dp-fedavg" in kept.failed()[0].value
+    assert (
+        _failed(kept) == {"privacy_policy"}
+        and "dp-logistic: strategy not one of dp-fedavg" in kept.failed()[0].value
+    )

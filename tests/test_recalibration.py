@@ -182,3 +182,27 @@ def test_the_sites_recalibration_noise_is_its_nominal_sigma(site) -> None:
     noise = np.array(draws) - exact.sum(axis=0)
     assert float(np.std(noise)) == pytest.approx(sigma, rel=0.06)
     assert math.isfinite(float(np.mean(noise))) and abs(float(np.mean(noise))) < 0.5
+
+
+def test_dp_logistic_charges_its_recalibration_within_the_job() -> None:
+    from pipeline.privacy.objective import noise_std
+    from pipeline.strategies.dp_logistic.plan import plan_dp_logistic
+
+    plan = plan_dp_logistic(
+        epsilon=1.0, delta=1e-5, counts={f"s{i}": 8000 for i in range(4)}, contract=CONTRACT
+    )
+    assert plan.recalibration_noise_multiplier is not None
+    # The recalibration's epsilon at half of delta, by dp-accounting directly.
+    accountant = rdp.RdpAccountant()
+    accountant.compose(dp_accounting.GaussianDpEvent(plan.recalibration_noise_multiplier))
+    assert plan.recalibration_epsilon == pytest.approx(accountant.get_epsilon(5e-6), rel=1e-9)
+    # Basic composition: the parts add up to the job's epsilon and delta.
+    assert plan.count_epsilon + plan.objective_epsilon + plan.recalibration_epsilon == (
+        pytest.approx(plan.epsilon, rel=1e-12)
+    )
+    assert plan.objective_delta == pytest.approx(plan.delta / 2)
+    assert plan.site_request()["delta"] == plan.objective_delta
+    assert plan.noise_multiplier == pytest.approx(
+        noise_std(plan.objective_epsilon, plan.objective_delta, plan.regularization)
+    )
+    assert plan.recalibration_epsilon <= MAX_SHARE * plan.epsilon
