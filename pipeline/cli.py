@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pipeline import strategies
 from pipeline.console import quiet_library_logs
@@ -47,7 +48,7 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except PipelineError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -118,7 +119,7 @@ def import_csv(
         if not sep or not name or not path:
             raise typer.BadParameter(f"--site expects NAME=PATH, got {item!r}")
         sources[name] = Path(path)
-    config, written = run_import(contract, sources, out)
+    config, written = run_import(contract, sources, out)  # checks the names first
     print_sites(console, written, config)
 
 
@@ -235,7 +236,7 @@ def retrain(
     try:
         cfg = load_config(config)
     except PipelineError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(BAD_INPUT) from None
     out = err_console if as_json else console
     with (

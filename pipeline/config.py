@@ -29,6 +29,15 @@ from pipeline.strategies.settings import TrainingSettings
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONTRACT = PROJECT_ROOT / "schemas" / "diabetes_ehr.yaml"
 _SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SITE_NAME_RULE = (
+    "site names are 1-63 lower-case letters, digits, '-' or '_', not starting with '-' or '_'"
+)
+
+
+def valid_site_name(name: str) -> bool:
+    """Whether `name` may name a site: it becomes a folder and file names beside the
+    extract, so nothing that could leave a folder (``/``, ``..``) or hide (``.``)."""
+    return bool(_SITE_NAME.fullmatch(name))
 
 
 class _Strict(BaseModel):
@@ -59,8 +68,8 @@ class SiteConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _slug(cls, v: str) -> str:
-        if not _SITE_NAME.match(v):
-            raise ValueError("site names are lower-case letters, digits, '-' or '_'")
+        if not valid_site_name(v):
+            raise ValueError(SITE_NAME_RULE)
         return v
 
 

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from pipeline.config import SITE_NAME_RULE, valid_site_name
 from pipeline.contract import COMPARISONS, Contract, load_contract
 from pipeline.errors import ContractError, DataError
 from pipeline.features import missing_mask
@@ -56,16 +57,20 @@ def csv_to_table(contract: Contract, site: str, csv_path: Path) -> pa.Table:
     for f in contract.features:
         if f.name not in raw:
             raise DataError(f"{csv_path}: source has no column {f.name!r}")
-        values = raw[f.name] if f.dtype == "string" else pd.to_numeric(raw[f.name], "coerce")
+        values = raw[f.name] if f.dtype == "string" else _numbers(raw[f.name], f.name, csv_path)
         values = values.mask(missing_mask(f, values))
         try:
             columns[f.name] = pa.array(values, from_pandas=True).cast(f.arrow_type)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise DataError(f"{csv_path}: column {f.name!r} is not {f.dtype} ({exc})") from exc
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError):
+            # Arrow's message quotes the cell: a patient's value never goes in an error.
+            raise DataError(
+                f"{csv_path}: column {f.name!r} does not fit the contract's {f.dtype} "
+                "(a value out of its type's range or precision)"
+            ) from None
     rule = src.label_from
     if rule is None:
         raise ContractError(f"{contract.path}: source.label_from is required to derive the label")
-    label_src = pd.to_numeric(raw[rule.column], errors="coerce")
+    label_src = _numbers(raw[rule.column], rule.column, csv_path)
     if label_src.isna().any():
         raise DataError(f"{csv_path}: column {rule.column!r} has missing labels")
     label = np.where(
@@ -80,10 +85,29 @@ def csv_to_table(contract: Contract, site: str, csv_path: Path) -> pa.Table:
     return pa.table([columns[f.name] for f in schema], schema=schema)
 
 
+def _numbers(values: pd.Series, column: str, csv_path: Path) -> pd.Series:
+    """A column as numbers; cells that are there but are not numbers are reported (file,
+    column, how many rows and the first row numbers), never silently made missing and
+    never quoted."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    unreadable = numbers.isna() & values.notna()
+    if unreadable.any():
+        rows = (np.flatnonzero(unreadable.to_numpy()) + 1).tolist()
+        first = ", ".join(str(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+        raise DataError(
+            f"{csv_path}: column {column!r} has {len(rows)} row(s) whose value is not a "
+            f"number nor a missing-value marker (data rows {first})"
+        )
+    return numbers
+
+
 def import_csv(
     contract_path: str | Path, sources: dict[str, Path], out: str | Path
 ) -> tuple[Path, list[SiteSummary]]:
     """Write one Parquet extract per site under `out` and a federation config."""
+    bad = [name for name in sources if not valid_site_name(name)]
+    if bad:  # checked before any path is made from a name
+        raise DataError(f"--site {', '.join(repr(b) for b in bad)}: {SITE_NAME_RULE}")
     contract = load_contract(contract_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.console import print_table
@@ -46,7 +47,7 @@ def print_validation(console: Console, summaries: dict) -> None:
     table.add_column("failures (column: rule)")
     for site, s in summaries.items():
         failures = s.reasons()
-        shown = "\n".join(failures[:6]) + (
+        shown = "\n".join(escape(f) for f in failures[:6]) + (
             f"\n… {len(failures) - 6} more" if len(failures) > 6 else ""
         )
         table.add_row(
@@ -84,7 +85,7 @@ def print_job(console: Console, result) -> None:  # noqa: ANN001
         f"O/E {m.oe_ratio:.2f}"
     )
     for site, why in result.dropped.items():
-        console.print(f"[yellow]dropped[/] {site}: {why}")
+        console.print(f"[yellow]dropped[/] {site}: {escape(str(why))}")
     if result.model_version:
         console.print(
             f"registered version [bold]{result.model_version}[/], MLflow run {result.run_id}"
@@ -99,7 +100,7 @@ def print_decision(console: Console, decision, version: str | None) -> None:  # 
     console.print(f"[bold {colour}]gate: version {version} {verdict}[/]")
     for c in decision.criteria:
         mark = "[green]pass[/]" if c.passed else "[red]FAIL[/]"
-        console.print(f"  {mark} {c.name}: {c.value}  [dim](rule: {c.rule})[/]")
+        console.print(f"  {mark} {c.name}: {escape(c.value)}  [dim](rule: {escape(c.rule)})[/]")
 
 
 def print_models(console: Console, model_name: str, rows) -> None:  # noqa: ANN001
@@ -210,7 +211,9 @@ def job_progress(
             bar.stop()
 
     try:
-        yield (lambda msg: console.log(msg)), on_round
+        # Progress lines carry what the sites report (quarantine reasons, which name an
+        # extract's columns): printed as text, never as markup.
+        yield (lambda msg: console.log(escape(msg))), on_round
     finally:
         bar.stop()
 
