@@ -46,8 +46,8 @@ The plan (:func:`plan_dp_fedavg`):
   calibration).
 - **The iterates' average** over the second half of the rounds is the model (Polyak &
   Juditsky 1992): the noise of the last rounds averages out instead of staying in the
-  final weights, which lifted the median AUC by 0.0015 there and narrowed the log-odds'
-  spread. Post-processing, free.
+  final weights (there, over 40 draws: median AUC 0.7835 against 0.7825, mean 0.7843
+  against 0.7818). Post-processing, free.
 - **Recalibration** (:mod:`pipeline.privacy.recalibration`): one release of per-cell label
   counts of the trained model's log-odds, for a share of the budget chosen from the row
   counts (at most a quarter); the rounds are planned with the rest.
