@@ -12,7 +12,7 @@ rest of the job before any noise exists.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -29,21 +29,50 @@ SUM_ROUND = 2**32 + 1  # the secure-sum round number of a job's recalibration
 MAX_CELLS = 64
 
 
+class RecalibrationPlan(Protocol):
+    """What a private strategy's plan says of its recalibration."""
+
+    epsilon: float
+    recalibration_noise_multiplier: float | None  # None: none (the note says why)
+    recalibration_note: str
+
+
+def recalibrated(
+    job: TrainingJob,
+    weights: np.ndarray,
+    plan: RecalibrationPlan,
+    *,
+    scales: np.ndarray,
+    centres: np.ndarray,
+    secure: SecureSession | None,
+) -> np.ndarray:
+    """The model's weights after the plan's recalibration; as they are, the run saying
+    why, where the plan has none. `scales` and `centres` are the encoded columns' (the
+    job's released scales, or the contract's), which place the cells around the model's
+    log-odds."""
+    if plan.recalibration_noise_multiplier is None:
+        job.tracker.params({"recalibration": plan.recalibration_note or "none"})
+        return weights
+    return recalibrate(
+        job,
+        weights,
+        epsilon=plan.epsilon,
+        noise_multiplier=plan.recalibration_noise_multiplier,
+        cells=Cells.around(weights, scales, centres),
+        secure=secure,
+    )[0]
+
+
 def recalibrate(
     job: TrainingJob,
     weights: np.ndarray,
     *,
     epsilon: float,
     noise_multiplier: float,
-    scales: np.ndarray,
-    centres: np.ndarray,
+    cells: Cells,
     secure: SecureSession | None,
 ) -> tuple[np.ndarray, Recalibration]:
-    """The model's weights recalibrated on the sites' training rows, and the map.
-
-    `scales` and `centres` are the encoded columns' (the job's released scales, or the
-    contract's), which place the cells around the model's log-odds."""
-    cells = Cells.around(weights, scales, centres)
+    """The model's weights recalibrated on the sites' training rows, and the map."""
     job.say("recalibrating on the sites' training rows (one private release)")
     ask = job.asker(
         REQUEST,

@@ -25,7 +25,7 @@ from pipeline.models.logistic import LogisticModel
 from pipeline.privacy.scales import column_centres, column_scales, released_log_odds
 from pipeline.strategies.base import RoundLogger, TrainingJob
 from pipeline.strategies.dp_fedavg.plan import DPFedAvgPlan
-from pipeline.strategies.recalibration import recalibrate
+from pipeline.strategies.recalibration import recalibrated
 
 SCALE_ROUND = 2**32  # the secure-sum round number of a job's scale release
 
@@ -105,18 +105,9 @@ def train(job: TrainingJob, plan: DPFedAvgPlan) -> LogisticModel:
         on_round=RoundLogger(job, plan.rounds),
         initial=initial,
     )
-    if plan.recalibration_noise_multiplier is None:
-        job.tracker.params({"recalibration": plan.recalibration_note or "none"})
-    else:
-        weights, _ = recalibrate(
-            job,
-            weights,
-            epsilon=plan.epsilon,
-            noise_multiplier=plan.recalibration_noise_multiplier,
-            scales=scales,
-            centres=column_centres(contract),
-            secure=secure,
-        )
+    weights = recalibrated(
+        job, weights, plan, scales=scales, centres=column_centres(contract), secure=secure
+    )
     if secure is not None:
         job.tracker.metrics({"secure_dropouts": secure.dropouts})
     return LogisticModel(contract, weights)

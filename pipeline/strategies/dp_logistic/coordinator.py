@@ -13,7 +13,7 @@ from pipeline.models.logistic import LogisticModel
 from pipeline.privacy.scales import column_centres, contract_scales
 from pipeline.strategies.base import TrainingJob
 from pipeline.strategies.dp_logistic.plan import ONE_SHOT_NOISE_LIMIT, DPLogisticPlan
-from pipeline.strategies.recalibration import recalibrate
+from pipeline.strategies.recalibration import recalibrated
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +37,12 @@ def train(job: TrainingJob, plan: DPLogisticPlan) -> LogisticModel:
     if not replies.ok:
         raise QuorumError("no site returned a model")
     weights = weighted_average([(r.vector, r.n) for r in replies.ok.values()])
-    if plan.recalibration_noise_multiplier is None:
-        job.tracker.params({"recalibration": plan.recalibration_note or "none"})
-    else:
-        weights, _ = recalibrate(
-            job,
-            weights,
-            epsilon=plan.epsilon,
-            noise_multiplier=plan.recalibration_noise_multiplier,
-            scales=contract_scales(job.contract),
-            centres=column_centres(job.contract),
-            secure=None,
-        )
+    weights = recalibrated(
+        job,
+        weights,
+        plan,
+        scales=contract_scales(job.contract),
+        centres=column_centres(job.contract),
+        secure=None,
+    )
     return LogisticModel(job.contract, weights)
