@@ -213,6 +213,11 @@ class RetrainConfig(_Strict):
 class RayConfig(_Strict):
     address: str | None = None
     num_cpus: int | None = None
+    allow_unauthenticated: bool = Field(
+        False,
+        description="run even with Ray's token authentication off (RAY_AUTH_MODE=disabled): "
+        "anyone who reaches the cluster can then run code beside the sites' rows",
+    )
 
 
 class FederationConfig(_Strict):

@@ -40,7 +40,9 @@ def run_demo(console: Console, *, out: Path, sites: int, rows: int, seed: int) -
     print_sites(console, written, config)
     cfg = load_config(config)
 
-    owns_ray = ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
+    owns_ray = ensure_ray(
+        cfg.ray.address, cfg.ray.num_cpus, allow_unauthenticated=cfg.ray.allow_unauthenticated
+    )
     try:
         console.rule("[bold]2. validation inside each site")
         with site_progress(console, "validating at the sites", len(cfg.sites)) as advance:

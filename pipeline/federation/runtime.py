@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import PipelineError, QuorumError
+from pipeline.errors import ConfigError, PipelineError, QuorumError
 from pipeline.protocol.messages import check_reply
 
 log = logging.getLogger(__name__)
@@ -30,18 +30,33 @@ _MAX_IDLE = 8  # idle site actors kept for later jobs of this process, oldest en
 _CHECK_S = 5.0  # how long an idle actor may take to show it is alive, or to recycle
 
 
+AUTH_MODE = "RAY_AUTH_MODE"
+
+
 def ensure_ray(
     address: str | None = None,
     num_cpus: int | None = None,
     resources: dict[str, float] | None = None,
+    *,
+    allow_unauthenticated: bool = False,
 ) -> bool:
     """Start embedded Ray (or join `address`) unless already connected.
+
+    A Ray cluster runs code for any client that reaches it, and its servers listen
+    beyond loopback (README, "Two commands"): without its token authentication anyone on
+    the network could run code beside the sites' rows. So a run refuses to start, or to
+    use a connection, without it, unless `allow_unauthenticated` (``ray:
+    allow_unauthenticated: true``) says the operator means it.
 
     Returns True if this call started or joined Ray (and so should shut it down)."""
     import ray
 
     if ray.is_initialized():
+        _require_token_auth(allow_unauthenticated)
         return False
+    mode = os.environ.get(AUTH_MODE)
+    if mode is not None and mode.lower() != "token" and not allow_unauthenticated:
+        raise ConfigError(_UNAUTHENTICATED.format(why=f"{AUTH_MODE}={mode} is set"))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Inside a Ray Job (`ray job submit`) the driver is told its cluster by RAY_ADDRESS.
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -56,7 +71,27 @@ def ensure_ray(
             logging.ERROR
         )
         ray.init(num_cpus=num_cpus, resources=resources, include_dashboard=False, **kwargs)
+    try:
+        _require_token_auth(allow_unauthenticated)
+    except ConfigError:
+        ray.shutdown()
+        raise
     return True
+
+
+_UNAUTHENTICATED = (
+    "Ray's token authentication is off ({why}): any client that reaches the cluster could "
+    "run code beside the sites' rows. Unset it (a new local cluster turns token "
+    "authentication on; a cluster is joined with RAY_AUTH_MODE=token and its token), or "
+    "set `ray: {{allow_unauthenticated: true}}` in the config if you mean it"
+)
+
+
+def _require_token_auth(allowed: bool) -> None:
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    if not allowed and not is_token_auth_enabled():
+        raise ConfigError(_UNAUTHENTICATED.format(why="this connection does not use it"))
 
 
 @dataclass(frozen=True)
@@ -119,8 +154,10 @@ class SiteRuntime:
         timeout_s: float = 120.0,
         ray_address: str | None = None,
         num_cpus: int | None = None,
+        allow_unauthenticated: bool = False,
     ) -> None:
         self.sites = list(placements)
+        self.allow_unauthenticated = allow_unauthenticated
         self.actor_class = actor_class
         self.job_id = job_id
         self.timeout_s = timeout_s
@@ -146,7 +183,12 @@ class SiteRuntime:
 
     def start(self) -> None:
         resources = {s.resource: 1.0 for s in self.sites if s.resource}
-        self._owns_ray = ensure_ray(self.ray_address, self.num_cpus, resources or None)
+        self._owns_ray = ensure_ray(
+            self.ray_address,
+            self.num_cpus,
+            resources or None,
+            allow_unauthenticated=self.allow_unauthenticated,
+        )
         self._pool_keys = {s.name: (self.actor_class.__qualname__, *s.key) for s in self.sites}
         idle = {} if self._owns_ray else _IDLE.take(self._pool_keys)
         for site in self.sites:

@@ -58,6 +58,7 @@ def runtime_for(
     timeout_s: float = 120.0,
     ray_address: str | None = None,
     num_cpus: int | None = None,
+    allow_unauthenticated: bool = False,
 ) -> SiteRuntime:
     """A runtime of site actors for these sites (use as a context manager)."""
     return SiteRuntime(
@@ -67,6 +68,7 @@ def runtime_for(
         timeout_s=timeout_s,
         ray_address=ray_address,
         num_cpus=num_cpus,
+        allow_unauthenticated=allow_unauthenticated,
     )
 
 
@@ -80,6 +82,7 @@ def site_runtime(cfg: FederationConfig, job_id: str, ray_address: str | None = N
         timeout_s=cfg.training.round_timeout_s,
         ray_address=ray_address or cfg.ray.address,
         num_cpus=cfg.ray.num_cpus,
+        allow_unauthenticated=cfg.ray.allow_unauthenticated,
     )
 
 

@@ -1,0 +1,51 @@
+"""A run refuses to start without Ray's token authentication unless the config says the
+operator means it: Ray's servers listen beyond loopback, and a cluster runs code for any
+client that reaches it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipeline.synth import synthesize
+
+PIPELINE = str(Path(sys.executable).parent / "pipeline")
+
+
+def test_a_run_with_token_authentication_off_is_refused_before_ray_starts(
+    tmp_path: Path,
+) -> None:
+    config, _ = synthesize(tmp_path / "fed", sites=3, rows=600, seed=3)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    done = subprocess.run(
+        [PIPELINE, "validate", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "token authentication is off" in done.stderr
+    assert "RAY_AUTH_MODE=disabled" in done.stderr and "allow_unauthenticated" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not list(tmp_path.glob("**/*.validation"))  # no site ran
+
+    # The operator who means it says so in the config, and the run goes ahead.
+    raw = yaml.safe_load(config.read_text())
+    raw["ray"] = {"allow_unauthenticated": True}
+    config.write_text(yaml.safe_dump(raw))
+    allowed = subprocess.run(
+        [PIPELINE, "validate", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert allowed.returncode == 0, allowed.stdout[-2000:] + allowed.stderr[-2000:]
+    assert "quorum met" in allowed.stdout
