@@ -98,6 +98,11 @@ class Decision:
     def outcome(self) -> str:
         return "promoted" if self.promote else "kept"
 
+    def refused(self, criterion: Criterion) -> Decision:
+        """The same decision kept, with one more failed criterion (found after the gate,
+        when its outcome was applied)."""
+        return Decision(False, (*self.criteria, criterion), self.champion_version)
+
     def failed(self) -> list[Criterion]:
         return [c for c in self.criteria if not c.passed]
 

@@ -231,10 +231,26 @@ def alias_version(client: Any, model_name: str, alias: str) -> str | None:
         return None
 
 
-def move_champion(client: Any, model_name: str, version: str) -> str | None:
+_ANY = object()
+
+
+def move_champion(
+    client: Any, model_name: str, version: str, *, expected: str | None | object = _ANY
+) -> str | None:
     """Make `version` the champion; the champion it replaces becomes `previous-champion`
-    (so a rollback is one alias move). Returns the replaced version, if any."""
+    (so a rollback is one alias move). Returns the replaced version, if any.
+
+    With `expected` (a version, or None for no champion) the move is a compare-and-set:
+    if the champion is no longer `expected` (another process promoted or rolled back in
+    the meantime) nothing moves and :class:`ChampionMoved` says so. MLflow has no atomic
+    alias swap, so the check and the move are two registry calls apart."""
     former = alias_version(client, model_name, CHAMPION)
+    if expected is not _ANY and former != (None if expected is None else str(expected)):
+        raise ChampionMoved(
+            f"the champion of {model_name} moved while the job ran: it is "
+            f"{'version ' + former if former else 'none'}, the gate compared against "
+            f"{'version ' + str(expected) if expected else 'none'}; not promoted"
+        )
     if former == str(version):
         return former
     if former is not None:
@@ -245,6 +261,10 @@ def move_champion(client: Any, model_name: str, version: str) -> str | None:
 
 class RegistryError(PipelineError):
     """A registry request that cannot be done (unknown version, no previous champion)."""
+
+
+class ChampionMoved(RegistryError):
+    """The champion is no longer the one a decision was made against."""
 
 
 @dataclass(frozen=True)
@@ -280,18 +300,32 @@ def load_version(client: Any, model_name: str, version: str, workdir: Path) -> R
     return RegisteredModel(str(version), mv.run_id, from_spec(contract, spec, artifacts), contract)
 
 
-def apply_decision(client: Any, model_name: str, version: str, decision: Decision) -> str | None:
-    """Record the gate's decision as tags on the version and, when it promotes, move the
-    champion alias (the replaced champion becomes previous-champion). Returns the
-    replaced champion's version, if any."""
+def apply_decision(client: Any, model_name: str, version: str, decision: Decision) -> Decision:
+    """Apply the gate's decision: when it promotes, move the champion alias, but only if
+    the champion is still the one the gate compared against (the replaced champion
+    becomes previous-champion); then record the decision as tags on the version. Returns
+    the decision as applied: kept, with the failed ``champion_unchanged`` criterion, when
+    the champion moved while the job ran."""
+    from pipeline.gate import Criterion
+
+    if decision.promote:
+        try:
+            move_champion(client, model_name, version, expected=decision.champion_version)
+        except ChampionMoved as exc:
+            decision = decision.refused(
+                Criterion(
+                    "champion_unchanged",
+                    False,
+                    str(exc),
+                    "the champion the gate compared against is still the champion",
+                )
+            )
     tags = {"gate.decision": decision.outcome, "gate.summary": decision.summary()[:5000]}
     for c in decision.criteria:
         tags[f"gate.{c.name}"] = f"{'pass' if c.passed else 'FAIL'}: {c.value} (rule: {c.rule})"
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version, key, value)
-    if decision.promote:
-        return move_champion(client, model_name, version)
-    return None
+    return decision
 
 
 def promote_by_hand(

@@ -140,3 +140,35 @@ def test_the_gate_promotes_better_models_keeps_worse_ones_and_rollback_restores(
     (auc,) = [c for c in newer.decision.failed() if c.name == "auc"]
     assert f"champion 2 not comparable: site(s) {site.name} did not train it" in auc.value
     assert _aliases(client)[CHAMPION] == "2"
+
+
+def test_a_promotion_racing_a_job_stands_and_the_job_says_why_it_did_not_promote(
+    ray_session, four_sites: Path, tmp_path: Path
+) -> None:
+    """Another process moves the champion after the job read it and before the job's
+    alias move: the job's move is a compare-and-set, so the other process's champion
+    stays and the job is kept with the reason named."""
+    config = make_config(four_sites, tmp_path)
+    cfg = load_config(config)
+    client = mlflow.MlflowClient(cfg.tracking_uri, cfg.tracking_uri)
+    assert run_job(cfg, strategy="logistic").decision.promote  # version 1
+    stump = cfg.model_copy(deep=True)
+    stump.training.xgboost.rounds, stump.training.xgboost.max_depth = 1, 1
+    assert not run_job(stump, strategy="xgboost").decision.promote  # version 2, kept
+    raced: list[subprocess.CompletedProcess] = []
+
+    def progress(message: str) -> None:
+        # The job has read champion 1 and evaluates against it: now another process
+        # promotes version 2 by hand.
+        if message.startswith("evaluating the model and champion 1") and not raced:
+            args = ("promote", "--config", str(config), "--version", "2", "--reason", "race")
+            raced.append(_cli(*args, cwd=tmp_path))
+
+    third = run_job(cfg, strategy="logistic", progress=progress)
+    assert raced and third.model_version == "3"
+    assert not third.decision.promote
+    assert {c.name for c in third.decision.failed()} == {"champion_unchanged"}
+    assert "it is version 2, the gate compared against version 1" in third.decision.summary()
+    assert _aliases(client) == {CHAMPION: "2", PREVIOUS_CHAMPION: "1", CHALLENGER: "3"}
+    tags = client.get_model_version("diabetes-risk", "3").tags
+    assert tags["gate.decision"] == "kept" and tags["gate.champion_unchanged"].startswith("FAIL")

@@ -130,7 +130,7 @@ def register_and_gate(
         champion_outside=outside,
     )
     version = tracker.register(model, str(cfg.contract), name, tags=tags)
-    apply_decision(client, name, version, decision)
+    decision = apply_decision(client, name, version, decision)
     tracker.json(decision.to_dict(), "gate.json")
     tracker.tags({"gate.decision": decision.outcome, "model_version": version})
     log_card(client, tracker.run_id or "", ctx.contract, model_name=name, version=version)
