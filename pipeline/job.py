@@ -41,6 +41,7 @@ from pipeline.stages.promotion import (
     version_tags,
 )
 from pipeline.stages.sites import admit_sites, load_sites, site_runtime
+from pipeline.stages.state_lock import FederationLock, lock_path
 from pipeline.strategies.base import Progress, RoundProgress, Strategy, quiet
 
 AfterLoad = Callable[[JobContext, Mapping[str, SiteInfo]], None]
@@ -95,7 +96,9 @@ def run_job(
 
     A caller that already holds the sites' actors (a scheduled retraining) passes its
     `runtime`, and `after_load(ctx, infos)` runs a stage of its own once the sites have
-    loaded their rows (before any privacy is reserved)."""
+    loaded their rows (before any privacy is reserved). The job holds the federation's
+    lock (:mod:`pipeline.stages.state_lock`) from start to end: while another process
+    holds it, the job is refused before it starts anything."""
     chosen = strategies.get(strategy or cfg.training.model)
     settings = cfg.training.model_copy(update={"rounds": rounds or cfg.training.rounds})
     contract = load_contract(cfg.contract)
@@ -104,6 +107,8 @@ def run_job(
     clock = StageClock()
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
+        # The federation's lock before anything: a job spends budget and registers.
+        stack.enter_context(FederationLock(lock_path(cfg), "job"))
         stack.enter_context(tracker)
         if runtime is None:
             runtime = stack.enter_context(site_runtime(cfg, job_id, ray_address))

@@ -4,8 +4,9 @@ a Ray Job).
 Hospitals keep closing 5-year follow-ups, so every month brings newly labelled patients
 (one new ``followup_month`` partition per site). One run:
 
-1. takes the federation's retraining lock (an OS file lock beside the ledger: a second
-   run is refused, and a killed run's lock goes with its process);
+1. takes the federation's lock (:mod:`pipeline.stages.state_lock`, beside the ledger:
+   a second run, or any train, promote or rollback meanwhile, is refused, and a killed
+   run's lock goes with its process);
 2. asks each site which follow-up months it holds that have closed, and compares them
    with the months already trained on (the last completed retraining, else the
    champion's data window): nothing new means nothing is trained, spent or registered;
@@ -33,6 +34,7 @@ from typing import Any
 
 from pipeline.config import FederationConfig
 from pipeline.errors import BudgetError, PipelineError, QuorumError
+from pipeline.stages.state_lock import FederationLock, LockedError, lock_path
 from pipeline.strategies.base import Progress, RoundProgress
 
 TRAINED, NOTHING_NEW, BAD_INPUT, QUORUM_LOST, BUDGET_EXHAUSTED, LOCKED = 0, 3, 2, 4, 5, 6
@@ -43,61 +45,15 @@ EXIT_CODES = {
     BAD_INPUT: ("bad input", "bad input or config; the message names the file, field or rule"),
     QUORUM_LOST: ("quorum lost", "too few sites could take part"),
     BUDGET_EXHAUSTED: ("budget exhausted", "too few sites have privacy budget for the job"),
-    LOCKED: ("locked", "another retraining run of this federation is in progress"),
+    LOCKED: (
+        "locked",
+        "another run holds this federation's lock (a retraining, train, promote or rollback)",
+    ),
 }
-
-
-class LockedError(PipelineError):
-    """Another retraining run of the federation holds its lock."""
-
-
-def lock_path(cfg: FederationConfig) -> Path:
-    return cfg.privacy.ledger.parent / "retrain.lock"
 
 
 def audit_path(cfg: FederationConfig) -> Path:
     return cfg.privacy.ledger.parent / "retrain_audit.jsonl"
-
-
-class RetrainLock:
-    """One retraining run at a time per federation.
-
-    An exclusive ``flock`` on a file beside the ledger (portalocker): the operating system
-    releases it when the holding process ends in any way, SIGKILL included, so a stale
-    lock never blocks the schedule; the file keeps who held it last, for the message."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fh: Any = None
-
-    def __enter__(self) -> RetrainLock:
-        import portalocker
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = self.path.open("a+")
-        try:
-            portalocker.lock(fh, portalocker.LOCK_EX | portalocker.LOCK_NB)
-        except portalocker.LockException:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown holder"
-            fh.close()
-            raise LockedError(
-                f"another retraining run holds {self.path} ({holder}); this run did nothing"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n")
-        fh.flush()
-        self._fh = fh
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import portalocker
-
-        if self._fh is not None:
-            portalocker.unlock(self._fh)
-            self._fh.close()
-            self._fh = None
 
 
 @dataclass
@@ -173,7 +129,7 @@ def run_retrain(
         "host": socket.gethostname(),
     }
     try:
-        with RetrainLock(lock_path(cfg)):
+        with FederationLock(lock_path(cfg), "retraining run"):
             result = _retrain(cfg, record, strategies, ray_address, say, on_round)
     except LockedError as exc:
         result = RetrainResult(LOCKED, str(exc))

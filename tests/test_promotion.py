@@ -142,12 +142,13 @@ def test_the_gate_promotes_better_models_keeps_worse_ones_and_rollback_restores(
     assert _aliases(client)[CHAMPION] == "2"
 
 
-def test_a_promotion_racing_a_job_stands_and_the_job_says_why_it_did_not_promote(
+def test_a_promotion_racing_a_job_is_refused_and_an_alias_moved_around_the_lock_stands(
     ray_session, four_sites: Path, tmp_path: Path
 ) -> None:
-    """Another process moves the champion after the job read it and before the job's
-    alias move: the job's move is a compare-and-set, so the other process's champion
-    stays and the job is kept with the reason named."""
+    """While a job holds the federation's lock, `pipeline promote` is refused and does
+    nothing. A process that moves the champion without the lock (the MLflow UI, an old
+    client) after the job read it is not overwritten either: the job's alias move is a
+    compare-and-set, so it is kept with the reason named."""
     config = make_config(four_sites, tmp_path)
     cfg = load_config(config)
     client = mlflow.MlflowClient(cfg.tracking_uri, cfg.tracking_uri)
@@ -158,17 +159,36 @@ def test_a_promotion_racing_a_job_stands_and_the_job_says_why_it_did_not_promote
     raced: list[subprocess.CompletedProcess] = []
 
     def progress(message: str) -> None:
-        # The job has read champion 1 and evaluates against it: now another process
-        # promotes version 2 by hand.
+        # The job has read champion 1 and evaluates against it: now two other processes.
         if message.startswith("evaluating the model and champion 1") and not raced:
-            args = ("promote", "--config", str(config), "--version", "2", "--reason", "race")
-            raced.append(_cli(*args, cwd=tmp_path))
+            promote = ("promote", "--config", str(config), "--version", "2", "--reason", "race")
+            raced.append(
+                subprocess.run([PIPELINE, *promote], capture_output=True, text=True, timeout=300)
+            )
+            moved = (
+                "import mlflow, sys; c = mlflow.MlflowClient(sys.argv[1], sys.argv[1]); "
+                "c.set_registered_model_alias('diabetes-risk', 'champion', '2')"
+            )
+            raced.append(
+                subprocess.run(
+                    [sys.executable, "-c", moved, cfg.tracking_uri],
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
+            )
 
     third = run_job(cfg, strategy="logistic", progress=progress)
-    assert raced and third.model_version == "3"
-    assert not third.decision.promote
+    refused, around = raced
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert (
+        "another run holds" in refused.stderr and "promotion by hand did nothing" in refused.stderr
+    )
+    assert around.returncode == 0, around.stderr
+    assert third.model_version == "3" and not third.decision.promote
     assert {c.name for c in third.decision.failed()} == {"champion_unchanged"}
     assert "it is version 2, the gate compared against version 1" in third.decision.summary()
-    assert _aliases(client) == {CHAMPION: "2", PREVIOUS_CHAMPION: "1", CHALLENGER: "3"}
+    assert _aliases(client)[CHAMPION] == "2"
     tags = client.get_model_version("diabetes-risk", "3").tags
     assert tags["gate.decision"] == "kept" and tags["gate.champion_unchanged"].startswith("FAIL")
+    assert "promotion" not in client.get_model_version("diabetes-risk", "2").tags  # refused

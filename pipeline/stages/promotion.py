@@ -28,6 +28,7 @@ from pipeline.registry import (
     registry_client,
 )
 from pipeline.stages.context import JobContext
+from pipeline.stages.state_lock import FederationLock, lock_path
 from pipeline.strategies.base import PrivacyPlan
 from pipeline.validation import ValidationSummary
 
@@ -186,9 +187,10 @@ def promote(cfg: FederationConfig, version: str, reason: str) -> str | None:
 
     client = registry_client(cfg.tracking_uri)
     name = cfg.mlflow.model_name
-    former = promote_by_hand(client, name, version, reason=reason, by=_user())
-    run_id = client.get_model_version(name, version).run_id
-    log_card(client, run_id, load_contract(cfg.contract), model_name=name, version=version)
+    with FederationLock(lock_path(cfg), "promotion by hand"):
+        former = promote_by_hand(client, name, version, reason=reason, by=_user())
+        run_id = client.get_model_version(name, version).run_id
+        log_card(client, run_id, load_contract(cfg.contract), model_name=name, version=version)
     return former
 
 
@@ -196,7 +198,8 @@ def rollback(cfg: FederationConfig) -> tuple[str, str | None]:
     """`pipeline rollback`: champion back to previous-champion. (restored, demoted)."""
     from pipeline.registry import rollback as move_back
 
-    return move_back(registry_client(cfg.tracking_uri), cfg.mlflow.model_name)
+    with FederationLock(lock_path(cfg), "rollback"):
+        return move_back(registry_client(cfg.tracking_uri), cfg.mlflow.model_name)
 
 
 def _user() -> str:
