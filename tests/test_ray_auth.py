@@ -20,15 +20,18 @@ def test_a_run_with_token_authentication_off_is_refused_before_ray_starts(
     tmp_path: Path,
 ) -> None:
     config, _ = synthesize(tmp_path / "fed", sites=3, rows=600, seed=3)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    done = subprocess.run(
-        [PIPELINE, "validate", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_path,
-    )
+
+    def validate() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [PIPELINE, "validate", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+            cwd=tmp_path,
+        )
+
+    done = validate()
     assert done.returncode == 2, done.stdout + done.stderr
     assert "token authentication is off" in done.stderr
     assert "RAY_AUTH_MODE=disabled" in done.stderr and "allow_unauthenticated" in done.stderr
@@ -39,13 +42,6 @@ def test_a_run_with_token_authentication_off_is_refused_before_ray_starts(
     raw = yaml.safe_load(config.read_text())
     raw["ray"] = {"allow_unauthenticated": True}
     config.write_text(yaml.safe_dump(raw))
-    allowed = subprocess.run(
-        [PIPELINE, "validate", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_path,
-    )
+    allowed = validate()
     assert allowed.returncode == 0, allowed.stdout[-2000:] + allowed.stderr[-2000:]
     assert "quorum met" in allowed.stdout
