@@ -51,7 +51,7 @@ from pipeline.config import FederationConfig, load_config
 from pipeline.contract import Contract, load_contract
 from pipeline.evaluation import pooled_metrics, stats_vector
 from pipeline.features import FeatureEncoder
-from pipeline.federation.runtime import ensure_ray
+from pipeline.federation.ray_session import ensure_ray
 from pipeline.importer import csv_to_table
 from pipeline.job import JobResult, run_job
 from pipeline.pooled import site_split, train_logistic

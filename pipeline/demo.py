@@ -30,7 +30,7 @@ def run_demo(console: Console, *, out: Path, sites: int, rows: int, seed: int) -
     follow-ups arrives, with an older, heavier population at one site; the scheduled
     retraining reports the drift, retrains the champion's strategy and promotes or keeps
     it. Ends with the registry and how to serve the champion."""
-    from pipeline.federation.runtime import ensure_ray
+    from pipeline.federation.ray_session import ensure_ray
     from pipeline.job import run_job
     from pipeline.retrain import run_retrain
     from pipeline.validation_job import run_validation

@@ -3,7 +3,7 @@
 Pure: it reads one shared evaluation (the challenger and the champion scored on the same
 held-out rows in the same job) and the job's facts, and returns a :class:`Decision` with
 every criterion and its numbers. It moves no alias and logs nothing;
-:func:`pipeline.registry.apply_decision` applies it.
+:func:`pipeline.stages.promotion.apply_decision` applies it.
 
 The criteria, after the practice of clinical prediction-model updating (Steyerberg,
 "Clinical Prediction Models", 2nd ed., ch. 20; Vergouwe et al., Stat Med 2017): a new

@@ -31,7 +31,6 @@ from pipeline.model_package import (
 
 if TYPE_CHECKING:
     from pipeline.contract import Contract
-    from pipeline.gate import Decision
     from pipeline.models.base import Model
 
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
@@ -298,34 +297,6 @@ def load_version(client: Any, model_name: str, version: str, workdir: Path) -> R
     contract = load_contract(artifacts["contract"])
     spec = json.loads(Path(artifacts["model"]).read_text())
     return RegisteredModel(str(version), mv.run_id, from_spec(contract, spec, artifacts), contract)
-
-
-def apply_decision(client: Any, model_name: str, version: str, decision: Decision) -> Decision:
-    """Apply the gate's decision: when it promotes, move the champion alias, but only if
-    the champion is still the one the gate compared against (the replaced champion
-    becomes previous-champion); then record the decision as tags on the version. Returns
-    the decision as applied: kept, with the failed ``champion_unchanged`` criterion, when
-    the champion moved while the job ran."""
-    from pipeline.gate import Criterion
-
-    if decision.promote:
-        try:
-            move_champion(client, model_name, version, expected=decision.champion_version)
-        except ChampionMoved as exc:
-            decision = decision.refused(
-                Criterion(
-                    "champion_unchanged",
-                    False,
-                    str(exc),
-                    "the champion the gate compared against is still the champion",
-                )
-            )
-    tags = {"gate.decision": decision.outcome, "gate.summary": decision.summary()[:5000]}
-    for c in decision.criteria:
-        tags[f"gate.{c.name}"] = f"{'pass' if c.passed else 'FAIL'}: {c.value} (rule: {c.rule})"
-    for key, value in tags.items():
-        client.set_model_version_tag(model_name, version, key, value)
-    return decision
 
 
 def promote_by_hand(

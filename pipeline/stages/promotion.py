@@ -2,8 +2,8 @@
 challenger, apply the gate and write the model card.
 
 The gate itself (:mod:`pipeline.gate`) is pure; this module gathers its inputs from the
-job (one shared evaluation, the sites' validation, the ledger) and has the registry apply
-the outcome. A scheduled retraining calls the same two functions.
+job (one shared evaluation, the sites' validation, the ledger) and applies the outcome
+to the registry (:func:`apply_decision`). A scheduled retraining calls the same two functions.
 """
 
 from __future__ import annotations
@@ -12,19 +12,21 @@ import getpass
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import FederationConfig
 from pipeline.contract import Contract
 from pipeline.evaluation import Evaluation
-from pipeline.gate import Decision, decide
+from pipeline.gate import Criterion, Decision, decide
 from pipeline.models.base import Model
 from pipeline.models.digest import payload_digest
 from pipeline.protocol.messages import SiteInfo
 from pipeline.registry import (
     CHAMPION,
+    ChampionMoved,
     alias_version,
-    apply_decision,
     load_version,
+    move_champion,
     registry_client,
 )
 from pipeline.stages.context import JobContext
@@ -136,6 +138,32 @@ def register_and_gate(
     tracker.tags({"gate.decision": decision.outcome, "model_version": version})
     log_card(client, tracker.run_id or "", ctx.contract, model_name=name, version=version)
     return version, decision
+
+
+def apply_decision(client: Any, model_name: str, version: str, decision: Decision) -> Decision:
+    """Apply the gate's decision: when it promotes, move the champion alias, but only if
+    the champion is still the one the gate compared against (the replaced champion
+    becomes previous-champion); then record the decision as tags on the version. Returns
+    the decision as applied: kept, with the failed ``champion_unchanged`` criterion, when
+    the champion moved while the job ran."""
+    if decision.promote:
+        try:
+            move_champion(client, model_name, version, expected=decision.champion_version)
+        except ChampionMoved as exc:
+            decision = decision.refused(
+                Criterion(
+                    "champion_unchanged",
+                    False,
+                    str(exc),
+                    "the champion the gate compared against is still the champion",
+                )
+            )
+    tags = {"gate.decision": decision.outcome, "gate.summary": decision.summary()[:5000]}
+    for c in decision.criteria:
+        tags[f"gate.{c.name}"] = f"{'pass' if c.passed else 'FAIL'}: {c.value} (rule: {c.rule})"
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    return decision
 
 
 def version_tags(
