@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.errors import BudgetError, DataError
 from pipeline.federation.rounds import SecureSession, summed_release
-from pipeline.privacy.recalibration import Cells, Recalibration, fit
+from pipeline.privacy.recalibration import Cells, fit
 from pipeline.privacy.releases import Declared
 from pipeline.protocol.messages import MaskedUpdate, ModelUpdate
 from pipeline.strategies.base import SiteHandler, TrainingJob
@@ -53,32 +53,14 @@ def recalibrated(
     if plan.recalibration_noise_multiplier is None:
         job.tracker.params({"recalibration": plan.recalibration_note or "none"})
         return weights
-    return recalibrate(
-        job,
-        weights,
-        epsilon=plan.epsilon,
-        noise_multiplier=plan.recalibration_noise_multiplier,
-        cells=Cells.around(weights, scales, centres),
-        secure=secure,
-    )[0]
-
-
-def recalibrate(
-    job: TrainingJob,
-    weights: np.ndarray,
-    *,
-    epsilon: float,
-    noise_multiplier: float,
-    cells: Cells,
-    secure: SecureSession | None,
-) -> tuple[np.ndarray, Recalibration]:
-    """The model's weights recalibrated on the sites' training rows, and the map."""
+    noise_multiplier = plan.recalibration_noise_multiplier
+    cells = Cells.around(weights, scales, centres)
     job.say("recalibrating on the sites' training rows (one private release)")
     ask = job.asker(
         REQUEST,
         job.job_id,
         np.asarray(weights, dtype=np.float64),
-        epsilon=epsilon,
+        epsilon=plan.epsilon,
         noise_multiplier=noise_multiplier,
         **cells.as_request(),
     )
@@ -93,7 +75,7 @@ def recalibrate(
             "recalibration_centre": recalibration.centre,
         }
     )
-    return recalibration.apply(weights), recalibration
+    return recalibration.apply(weights)
 
 
 class RecalibrationSite(SiteHandler):
