@@ -41,12 +41,13 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+from pipeline.champion import move_champion  # noqa: E402
 from pipeline.config import DEFAULT_CONTRACT, load_config  # noqa: E402
 from pipeline.contract import load_contract  # noqa: E402
 from pipeline.extract import read_frame  # noqa: E402
 from pipeline.features import FeatureEncoder  # noqa: E402
 from pipeline.models.logistic import LogisticModel  # noqa: E402
-from pipeline.registry import JobTracker, move_champion, registry_client  # noqa: E402
+from pipeline.registry import JobTracker, registry_client  # noqa: E402
 from pipeline.synth import synthesize  # noqa: E402
 
 GOAL_P50_MS, GOAL_RATIO, GOAL_ROWS_S = 10.0, 1.3, 20_000

@@ -93,7 +93,8 @@ def run_demo(console: Console, *, out: Path, sites: int, rows: int, seed: int) -
 
 def _print_registry(console: Console, cfg: FederationConfig) -> str | None:
     """The versions table and where the champion's card is; returns its strategy."""
-    from pipeline.registry import CHAMPION, alias_version, list_versions, registry_client
+    from pipeline.champion import CHAMPION, alias_version
+    from pipeline.registry import list_versions, registry_client
 
     client = registry_client(cfg.tracking_uri)
     name = cfg.mlflow.model_name
@@ -113,7 +114,8 @@ def _print_registry(console: Console, cfg: FederationConfig) -> str | None:
 
 def print_how_to_serve(console: Console, cfg: FederationConfig) -> None:
     """How to serve the registered model to clinicians and score a patient."""
-    from pipeline.registry import CHALLENGER, CHAMPION, alias_version, registry_client
+    from pipeline.champion import CHAMPION, alias_version
+    from pipeline.registry import CHALLENGER, registry_client
 
     name = cfg.mlflow.model_name
     client = registry_client(cfg.tracking_uri)

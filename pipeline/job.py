@@ -24,14 +24,16 @@ from pipeline import strategies
 from pipeline.config import FederationConfig
 from pipeline.contract import load_contract
 from pipeline.evaluation import Evaluation, Metrics, Suppressed
+from pipeline.failpoints import stop_point
 from pipeline.federation.runtime import SiteRuntime
 from pipeline.gate import Decision
 from pipeline.models.base import Model
 from pipeline.protocol.messages import SiteInfo
 from pipeline.registry import JobTracker
+from pipeline.scratch import scratch_prefix
 from pipeline.stages.context import JobContext, StageClock
 from pipeline.stages.evaluation import evaluate
-from pipeline.stages.privacy import finish_at_sites, plan_and_reserve
+from pipeline.stages.privacy import plan_and_reserve
 from pipeline.stages.promotion import (
     Champion,
     current_champion,
@@ -40,6 +42,7 @@ from pipeline.stages.promotion import (
     register_and_gate,
     version_tags,
 )
+from pipeline.stages.recovery import Journal, end_job, recover_jobs
 from pipeline.stages.sites import admit_sites, load_sites, site_runtime
 from pipeline.stages.state_lock import FederationLock, lock_path
 from pipeline.strategies.base import Progress, RoundProgress, Strategy, quiet
@@ -84,6 +87,7 @@ def run_job(
     register: bool = True,
     runtime: SiteRuntime | None = None,
     after_load: AfterLoad | None = None,
+    retrain_run: str | None = None,
 ) -> JobResult:
     """Run one federated training job. Raises a PipelineError when it cannot complete;
     the MLflow run is then marked FAILED with the reason and nothing is registered.
@@ -98,25 +102,41 @@ def run_job(
     `runtime`, and `after_load(ctx, infos)` runs a stage of its own once the sites have
     loaded their rows (before any privacy is reserved). The job holds the federation's
     lock (:mod:`pipeline.stages.state_lock`) from start to end: while another process
-    holds it, the job is refused before it starts anything."""
+    holds it, the job is refused before it starts anything. Taking it, the job first puts
+    right what a killed job left (:mod:`pipeline.stages.recovery`), and keeps its own
+    marker while it runs (`retrain_run`: the retraining run it belongs to)."""
     chosen = strategies.get(strategy or cfg.training.model)
     settings = cfg.training.model_copy(update={"rounds": rounds or cfg.training.rounds})
     contract = load_contract(cfg.contract)
     job_id = f"{chosen.name}-{uuid.uuid4().hex[:10]}"
     tracker = JobTracker(cfg.tracking_uri, cfg.mlflow.experiment or cfg.federation, job_id)
-    clock = StageClock()
+    journal = Journal(cfg)
+    clock = StageClock(on_stage=lambda stage: journal.note(job_id, stage=stage))
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         # The federation's lock before anything: a job spends budget and registers.
-        stack.enter_context(FederationLock(lock_path(cfg), "job"))
-        stack.enter_context(tracker)
+        lock = stack.enter_context(FederationLock(lock_path(cfg), "job"))
         if runtime is None:
             runtime = stack.enter_context(site_runtime(cfg, job_id, ray_address))
+        if lock.first:
+            recover_jobs(cfg, runtime, progress or quiet)
+        journal.start(job_id, "job", strategy=chosen.name, retrain_run=retrain_run)
+        stack.callback(journal.end, job_id)
+        stack.enter_context(tracker)
         ready = stack.enter_context(_ahead(chosen))
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="champion-")))
+        scratch = scratch_prefix(job_id, "champion")
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=scratch)))
         clock.seconds["start"] = time.perf_counter() - started
         ctx = JobContext(
-            runtime, cfg, contract, job_id, tracker, chosen, settings, progress or quiet, on_round
+            runtime,
+            cfg,
+            contract,
+            job_id,
+            tracker,
+            chosen,
+            settings,
+            progress or quiet,
+            _stopping_after_a_round(on_round),
         )
         _log_start(ctx)
 
@@ -127,11 +147,14 @@ def run_job(
             sites = load_sites(ctx)
         if after_load is not None:
             after_load(ctx, sites)
-        stack.callback(finish_at_sites, runtime, job_id)
+        stack.callback(end_job, cfg, runtime, job_id)
+        journal.note(job_id, stage="reservation")
         plan, spend = plan_and_reserve(ctx, sites)
+        stop_point("reservation")
         with clock.stage("training"):
             model = chosen.train(ctx.training_job(sites), plan)
         with clock.stage("evaluation"):
+            stop_point("evaluation")
             # Without registration there is no decision to make: the model alone.
             champion = current_champion(cfg, contract, workdir) if register else Champion()
             champion = fix_at_sites(ctx, model, champion)
@@ -167,6 +190,17 @@ def run_job(
             decision=decision,
             partitions={s: i.partitions for s, i in sites.items()},
         )
+
+
+def _stopping_after_a_round(on_round: RoundProgress | None) -> RoundProgress:
+    """`on_round`, and the crash tests' stop point once a round has been released."""
+
+    def heard(done: int, total: int) -> None:
+        stop_point("training")
+        if on_round is not None:
+            on_round(done, total)
+
+    return heard
 
 
 def _log_start(ctx: JobContext) -> None:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.console import printed_to_debug
-from pipeline.errors import PipelineError
 from pipeline.model_package import (
     MODEL_CODE,
     MODEL_CODE_FILE,
@@ -37,8 +36,6 @@ os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 CHALLENGER = "challenger"
-CHAMPION = "champion"
-PREVIOUS_CHAMPION = "previous-champion"
 
 log = logging.getLogger(__name__)
 
@@ -220,52 +217,6 @@ def run_document(client: Any, run_id: str, name: str) -> Any | None:
     return json.loads(text)
 
 
-def alias_version(client: Any, model_name: str, alias: str) -> str | None:
-    """The version an alias points at, or None when the alias (or the model) is unset."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(model_name, alias).version)
-    except MlflowException:
-        return None
-
-
-_ANY = object()
-
-
-def move_champion(
-    client: Any, model_name: str, version: str, *, expected: str | None | object = _ANY
-) -> str | None:
-    """Make `version` the champion; the champion it replaces becomes `previous-champion`
-    (so a rollback is one alias move). Returns the replaced version, if any.
-
-    With `expected` (a version, or None for no champion) the move is a compare-and-set:
-    if the champion is no longer `expected` (another process promoted or rolled back in
-    the meantime) nothing moves and :class:`ChampionMoved` says so. MLflow has no atomic
-    alias swap, so the check and the move are two registry calls apart."""
-    former = alias_version(client, model_name, CHAMPION)
-    if expected is not _ANY and former != (None if expected is None else str(expected)):
-        raise ChampionMoved(
-            f"the champion of {model_name} moved while the job ran: it is "
-            f"{'version ' + former if former else 'none'}, the gate compared against "
-            f"{'version ' + str(expected) if expected else 'none'}; not promoted"
-        )
-    if former == str(version):
-        return former
-    if former is not None:
-        client.set_registered_model_alias(model_name, PREVIOUS_CHAMPION, former)
-    client.set_registered_model_alias(model_name, CHAMPION, str(version))
-    return former
-
-
-class RegistryError(PipelineError):
-    """A registry request that cannot be done (unknown version, no previous champion)."""
-
-
-class ChampionMoved(RegistryError):
-    """The champion is no longer the one a decision was made against."""
-
-
 @dataclass(frozen=True)
 class RegisteredModel:
     """A registered version loaded for evaluation in a job (not for serving)."""
@@ -297,37 +248,6 @@ def load_version(client: Any, model_name: str, version: str, workdir: Path) -> R
     contract = load_contract(artifacts["contract"])
     spec = json.loads(Path(artifacts["model"]).read_text())
     return RegisteredModel(str(version), mv.run_id, from_spec(contract, spec, artifacts), contract)
-
-
-def promote_by_hand(
-    client: Any, model_name: str, version: str, *, reason: str, by: str
-) -> str | None:
-    """Make `version` the champion past the gate, recorded as such on the version and its
-    run (who, when, why). Returns the replaced champion's version, if any."""
-    if not reason.strip():
-        raise RegistryError("a promotion by hand needs a reason")
-    mv = _version(client, model_name, version)
-    when = datetime.now(UTC).isoformat(timespec="seconds")
-    record = {"promotion": "manual", "promotion.by": by, "promotion.at": when}
-    record["promotion.reason"] = reason[:5000]
-    for key, value in record.items():
-        client.set_model_version_tag(model_name, str(version), key, value)
-        client.set_tag(mv.run_id, key, value)
-    return move_champion(client, model_name, str(version))
-
-
-def rollback(client: Any, model_name: str) -> tuple[str, str | None]:
-    """Move `champion` back to `previous-champion`; the demoted champion becomes the
-    previous one, so a second rollback undoes the first. Returns (restored, demoted)."""
-    previous = alias_version(client, model_name, PREVIOUS_CHAMPION)
-    if previous is None:
-        raise RegistryError(f"{model_name} has no {PREVIOUS_CHAMPION} to roll back to")
-    demoted = move_champion(client, model_name, previous)
-    when = datetime.now(UTC).isoformat(timespec="seconds")
-    client.set_model_version_tag(model_name, previous, "rollback.restored_at", when)
-    if demoted is not None:
-        client.set_model_version_tag(model_name, demoted, "rollback.demoted_at", when)
-    return previous, demoted
 
 
 @dataclass(frozen=True)
@@ -374,12 +294,3 @@ def list_versions(client: Any, model_name: str) -> list[VersionRow]:
             )
         )
     return rows
-
-
-def _version(client: Any, model_name: str, version: str) -> Any:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version(model_name, str(version))
-    except MlflowException:
-        raise RegistryError(f"{model_name} has no version {version}") from None

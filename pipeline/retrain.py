@@ -34,10 +34,12 @@ from typing import Any
 
 from pipeline.config import FederationConfig
 from pipeline.errors import BudgetError, PipelineError, QuorumError
+from pipeline.stages.recovery import Journal, recover_jobs
 from pipeline.stages.state_lock import FederationLock, LockedError, lock_path
 from pipeline.strategies.base import Progress, RoundProgress
 
 TRAINED, NOTHING_NEW, BAD_INPUT, QUORUM_LOST, BUDGET_EXHAUSTED, LOCKED = 0, 3, 2, 4, 5, 6
+KILLED = 128 + 9  # what a shell reports for a run killed by SIGKILL
 # exit code -> (status, what it means); quoted by `pipeline retrain --help` and the README.
 EXIT_CODES = {
     TRAINED: ("trained", "new months trained on; each model promoted or kept by the gate"),
@@ -48,6 +50,11 @@ EXIT_CODES = {
     LOCKED: (
         "locked",
         "another run holds this federation's lock (a retraining, train, promote or rollback)",
+    ),
+    KILLED: (
+        "killed",
+        "the run was killed (SIGKILL); the next run records it and says whether its months "
+        "are retried (nothing released) or spent",
     ),
 }
 
@@ -70,12 +77,15 @@ class RetrainResult:
         return EXIT_CODES[self.code][0]
 
 
-def seen_partitions(cfg: FederationConfig) -> dict[str, list[str]]:
+def seen_partitions(
+    cfg: FederationConfig, codes: tuple[int, ...] = (TRAINED, NOTHING_NEW, KILLED)
+) -> dict[str, list[str]]:
     """Months already dealt with, per site: the closed months every site held at the
-    newest run that trained or found nothing new (a site quarantined then does not
-    retrigger training every night; `pipeline train` takes it back once its data is
-    fixed), else the champion's data window, else none."""
-    last = last_record(cfg, (TRAINED, NOTHING_NEW))
+    newest run that trained, found nothing new or was killed after spending on them (a
+    site quarantined then does not retrigger training every night; `pipeline train` takes
+    it back once its data is fixed), else the champion's data window, else none. `codes`
+    narrows the runs that count (a killed run's months trained no model)."""
+    last = last_record(cfg, codes)
     if last is not None:
         return {s: list(months) for s, months in last["seen"].items()}
     return champion_partitions(cfg)
@@ -83,15 +93,8 @@ def seen_partitions(cfg: FederationConfig) -> dict[str, list[str]]:
 
 def last_record(cfg: FederationConfig, codes: tuple[int, ...]) -> dict[str, Any] | None:
     """The newest audit record that ended with one of `codes`."""
-    path = audit_path(cfg)
-    if not path.exists():
-        return None
     last = None
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill mid-write
+    for record in _records(cfg):
         if record.get("exit_code") in codes and "seen" in record:
             last = record
     return last
@@ -100,7 +103,8 @@ def last_record(cfg: FederationConfig, codes: tuple[int, ...]) -> dict[str, Any]
 def champion_partitions(cfg: FederationConfig) -> dict[str, list[str]]:
     """The months each site contributed to the champion's training (its run's
     ``sites.json``); empty without a champion."""
-    from pipeline.registry import CHAMPION, alias_version, registry_client, run_document
+    from pipeline.champion import CHAMPION, alias_version
+    from pipeline.registry import registry_client, run_document
 
     client = registry_client(cfg.tracking_uri)
     version = alias_version(client, cfg.mlflow.model_name, CHAMPION)
@@ -129,8 +133,8 @@ def run_retrain(
         "host": socket.gethostname(),
     }
     try:
-        with FederationLock(lock_path(cfg), "retraining run"):
-            result = _retrain(cfg, record, strategies, ray_address, say, on_round)
+        with FederationLock(lock_path(cfg), "retraining run") as lock:
+            result = _retrain(cfg, record, strategies, ray_address, say, on_round, lock.first)
     except LockedError as exc:
         result = RetrainResult(LOCKED, str(exc))
     except QuorumError as exc:
@@ -142,6 +146,7 @@ def run_retrain(
     record.update({"exit_code": result.code, "status": result.status, "message": result.message})
     if result.code != LOCKED:  # the run that holds the lock writes its own record
         _append(audit_path(cfg), record)
+        Journal(cfg).end(record["run"])  # only now: a run that has no record is found
     result.record = record
     _log_on_runs(cfg, result)
     return result
@@ -154,6 +159,7 @@ def _retrain(
     ray_address: str | None,
     say: Progress,
     on_round: RoundProgress | None,
+    recover: bool,
 ) -> RetrainResult:
     from pipeline.contract import load_contract
     from pipeline.extract import current_month
@@ -164,13 +170,18 @@ def _retrain(
 
     strategies = strategies or list(cfg.retrain.strategies or [cfg.training.model])
     contract = load_contract(cfg.contract)
-    already = seen_partitions(cfg)
     month = current_month()
     record.update({"strategies": strategies, "closed_before": month})
     clock = StageClock()
     record["seconds"] = clock.seconds  # wall time per stage, filled as the run goes
     started = time.perf_counter()
+    journal = Journal(cfg)
     with site_runtime(cfg, record["run"], ray_address) as runtime:
+        if recover:
+            recover_jobs(cfg, runtime, say)
+            _record_killed(cfg, journal, record["run"], say)
+        journal.start(record["run"], "retrain")
+        already = seen_partitions(cfg)  # after a killed run's record, which may add months
         say("asking the sites for their closed follow-up months")
         listing = runtime.call("partitions", runtime.job_id, month)
         runtime.require_quorum(cfg.quorum, "listing partitions")
@@ -188,6 +199,7 @@ def _retrain(
         record["unreachable"] = dict(listing.failed)
         # What the next run compares with (a site that did not answer keeps its months).
         record["seen"] = {**already, **{s: list(p.closed) for s, p in listing.ok.items()}}
+        journal.note(record["run"], seen=record["seen"], new=new)
         if not any(new.values()):
             latest = max((m for p in listing.ok.values() for m in p.closed), default="none")
             return RetrainResult(
@@ -198,7 +210,7 @@ def _retrain(
         say("new months: " + "; ".join(f"{s} {', '.join(m)}" for s, m in new.items() if m))
         # Asked only now: a night with nothing new never opens the registry (importing
         # MLflow and opening its store cost about 6 s of a 19 s no-op run).
-        drift_reference = champion_partitions(cfg) or already
+        drift_reference = champion_partitions(cfg) or seen_partitions(cfg, (TRAINED, NOTHING_NEW))
 
         def drift_stage(ctx, infos: dict[str, Any]) -> None:  # noqa: ANN001
             if not any(drift_reference.values()):
@@ -229,6 +241,7 @@ def _retrain(
                 after_load=drift_stage if i == 0 else None,
                 progress=say,
                 on_round=on_round,
+                retrain_run=record["run"],
             )
             jobs.append(job)
             clock.seconds[f"job {strategy}"] = dict(job.seconds)
@@ -256,6 +269,57 @@ def _retrain(
     decided = "; ".join(f"{j.strategy} v{j.model_version}: {j.decision.outcome}" for j in jobs)
     window = f"{months[0]}..{months[-1]}" if months else "all rows"
     return RetrainResult(TRAINED, f"trained on {window}: {decided}", jobs=jobs)
+
+
+def _record_killed(cfg: FederationConfig, journal: Journal, found_by: str, say: Progress) -> None:
+    """The audit record of each retraining run that was killed, from its marker (and what
+    :func:`recover_jobs` found of its jobs). Its months are *retried* next night when it
+    left nothing behind (no release under a site's budget, no registered version): the
+    retry is free. Otherwise they are *spent*: counted as seen, so a run killed at the
+    same point every night (the OOM killer) cannot drain the sites' budgets; an operator
+    trains them with `pipeline train`."""
+    done = {r.get("run") for r in _records(cfg)}
+    for marker in journal.left("retrain"):
+        if marker["id"] in done:  # killed after writing its record: nothing is missing
+            journal.end(marker["id"])
+            continue
+        jobs = marker.get("jobs", [])
+        spent = any(j["version"] or j["released"] for j in jobs)
+        months = "spent" if spent else "retried"
+        record: dict[str, Any] = {
+            "time": marker["started"],
+            "run": marker["id"],
+            "federation": cfg.federation,
+            "host": marker["host"],
+            "exit_code": KILLED,
+            "status": "killed",
+            "message": (
+                f"killed: process {marker['pid']} ended without finishing (its log says how); "
+                f"found by {found_by}; its months are {months}"
+            ),
+            "months": months,
+            "new": marker.get("new", {}),
+            "jobs": jobs,
+            "recorded": _now(),
+        }
+        if spent and "seen" in marker:
+            record["seen"] = marker["seen"]
+        _append(audit_path(cfg), record)
+        journal.end(marker["id"])
+        say(f"retraining run {marker['id']} was killed: {months} (audit record written)")
+
+
+def _records(cfg: FederationConfig) -> list[dict[str, Any]]:
+    path = audit_path(cfg)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill mid-write
+    return out
 
 
 def _privacy(cfg: FederationConfig, sites: list[str]) -> dict[str, dict[str, float]]:

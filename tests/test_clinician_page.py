@@ -19,7 +19,8 @@ from support.serving import (
     write_config,
 )
 
-from pipeline.registry import move_champion, registry_client
+from pipeline.champion import move_champion
+from pipeline.registry import registry_client
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

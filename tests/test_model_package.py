@@ -41,12 +41,13 @@ from support.serving import (
     write_config,
 )
 
+from pipeline.champion import move_champion
 from pipeline.contract import Contract, load_contract
 from pipeline.model_package import MODEL_CODE_FILE
 from pipeline.models.request import RequestError, check_request
 from pipeline.models.risk_model import as_frame, score
 from pipeline.models.signature import column_type, input_example, model_signature, typical_value
-from pipeline.registry import move_champion, registry_client
+from pipeline.registry import registry_client
 
 HEART = ROOT / "schemas" / "heart_disease.yaml"
 BIN = Path(sys.executable).parent

@@ -12,9 +12,10 @@ import pytest
 from rich.console import Console
 from support.federation import make_config
 
+from pipeline.champion import CHAMPION, alias_version
 from pipeline.config import load_config
 from pipeline.job import run_job
-from pipeline.registry import CHAMPION, alias_version, list_versions
+from pipeline.registry import list_versions
 from pipeline.report import print_models
 
 pytestmark = pytest.mark.slow

@@ -16,10 +16,11 @@ import mlflow
 import pytest
 from support.federation import make_config
 
+from pipeline.champion import CHAMPION, PREVIOUS_CHAMPION, alias_version
 from pipeline.config import load_config
 from pipeline.errors import BudgetError
 from pipeline.job import run_job
-from pipeline.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, alias_version
+from pipeline.registry import CHALLENGER
 
 pytestmark = pytest.mark.slow
 PIPELINE = str(Path(sys.executable).parent / "pipeline")

@@ -1,15 +1,12 @@
 """Scheduled retraining on real Ray and MLflow: a second run on the same data does
-nothing, a new month is trained with its drift measured, runs never overlap, a killed run
-leaves nothing half-done, and a site without budget is left out (or the job refused)."""
+nothing, a new month is trained with its drift measured, and a site without budget is
+left out (or the job refused). Runs killed at every point, and the lock that keeps them
+from overlapping: tests/test_chaos.py."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -26,14 +23,11 @@ from pipeline.federation import runtime
 from pipeline.privacy.ledger import PrivacyLedger
 from pipeline.protocol import messages
 from pipeline.protocol.secure_sum import encode
-from pipeline.registry import CHAMPION, alias_version
 from pipeline.retrain import (
     BUDGET_EXHAUSTED,
-    LOCKED,
     NOTHING_NEW,
     TRAINED,
     audit_path,
-    lock_path,
     run_retrain,
 )
 from pipeline.synth import append_month, synthesize
@@ -155,84 +149,3 @@ def test_a_site_without_budget_is_left_out_and_too_few_refuse_the_job(
         log = site.path.parent / f"{site.path.name}.audit.jsonl"
         releases = [json.loads(x) for x in log.read_text().splitlines()]
         assert releases[-1]["request"] != "logistic_gradient"
-
-
-def _start(config: Path, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [PIPELINE, "retrain", "--config", str(config), "--model", "dp-fedavg"],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def test_runs_never_overlap_and_a_killed_run_leaves_nothing_half_done(
-    ray_session, tmp_path: Path
-) -> None:
-    base, _ = synthesize(tmp_path / "data", sites=3, rows=4500, seed=8)
-    # Thousands of rounds (noise per round allowed far above the signal): still training
-    # when the kill lands.
-    config = make_config(
-        base, tmp_path, training={"rounds": 3000}, privacy={"noise_to_signal": 1e4}
-    )
-    cfg = load_config(config)
-    ledger = PrivacyLedger(cfg.privacy.ledger)
-
-    first = _start(config, tmp_path)
-    deadline = time.monotonic() + 240
-    while not ledger.entries() and time.monotonic() < deadline:  # reserved: training starts
-        assert first.poll() is None, first.stdout.read()
-        time.sleep(0.5)
-    assert ledger.entries(), "the first run never reached training"
-
-    second = subprocess.run(
-        [PIPELINE, "retrain", "--config", str(config)], capture_output=True, text=True, timeout=120
-    )
-    assert second.returncode == LOCKED, second.stdout + second.stderr
-    said = second.stdout + second.stderr
-    assert "another run holds" in said and "retraining run: pid" in said, said
-    # The same lock refuses a rollback meanwhile (and a job: test_promotion).
-    other = subprocess.run(
-        [PIPELINE, "rollback", "--config", str(config)], capture_output=True, text=True, timeout=120
-    )
-    assert other.returncode == 2 and "rollback did nothing" in other.stderr, other.stderr
-
-    time.sleep(2.0)  # mid-training: some noisy gradients have left the sites
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait(timeout=30)
-    assert lock_path(cfg).exists()
-
-    # Nothing half-done: no version, no alias; the ledger holds the whole planned spend of
-    # every site that released a noisy gradient.
-    assert _versions(cfg) == 0
-    client = mlflow.MlflowClient(cfg.tracking_uri, cfg.tracking_uri)
-    assert alias_version(client, cfg.mlflow.model_name, CHAMPION) is None
-    (job,) = {e["job_id"] for e in ledger.entries()}
-    reserved = {e["site"]: e["epsilon"] for e in ledger.entries()}
-    for site in cfg.sites:
-        log = site.path.parent / f"{site.path.name}.audit.jsonl"
-        released = [
-            e
-            for e in map(json.loads, log.read_text().splitlines())
-            if e["request"] == "logistic_gradient" and e["job"] == job
-        ]
-        assert 0 < len(released) < 3000, site.name
-        assert _jobs_of_epsilon_one(reserved[site.name]), reserved
-    assert not audit_path(cfg).exists() or all(r["status"] != "trained" for r in _audit(cfg))
-
-    # The next run takes the lock over and trains the months the killed run did not.
-    quick = load_config(
-        make_config(base, tmp_path, training={"rounds": 5}, privacy={"noise_to_signal": 1e4})
-    )
-    resumed = run_retrain(quick, strategies=["dp-fedavg"])
-    assert resumed.code == TRAINED, resumed.message
-    assert _versions(quick) == 1
-    assert {e["job_id"] for e in ledger.entries()} >= {job}
-
-    # Run again, as a scheduler does: the exit code says there was nothing new.
-    noop = subprocess.run(
-        [PIPELINE, "retrain", "--config", str(config)], capture_output=True, text=True, timeout=300
-    )
-    assert noop.returncode == NOTHING_NEW, noop.stdout + noop.stderr
-    assert "nothing new (exit 3)" in noop.stdout

@@ -21,8 +21,9 @@ from support.serving import (
     write_config,
 )
 
+from pipeline.champion import move_champion
 from pipeline.contract import load_contract
-from pipeline.registry import move_champion, registry_client
+from pipeline.registry import registry_client
 
 pytestmark = pytest.mark.slow
 

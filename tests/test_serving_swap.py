@@ -20,7 +20,8 @@ from support.serving import (
     write_config,
 )
 
-from pipeline.registry import alias_version, move_champion, registry_client
+from pipeline.champion import alias_version, move_champion
+from pipeline.registry import registry_client
 
 pytestmark = pytest.mark.slow
 

@@ -233,10 +233,13 @@ def test_the_sites_own_ledger_refuses_what_its_budget_cannot_pay(actors) -> None
     with pytest.raises(BudgetError, match="own ledger refuses"):
         site.reserve("dp-2", "dp-fedavg", epsilon=1.0, delta=1e-5)
     # Nothing was released under dp-1: the job ends and the site gives it back.
-    site.finish("dp-1")
+    assert site.finish("dp-1").spend == UNUSED
     assert site.boundary.ledger.entries_of("dp-1", site.site)["status"] == UNUSED
-    site.reserve("dp-3", "dp-fedavg", epsilon=1.0, delta=1e-5)
     request = dict(epsilon=1.0, clip=1.0, noise_multiplier=5.0, rounds=1, round_=0)
+    # A coordinator that ends a job to have it given back cannot then spend under it.
+    with pytest.raises(BudgetError, match="no reservation"):
+        site.handle("dp-fedavg", "logistic_gradient", "dp-1", np.zeros(_dim(site)), **request)
+    site.reserve("dp-3", "dp-fedavg", epsilon=1.0, delta=1e-5)
 
     def ask(actor, secure):
         return actor.handle(
@@ -251,7 +254,7 @@ def test_the_sites_own_ledger_refuses_what_its_budget_cannot_pay(actors) -> None
     for other in actors[1:]:
         other.reserve("dp-3", "dp-fedavg", epsilon=1.0, delta=1e-5)
     secure_round_in_process(actors, "dp-3", 0, ask)
-    site.finish("dp-3")  # released: never refunded
+    assert site.finish("dp-3").spend == RELEASED  # released: never refunded
     assert site.boundary.ledger.entries_of("dp-3", site.site)["status"] == RELEASED
     with pytest.raises(BudgetError, match="no reservation"):
         site.handle("dp-fedavg", "logistic_gradient", "unreserved", np.zeros(_dim(site)), **request)

@@ -104,6 +104,18 @@ class Reservation:
 
 
 @dataclass(frozen=True)
+class JobEnd:
+    """A site's record of a job's end: its own ledger's status for the job's reservation
+    (``released``: spent for good; ``unused``: given back; None: it held none), and
+    whether this was the first end of a job this process served."""
+
+    site: str
+    job_id: str
+    spend: str | None
+    first: bool
+
+
+@dataclass(frozen=True)
 class BoosterReply:
     """A trained booster (model parameters) from one rank of the XGBoost collective."""
 
@@ -133,6 +145,7 @@ ALLOWED_REPLIES = (
     BoosterReply,
     ModelCommitment,
     Reservation,
+    JobEnd,
     RoundSetup,
     Confirmation,
     Reveal,

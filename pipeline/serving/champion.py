@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.champion import alias_version
 from pipeline.models.risk_model import RiskModel
-from pipeline.registry import alias_version, registry_client
+from pipeline.registry import registry_client
 from pipeline.serving.errors import ServeError
 
 log = logging.getLogger("pipeline.serving")

@@ -24,6 +24,7 @@ from pipeline.protocol.identity import load_or_create_identity
 from pipeline.protocol.messages import (
     Confirmation,
     DriftReply,
+    JobEnd,
     MaskedEvaluation,
     ModelCommitment,
     PartitionList,
@@ -151,12 +152,13 @@ class SiteActor:
         budget (:meth:`pipeline.site.boundary.Boundary.reserve`)."""
         return self.boundary.reserve(job_id, strategy, epsilon, delta, collusion_threshold)
 
-    def finish(self, job_id: str) -> bool:
-        """The job ended: a reservation it drew no noise under is given back, and the
-        months it trained on become the site's drift reference."""
-        if self.boundary.finish(job_id) and self._loaded:
+    def finish(self, job_id: str) -> JobEnd:
+        """The job ended (:meth:`pipeline.site.boundary.Boundary.end_job`); the months a
+        job this process served trained on become the site's drift reference."""
+        end = self.boundary.end_job(job_id)
+        if end.first and self._loaded:
             record_trained_months(self.extract, self._loaded)
-        return True
+        return end
 
     # -- a strategy's requests ----------------------------------------------------------
     def handle(self, strategy: str, request: str, job_id: str, *args: Any, **kwargs: Any) -> Any:

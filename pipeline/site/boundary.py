@@ -19,7 +19,7 @@ from pipeline.errors import BudgetError, DataError
 from pipeline.extract import beside
 from pipeline.privacy.ledger import RELEASED, UNUSED, PrivacyLedger
 from pipeline.privacy.releases import JobReleases
-from pipeline.protocol.messages import MaskedUpdate, ModelUpdate, Reservation
+from pipeline.protocol.messages import JobEnd, MaskedUpdate, ModelUpdate, Reservation
 from pipeline.site.audit import AuditLog
 from pipeline.site.policy import SitePolicy
 from pipeline.site.trained_models import ModelRecord
@@ -225,16 +225,26 @@ class Boundary:
             shares=self.accepts_shares(collusion_threshold),
         )
 
-    def finish(self, job_id: str) -> bool:
-        """A job ended: a reservation it never drew noise under is given back; a released
-        one stays spent. True the first time a job this site served ends (a process that
-        serves many jobs is told of each once, not at every recycle)."""
-        if job_id not in self.jobs or job_id in self._ended:
-            return False
+    def end_job(self, job_id: str) -> JobEnd:
+        """A job ended, or its coordinator was killed and the next run says so: a
+        reservation no noise was drawn under is given back, a released one stays spent,
+        and the job's temporary files (keys, certificates) on this machine go.
+
+        Safe to ask of any job, whoever asks: what it gives back was never released, and a
+        job given back can release nothing afterwards (:meth:`authorize` refuses it)."""
+        from pipeline.scratch import remove_scratch
+
+        live = job_id in self.jobs
+        first = job_id not in self._ended
         self._ended.add(job_id)
-        if self.ledger.settle(job_id, self.name, UNUSED) == UNUSED:
+        row = self.ledger.entries_of(job_id, self.name)
+        spend = None if row is None else self.ledger.settle(job_id, self.name, UNUSED)
+        if row is not None and row["status"] != spend:
             self.audit("refund", job_id)
-        return True
+        removed = len(remove_scratch(job_id))
+        if first:
+            self.audit("job_end", job_id, orphaned=not live, spend=spend or "none", files=removed)
+        return JobEnd(site=self.name, job_id=job_id, spend=spend, first=first and live)
 
     # -- the job's model -------------------------------------------------------------------
     def fix_model(self, job_id: str, digest: str) -> None:

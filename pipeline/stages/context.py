@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +25,12 @@ class StageClock:
     """Wall seconds per stage of one job, in order: where an operator sees its time go."""
 
     seconds: dict[str, float] = field(default_factory=dict)
+    on_stage: Callable[[str], None] | None = None  # hears each stage as it starts
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        if self.on_stage is not None:
+            self.on_stage(name)
         start = time.perf_counter()
         try:
             yield

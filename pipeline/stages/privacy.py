@@ -130,12 +130,3 @@ def reserve_privacy(
         },
     )
     return per_site
-
-
-def finish_at_sites(runtime: SiteRuntime, job_id: str) -> None:
-    """Tell the job's sites it ended: each gives back a reservation it drew no noise
-    under (its own ledger decides; nothing released is refunded)."""
-    import contextlib
-
-    with contextlib.suppress(Exception):
-        runtime.call("finish", job_id, raw=True, drop_failed=False, timeout_s=10.0)

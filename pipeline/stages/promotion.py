@@ -14,21 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.champion import CHAMPION, ChampionMoved, alias_version, move_champion
 from pipeline.config import FederationConfig
 from pipeline.contract import Contract
 from pipeline.evaluation import Evaluation
+from pipeline.failpoints import stop_point
 from pipeline.gate import Criterion, Decision, decide
 from pipeline.models.base import Model
 from pipeline.models.digest import payload_digest
 from pipeline.protocol.messages import SiteInfo
-from pipeline.registry import (
-    CHAMPION,
-    ChampionMoved,
-    alias_version,
-    load_version,
-    move_champion,
-    registry_client,
-)
+from pipeline.registry import load_version, registry_client
 from pipeline.stages.context import JobContext
 from pipeline.stages.state_lock import FederationLock, lock_path
 from pipeline.strategies.base import PrivacyPlan
@@ -133,6 +128,7 @@ def register_and_gate(
         champion_outside=outside,
     )
     version = tracker.register(model, str(cfg.contract), name, tags=tags)
+    stop_point("registration")
     decision = apply_decision(client, name, version, decision)
     tracker.json(decision.to_dict(), "gate.json")
     tracker.tags({"gate.decision": decision.outcome, "model_version": version})
@@ -209,9 +205,9 @@ def budget_facts(cfg: FederationConfig, sites: list[str]) -> dict[str, tuple[flo
 def promote(cfg: FederationConfig, version: str, reason: str) -> str | None:
     """`pipeline promote`: make a version the champion by hand, past the gate, and render
     its card again so it says so. Returns the replaced champion."""
+    from pipeline.champion import promote_by_hand
     from pipeline.contract import load_contract
     from pipeline.model_card import log_card
-    from pipeline.registry import promote_by_hand
 
     client = registry_client(cfg.tracking_uri)
     name = cfg.mlflow.model_name
@@ -224,7 +220,7 @@ def promote(cfg: FederationConfig, version: str, reason: str) -> str | None:
 
 def rollback(cfg: FederationConfig) -> tuple[str, str | None]:
     """`pipeline rollback`: champion back to previous-champion. (restored, demoted)."""
-    from pipeline.registry import rollback as move_back
+    from pipeline.champion import rollback as move_back
 
     with FederationLock(lock_path(cfg), "rollback"):
         return move_back(registry_client(cfg.tracking_uri), cfg.mlflow.model_name)

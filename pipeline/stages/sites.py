@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline.config import FederationConfig, SiteConfig
 from pipeline.extract import current_month
+from pipeline.failpoints import stop_point
 from pipeline.federation.runtime import Placement, SiteRuntime
 from pipeline.protocol.messages import SiteInfo
 from pipeline.site.actor import SiteActor
@@ -128,7 +129,13 @@ def admit_sites(
     """Validate at the sites and admit those that passed (the quorum rule); the others
     are quarantined with their reasons and leave the job."""
     ctx.say("validating extracts at the sites")
-    summaries = validate_sites(ctx.runtime, ctx.cfg, job_id=ctx.job_id, prepare_for=ctx.strategy)
+    summaries = validate_sites(
+        ctx.runtime,
+        ctx.cfg,
+        lambda _site: stop_point("validation"),
+        job_id=ctx.job_id,
+        prepare_for=ctx.strategy,
+    )
     ctx.tracker.json({s: v.to_dict() for s, v in summaries.items()}, "validation.json")
     admitted, quarantined = admit(list(summaries.values()), ctx.cfg.quorum)
     for site, reasons in quarantined.items():

@@ -41,6 +41,7 @@ class FederationLock:
     def __init__(self, path: Path, what: str) -> None:
         self.path = path.resolve()
         self.what = what
+        self.first = False  # whether this block took the lock (not re-entered it)
 
     def __enter__(self) -> FederationLock:
         import portalocker
@@ -69,6 +70,7 @@ class FederationLock:
         )
         fh.flush()
         _HELD[self.path] = (fh, 1)
+        self.first = True
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -77,7 +77,8 @@ def register(tracking_uri: str, model: Any, name: str = MODEL_NAME) -> str:
 def registered_champion(tmp: Path, *, card: str | None = None) -> tuple[str, Any, Any]:
     """A fitted logistic model registered as version 1 and made champion (with a model
     card when `card` is given): the tracking URI, the model and its extract."""
-    from pipeline.registry import move_champion, registry_client
+    from pipeline.champion import move_champion
+    from pipeline.registry import registry_client
 
     uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
     model, frame = fitted_logistic(tmp / "extract")

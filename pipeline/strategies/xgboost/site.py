@@ -18,6 +18,7 @@ from pipeline.console import printed_to_debug
 from pipeline.errors import BudgetError
 from pipeline.models.digest import payload_digest
 from pipeline.protocol.messages import BoosterReply, MaskedUpdate, ModelUpdate
+from pipeline.scratch import scratch_prefix
 from pipeline.splits import validation_mask
 from pipeline.strategies.base import SiteHandler
 
@@ -95,7 +96,7 @@ class XGBoostSite(SiteHandler):
         with contextlib.ExitStack() as stack:
             relay = None
             if masks is None:
-                env = _with_tls_files(env, tls_files or {}, stack)
+                env = _with_tls_files(env, tls_files or {}, stack, job_id)
             else:
                 relay = stack.enter_context(_relay(env, tls_files or {}, masks, rank))
                 env = {
@@ -141,11 +142,11 @@ class XGBoostSite(SiteHandler):
 
 
 def _with_tls_files(
-    env: dict[str, Any], tls_files: dict[str, bytes], stack: contextlib.ExitStack
+    env: dict[str, Any], tls_files: dict[str, bytes], stack: contextlib.ExitStack, job_id: str
 ) -> dict[str, Any]:
     """`env` with its certificate entries pointing at files of a private directory
     (mode 0700, each file 0600) that `stack` deletes."""
-    tls_dir = tempfile.mkdtemp(prefix="xgb-tls-")  # mode 0700
+    tls_dir = tempfile.mkdtemp(prefix=scratch_prefix(job_id, "xgb-tls"))  # mode 0700
     stack.callback(shutil.rmtree, tls_dir, True)
     env = dict(env)
     for key, pem in tls_files.items():

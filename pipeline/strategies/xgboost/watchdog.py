@@ -33,6 +33,7 @@ from typing import Any
 from pipeline.errors import PipelineError, QuorumError
 from pipeline.federation.runtime import SiteRuntime, failure_reason
 from pipeline.protocol.messages import check_reply
+from pipeline.scratch import scratch_prefix
 
 MAX_ATTEMPTS = 2  # the first try and one retry without the lost sites
 GRACE_S = 20.0  # how long the others may take to notice a broken collective
@@ -121,7 +122,7 @@ class AggregatorSettings:
 def _server(
     communicator: str,
     sites: list[str],
-    label: str,
+    job_id: str,
     host: str,
     attempt: int = 1,
     settings: AggregatorSettings | None = None,
@@ -132,7 +133,8 @@ def _server(
 
     settings = settings or AggregatorSettings()
     with contextlib.ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"xgb-{label}-")))
+        prefix = scratch_prefix(job_id, f"xgb-pki-{attempt}")
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
         if communicator in ("secure", "federated"):
             pki = stack.enter_context(JobPKI.create(work / "pki", sites, hosts=[host]))
             server = FederatedAggregator(
@@ -176,8 +178,7 @@ def run_attempt(
     from ray.exceptions import RayActorError, RayTaskError
 
     attempt = Attempt(sites=list(sites))
-    label = job_id[-10:]
-    with _server(communicator, sites, label, host, attempt_number, aggregator) as server:
+    with _server(communicator, sites, job_id, host, attempt_number, aggregator) as server:
         attempt.port, attempt.server_pid = server.port, server.pid
         refs: dict[Any, str] = {}
         for rank, site in enumerate(sites):
