@@ -7,6 +7,7 @@ cannot pay for. Site actors held in this process (the same class Ray runs)."""
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from pipeline.errors import BudgetError, DataError
 from pipeline.models.digest import payload_digest
 from pipeline.privacy.ledger import RELEASED, UNUSED
 from pipeline.protocol.secure_sum import RosterError, SiteKeys
+from pipeline.scratch import scratch_prefix
 from pipeline.site.actor import SiteActor
 from pipeline.site.policy import SitePolicy, policy_path, read_policy
 from pipeline.synth import synthesize
@@ -233,7 +235,9 @@ def test_the_sites_own_ledger_refuses_what_its_budget_cannot_pay(actors) -> None
     with pytest.raises(BudgetError, match="own ledger refuses"):
         site.reserve("dp-2", "dp-fedavg", epsilon=1.0, delta=1e-5)
     # Nothing was released under dp-1: the job ends and the site gives it back.
+    keys = Path(tempfile.mkdtemp(prefix=scratch_prefix("dp-1", "xgb-tls")))
     assert site.finish("dp-1").spend == UNUSED
+    assert not keys.exists()  # the job's key directory went with it
     assert site.boundary.ledger.entries_of("dp-1", site.site)["status"] == UNUSED
     request = dict(epsilon=1.0, clip=1.0, noise_multiplier=5.0, rounds=1, round_=0)
     # A coordinator that ends a job to have it given back cannot then spend under it.

@@ -1,14 +1,16 @@
 """Starting or joining Ray, and refusing to run without its token authentication.
 
-A Ray cluster runs code for any client that reaches it, and its servers listen beyond
-loopback (README, "Two commands"), so its token authentication is what keeps anyone on
-the network from running code beside the sites' rows.
+A Ray cluster runs code for any client that reaches it, and a cluster's servers listen on
+the network, so its token authentication is what keeps anyone there from running code
+beside the sites' rows. The embedded local cluster listens on loopback only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from pipeline.errors import ConfigError
@@ -25,9 +27,9 @@ def ensure_ray(
 ) -> bool:
     """Start embedded Ray (or join `address`) unless already connected.
 
-    A Ray cluster runs code for any client that reaches it, and its servers listen
-    beyond loopback (README, "Two commands"): without its token authentication anyone on
-    the network could run code beside the sites' rows. So a run refuses to start, or to
+    A Ray cluster runs code for any client that reaches it, and a cluster's servers
+    listen on the network: without its token authentication anyone there could run code
+    beside the sites' rows (the embedded local one binds loopback: :func:`_on_loopback`). So a run refuses to start, or to
     use a connection, without it, unless `allow_unauthenticated` (``ray:
     allow_unauthenticated: true``) says the operator means it.
 
@@ -53,7 +55,8 @@ def ensure_ray(
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
             logging.ERROR
         )
-        ray.init(num_cpus=num_cpus, resources=resources, include_dashboard=False, **kwargs)
+        with _on_loopback():
+            ray.init(num_cpus=num_cpus, resources=resources, include_dashboard=False, **kwargs)
     try:
         _require_token_auth(allow_unauthenticated)
     except ConfigError:
@@ -61,6 +64,33 @@ def ensure_ray(
         raise
     return True
 
+
+@contextlib.contextmanager
+def _on_loopback() -> Iterator[None]:
+    """Ray's single-machine mode while an embedded local cluster starts: its node address
+    is 127.0.0.1, so its GCS, raylet, workers, agents and metrics exporters all bind
+    loopback (``ray.init(_node_ip_address="127.0.0.1")`` does not: Ray swaps a loopback
+    address for the machine's). It is Ray's own switch for macOS and Windows, read by
+    this process when Ray is imported and by every process Ray starts from the
+    environment they inherit; both are put back once the cluster is up, so a later
+    `ray start` or a driver joining another machine's cluster is not held to loopback."""
+    from ray._private import ray_constants
+
+    before_env = os.environ.get(_CLUSTER_SWITCH)
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_CLUSTER_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+        if before_env is None:
+            os.environ.pop(_CLUSTER_SWITCH, None)
+        else:
+            os.environ[_CLUSTER_SWITCH] = before_env
+
+
+_CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 _UNAUTHENTICATED = (
     "Ray's token authentication is off ({why}): any client that reaches the cluster could "
