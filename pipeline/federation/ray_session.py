@@ -29,9 +29,10 @@ def ensure_ray(
 
     A Ray cluster runs code for any client that reaches it, and a cluster's servers
     listen on the network: without its token authentication anyone there could run code
-    beside the sites' rows (the embedded local one binds loopback: :func:`_on_loopback`). So a run refuses to start, or to
-    use a connection, without it, unless `allow_unauthenticated` (``ray:
-    allow_unauthenticated: true``) says the operator means it.
+    beside the sites' rows (the embedded local one binds loopback: :func:`_on_loopback`).
+    So a run refuses to start, or to use a connection, without it, unless
+    `allow_unauthenticated` (``ray: allow_unauthenticated: true``) says the operator
+    means it.
 
     Returns True if this call started or joined Ray (and so should shut it down)."""
     import ray
