@@ -95,6 +95,7 @@ def test_secure_evaluation_matches_row_level_metrics_and_releases_masked_vectors
         messages.Reveal,  # its shares of the round's secrets
         messages.Confirmation,  # its signature on who sent an input
         messages.ModelCommitment,  # the digest of the job's model, fixed before evaluation
+        messages.JobEnd,  # its own ledger's status for the job, at the end
     }
     for reply in evaluations:
         site_rows = next(r for r in rows if r.name == reply.site)

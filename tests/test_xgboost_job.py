@@ -300,6 +300,7 @@ def test_a_value_planted_at_one_site_reaches_no_split_and_no_reply(
         messages.Reveal,  # its shares of the round's secrets
         messages.Confirmation,  # its signature on who sent an input
         messages.ModelCommitment,  # the digest of the booster it holds, fixed
+        messages.JobEnd,  # its own ledger's status for the job, at the end
     }
     booster = result.model.booster_
     grid = trees.contract_grid(result.model.contract, cfg.training.xgboost.max_bin)
