@@ -154,13 +154,13 @@ def test_a_site_killed_mid_training_is_dropped_and_the_job_retries_without_it(
         tmp_path,
         communicator=communicator,
         # secure is slower per round: half the rounds keep it as busy at the kill
-        rounds=800 if communicator == "rabit" else 400,
-        early_stopping_rounds=800,
+        rounds=400 if communicator == "rabit" else 200,
+        early_stopping_rounds=400,
         timeout_s=timeout_s,
         call_deadline_s=20.0,
     )
     victim = cfg.sites[1].name
-    said, progress = _kill_during_training(ray_session, victim, after_s=3.0)
+    said, progress = _kill_during_training(ray_session, victim, after_s=1.5)
     start = time.monotonic()
     result = run_job(cfg, strategy="xgboost", progress=progress)
     assert any(s.startswith("killed") for s in said), said
@@ -199,7 +199,7 @@ def test_sites_stuck_in_a_broken_collective_get_fresh_actors_and_train_in_the_re
     cfg = _config(small_federation, tmp_path, communicator="rabit")
     victim = cfg.sites[1].name
     survivors = [s.name for s in cfg.sites if s.name != victim]
-    said, progress = _kill_during_training(ray_session, victim, after_s=3.0)
+    said, progress = _kill_during_training(ray_session, victim, after_s=1.5)
     with runtime_for(cfg.sites, cfg.contract, "stuck", timeout_s=120) as runtime:
         runtime.call("load", "stuck", "xgboost", 0.2, 0)
 
