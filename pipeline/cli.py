@@ -129,8 +129,14 @@ def validate(
     config: ConfigOpt,
     as_json: Annotated[bool, typer.Option("--json", help="print the redacted summaries")] = False,
     ray_address: Annotated[str | None, typer.Option(help="join this Ray cluster")] = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="validate again, ignoring the sites' records")
+    ] = False,
 ) -> None:
-    """Validate every site's extract inside the site; exit 0 when the quorum holds."""
+    """Validate every site's extract inside the site; exit 0 when the quorum holds. A
+    site whose extract, contract and settings are unchanged since it was last validated
+    answers from its validation records (--json counts its files: validated_files,
+    recorded_files)."""
     from pipeline.config import load_config
     from pipeline.console import stdout_to_stderr
     from pipeline.report import print_validation, site_progress
@@ -143,7 +149,7 @@ def validate(
         site_progress(out, "validating at the sites", len(cfg.sites)) as advance,
     ):
         summaries, admitted, quarantined = run_validation(
-            cfg, ray_address=ray_address, on_site=advance
+            cfg, ray_address=ray_address, on_site=advance, fresh=fresh
         )
     if as_json:
         import json

@@ -15,14 +15,16 @@ def run_validation(
     *,
     ray_address: str | None = None,
     on_site: Callable[[str], None] | None = None,
+    fresh: bool = False,
 ) -> tuple[dict[str, ValidationSummary], list[str], dict[str, list[str]]]:
     """Redacted summaries per site, the admitted sites, and the quarantined ones.
-    `on_site(site)` is called as each site finishes."""
+    `on_site(site)` is called as each site finishes; `fresh` ignores the sites'
+    validation records."""
     from pipeline.stages.sites import site_runtime, validate_sites
 
     job_id = f"validate-{uuid.uuid4().hex[:10]}"
     with site_runtime(cfg, job_id, ray_address) as runtime:
-        summaries = validate_sites(runtime, cfg, on_site)
+        summaries = validate_sites(runtime, cfg, on_site, fresh=fresh)
     try:
         admitted, quarantined = admit(list(summaries.values()), cfg.quorum)
     except QuorumError:

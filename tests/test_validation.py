@@ -28,6 +28,7 @@ from pipeline.validation import (
     default_docs_dir,
     validate_extract,
 )
+from pipeline.validation.records import ValidationRecords
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 SEED = 3
@@ -222,8 +223,11 @@ def test_no_row_value_leaves_the_site(
     docs = tmp_path / "docs"
 
     caplog.set_level(logging.DEBUG)
-    summary = validate_extract(path, contract, site="sentinel", docs_dir=docs)
+    summary = validate_extract(
+        path, contract, site="sentinel", docs_dir=docs, records=ValidationRecords(path)
+    )
     out, err = capfd.readouterr()
+    kept = "".join(f.read_text() for f in (tmp_path / "extract.records").glob("*.json"))
 
     assert not summary.passed
     failed = " ".join(summary.failures())
@@ -232,6 +236,7 @@ def test_no_row_value_leaves_the_site(
     shipped = json.dumps(summary.to_dict())
     for sentinel in SENTINELS:
         assert sentinel not in shipped
+        assert kept and sentinel not in kept  # nor is one kept in the site's records
         assert all(sentinel not in e for e in summary.errors + summary.warnings)
         assert sentinel not in out and sentinel not in err
         assert sentinel not in caplog.text

@@ -189,6 +189,7 @@ class SiteActor:
         min_rows: int = 100,
         leakage_auc: float = 0.98,
         prepare: dict[str, Any] | None = None,
+        fresh: bool = False,
     ) -> ValidationReply:
         """Validate the extract here for job `job_id`; only the redacted summary leaves.
 
@@ -198,8 +199,10 @@ class SiteActor:
         also splits and encodes the rows it has just validated for that strategy, keeping
         them for the job's ``load``: the extract is read once, and the job trains on
         exactly the rows that passed even if a file changes in between. Nothing more is
-        returned."""
+        returned. An extract validated before with nothing changed is answered from the
+        site's validation records (:mod:`pipeline.validation.records`) unless `fresh`."""
         from pipeline.validation import validate
+        from pipeline.validation.records import ValidationRecords
 
         self._read_policy()
         self._check_job(job_id, strategy)
@@ -215,6 +218,15 @@ class SiteActor:
             leakage_auc=leakage_auc,
             write_docs=True,
             window=self.window,
+            records=ValidationRecords(self.extract),
+            fresh=fresh,
+        )
+        self.boundary.audit(
+            "validated",
+            job_id,
+            passed=summary.passed,
+            validated_files=summary.validated_files,
+            recorded_files=summary.recorded_files,
         )
         if prepare is not None and strategy is not None and tables is not None:
             self._prepare(tables, strategy, prepare)

@@ -94,12 +94,14 @@ def validate_sites(
     *,
     job_id: str | None = None,
     prepare_for: Strategy[Any] | None = None,
+    fresh: bool = False,
 ) -> dict[str, ValidationSummary]:
     """Validation runs inside each site; only redacted summaries come back.
     `on_site(site)` is called as each site finishes, for a progress bar. With
     `prepare_for` (the strategy job `job_id` will train; the runtime's job by default),
     a site first checks that its policy serves it, and sites that pass keep the
-    validated rows split and encoded for the job's ``load``."""
+    validated rows split and encoded for the job's ``load``. `fresh`: every site
+    validates again, whatever its validation records say."""
     v, t = cfg.validation, cfg.training
     prepare = None
     if prepare_for is not None:
@@ -112,6 +114,7 @@ def validate_sites(
         min_rows=v.min_rows,
         leakage_auc=v.leakage_auc,
         prepare=prepare,
+        fresh=fresh,
         drop_failed=False,
         on_reply=on_site,
     )

@@ -104,6 +104,8 @@ class ValidationSummary:
     results: tuple[ExpectationResult, ...] = ()
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    validated_files: int = 0  # files validated in this job
+    recorded_files: int = 0  # files whose result came from the site's validation records
 
     def failures(self) -> list[str]:
         """The failed expectations as `column: rule` strings (``table:`` for table-level
@@ -123,6 +125,8 @@ class ValidationSummary:
             "results": [r.to_dict() for r in self.results],
             "errors": list(self.errors),
             "warnings": list(self.warnings),
+            "validated_files": self.validated_files,
+            "recorded_files": self.recorded_files,
         }
 
     @classmethod
@@ -136,6 +140,8 @@ class ValidationSummary:
             results=tuple(ExpectationResult.from_dict(r) for r in data.get("results", ())),
             errors=tuple(str(e) for e in data.get("errors", ())),
             warnings=tuple(str(w) for w in data.get("warnings", ())),
+            validated_files=opt_int(data.get("validated_files")) or 0,
+            recorded_files=opt_int(data.get("recorded_files")) or 0,
         )
 
 

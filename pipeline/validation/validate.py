@@ -9,6 +9,7 @@ file or a failed check is a finding in the summary, named by file, column and ru
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pyarrow as pa
 
 from pipeline.contract import Contract
 from pipeline.errors import DataError
-from pipeline.extract import Window, read_table
+from pipeline.extract import Window, list_partitions, read_table
 from pipeline.validation.checks import (
     column_name_results,
     partition_column_results,
@@ -24,6 +25,7 @@ from pipeline.validation.checks import (
 )
 from pipeline.validation.gx import quiet_gx
 from pipeline.validation.leakage import leakage_results
+from pipeline.validation.records import RecordKey, ValidationRecords, digests
 from pipeline.validation.run import default_docs_dir, ge_frame, run_suite, summarize
 from pipeline.validation.suite import UnknownColumns, build_suite
 from pipeline.validation.summary import READABLE, ExpectationResult, ValidationSummary
@@ -46,6 +48,8 @@ def validate(
     docs_dir: Path | None = None,
     write_docs: bool = True,
     window: Window | None = None,
+    records: ValidationRecords | None = None,
+    fresh: bool = False,
 ) -> tuple[ValidationSummary, tuple[pa.Table, ...] | None]:
     """Validate a site's extract, with the held-out extract it keeps apart when `paths`
     names two, as one table; the summary, and each file's table when every check passed.
@@ -56,10 +60,96 @@ def validate(
     (default: ``<extract>.validation`` beside the first extract) for the site's staff,
     unless `write_docs` is false; the summary holds only allow-listed, row-free fields.
     An unreadable file, or a held-out file whose schema differs, is named.
+
+    With the site's `records` (:mod:`~pipeline.validation.records`), an extract whose
+    files, contract, settings and validation code are all as they were when it was last
+    validated is not validated again (Great Expectations is not even imported): its
+    summary is the recorded one, and the files are read only for the rows, checked
+    unchanged after the read. `fresh` ignores the records (and files a new one).
     """
     if unknown_columns not in ("warn", "fail"):
         raise ValueError("unknown_columns must be 'warn' or 'fail'")
     paths = [Path(p) for p in paths]
+    # The window is not a setting: the files it admits are the key's (a new month that
+    # closes with no new file changes nothing).
+    settings = {
+        "unknown_columns": unknown_columns,
+        "min_rows": min_rows,
+        "leakage_auc": leakage_auc,
+    }
+    files = _files(paths, window) if records is not None else None
+    key = RecordKey.of(files, contract, settings) if files else None
+    if key is not None and records is not None and not fresh:
+        recorded = records.find(key)
+        if recorded is not None:
+            reused = _reuse(recorded, paths, contract, window, key, len(files or ()))
+            if reused is not None:
+                return reused
+    summary, tables = _validate(
+        paths,
+        contract,
+        site,
+        unknown_columns,
+        min_rows,
+        leakage_auc,
+        docs_dir,
+        write_docs,
+        window,
+    )
+    summary = replace(summary, validated_files=len(files or ()))
+    if key is not None and records is not None:
+        records.keep(key, summary)
+    return summary, tables
+
+
+def _files(paths: Sequence[Path], window: Window | None) -> list[tuple[str, str]] | None:
+    """(name within its extract, path) of every file the validation reads; None when the
+    extract cannot even be listed (the validation itself says why)."""
+    out = []
+    try:
+        for i, root in enumerate(paths):
+            for f in list_partitions(root, window):
+                name = Path(f).name if root.is_file() else str(Path(f).relative_to(root))
+                out.append((f"{i}:{name}", f))
+    except DataError:
+        return None
+    return out
+
+
+def _reuse(
+    recorded: ValidationSummary,
+    paths: Sequence[Path],
+    contract: Contract,
+    window: Window | None,
+    key: RecordKey,
+    count: int,
+) -> tuple[ValidationSummary, tuple[pa.Table, ...] | None] | None:
+    """The recorded summary, with the tables of an extract that passed read again for its
+    rows; None when a file changed while it was read (then it is validated again)."""
+    summary = replace(recorded, validated_files=0, recorded_files=count)
+    if not recorded.passed:
+        return summary, None
+    try:
+        tables = tuple(_read(p, contract, window) for p in paths)
+    except DataError:
+        return None
+    files = _files(paths, window)
+    if files is None or digests(files) != key.files:
+        return None
+    return summary, tables
+
+
+def _validate(
+    paths: Sequence[Path],
+    contract: Contract,
+    site: str,
+    unknown_columns: UnknownColumns,
+    min_rows: int,
+    leakage_auc: float,
+    docs_dir: Path | None,
+    write_docs: bool,
+    window: Window | None,
+) -> tuple[ValidationSummary, tuple[pa.Table, ...] | None]:
     try:
         parts = tuple(_read(p, contract, window) for p in paths)
         table = pa.concat_tables(parts, promote_options="default") if len(parts) > 1 else parts[0]
