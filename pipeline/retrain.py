@@ -77,15 +77,12 @@ class RetrainResult:
         return EXIT_CODES[self.code][0]
 
 
-def seen_partitions(
-    cfg: FederationConfig, codes: tuple[int, ...] = (TRAINED, NOTHING_NEW, KILLED)
-) -> dict[str, list[str]]:
+def seen_partitions(cfg: FederationConfig) -> dict[str, list[str]]:
     """Months already dealt with, per site: the closed months every site held at the
     newest run that trained, found nothing new or was killed after spending on them (a
     site quarantined then does not retrigger training every night; `pipeline train` takes
-    it back once its data is fixed), else the champion's data window, else none. `codes`
-    narrows the runs that count (a killed run's months trained no model)."""
-    last = last_record(cfg, codes)
+    it back once its data is fixed), else the champion's data window, else none."""
+    last = last_record(cfg, (TRAINED, NOTHING_NEW, KILLED))
     if last is not None:
         return {s: list(months) for s, months in last["seen"].items()}
     return champion_partitions(cfg)
@@ -208,13 +205,20 @@ def _retrain(
                 "trained on",
             )
         say("new months: " + "; ".join(f"{s} {', '.join(m)}" for s, m in new.items() if m))
-        # Asked only now: a night with nothing new never opens the registry (importing
-        # MLflow and opening its store cost about 6 s of a 19 s no-op run).
-        drift_reference = champion_partitions(cfg) or seen_partitions(cfg, (TRAINED, NOTHING_NEW))
+        # Each site compares its new months with those its last finished job trained on
+        # (its own record): drift is measured when every site has such months.
+        unreferenced = sorted(s for s, p in listing.ok.items() if not p.trained)
 
         def drift_stage(ctx, infos: dict[str, Any]) -> None:  # noqa: ANN001
-            if not any(drift_reference.values()):
-                record["drift"] = None  # nothing trained yet: nothing to compare with
+            missing = [s for s in ctx.runtime.active if s in unreferenced]
+            if missing:
+                record["drift"] = None
+                if len(missing) < len(listing.ok):  # else nothing trained yet: nothing to say
+                    say(
+                        "drift not measured: no finished job trained at "
+                        + ", ".join(missing)
+                        + " (nothing to compare the new months with)"
+                    )
                 return
             say("measuring drift of the new months (secure sum)")
             with clock.stage("drift"):

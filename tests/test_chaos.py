@@ -24,6 +24,7 @@ from pipeline.config import load_config
 from pipeline.failpoints import POINTS, STOP_AT
 from pipeline.privacy.ledger import PrivacyLedger
 from pipeline.retrain import KILLED, LOCKED, NOTHING_NEW, TRAINED, audit_path, run_retrain
+from pipeline.stages.promotion import promote
 from pipeline.stages.state_lock import FederationLock, lock_path
 from pipeline.synth import append_month, synthesize
 
@@ -197,21 +198,20 @@ def test_retrain_killed_at_every_point_leaves_nothing_inconsistent(
         assert all(new == [month] for new in marker["new"].values()), marker["new"]
         kill(n, point)
 
-    # A complete night: it records the killed one and promotes its model.
-    append_month(base, rows=600)
-    complete = run_retrain(cfg, strategies=["dp-fedavg"])
-    assert complete.code == TRAINED, complete.message
-    check_recovered("registration", killed[-1][1])
-    versions = client.search_model_versions(f"name='{name}'")
-    killed_version = next(v for v in versions if v.tags.get("gate.decision") == "killed")
-    assert "killed during registration" in killed_version.tags["gate.summary"]
+    # A champion for the alias point: the killed night's version, promoted by hand.
+    (registered,) = client.search_model_versions(f"name='{name}'")
+    promote(cfg, str(registered.version), reason="a champion to replace")
     champion = alias_version(client, name, CHAMPION)
-    assert champion is not None and champion != killed_version.version
+    assert champion == str(registered.version)
 
     # The alias move, killed halfway: the next night undoes it before anything else.
     append_month(base, rows=600)
     half = night("alias")
     half.stopped()
+    check_recovered("registration", killed[-1][1], job_of(half))
+    killed_version = client.get_model_version(name, champion)
+    assert killed_version.tags["gate.decision"] == "killed"
+    assert "killed during registration" in killed_version.tags["gate.summary"]
     assert MOVE_TAG in client.get_registered_model(name).tags
     assert alias_version(client, name, PREVIOUS_CHAMPION) == champion  # half moved
     kill(half, "alias")

@@ -73,12 +73,15 @@ class MaskedEvaluation:
 @dataclass(frozen=True)
 class PartitionList:
     """The partition values (follow-up months) of a site's extract: those closed (before
-    the month the coordinator named) and those still open; and the node it runs on."""
+    the month the coordinator named) and those still open; the node it runs on; and the
+    months its last completed job trained on (its drift reference; none when no job it
+    served has finished)."""
 
     site: str
     closed: tuple[str, ...]
     open: tuple[str, ...]
     node: str
+    trained: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from pipeline.protocol.messages import (
     ValidationReply,
 )
 from pipeline.site.boundary import Boundary
-from pipeline.site.months import record_trained_months
+from pipeline.site.months import record_trained_months, trained_months
 from pipeline.site.pins import Pins
 from pipeline.site.policy import SitePolicy, disagreement, read_policy
 from pipeline.site.scoring import SiteScoring
@@ -310,6 +310,7 @@ class SiteActor:
             closed=tuple(v for v in values if v < before_month),
             open=tuple(v for v in values if v >= before_month),
             node=self.node_id(),
+            trained=tuple(trained_months(self.extract)),
         )
 
     # -- secure aggregation ------------------------------------------------------------
