@@ -205,19 +205,21 @@ def _retrain(
                 "trained on",
             )
         say("new months: " + "; ".join(f"{s} {', '.join(m)}" for s, m in new.items() if m))
-        # Each site compares its new months with those its last finished job trained on
-        # (its own record): drift is measured when every site has such months.
-        unreferenced = sorted(s for s, p in listing.ok.items() if not p.trained)
+        # Each site compares the closed months it has not trained on with those its last
+        # finished job trained on (its own record, whoever ran that job): drift is
+        # measured when every site has both.
+        comparable = {
+            s for s, p in listing.ok.items() if p.trained and set(p.closed) - set(p.trained)
+        }
 
         def drift_stage(ctx, infos: dict[str, Any]) -> None:  # noqa: ANN001
-            missing = [s for s in ctx.runtime.active if s in unreferenced]
+            missing = [s for s in ctx.runtime.active if s not in comparable]
             if missing:
                 record["drift"] = None
-                if len(missing) < len(listing.ok):  # else nothing trained yet: nothing to say
+                if len(missing) < len(ctx.runtime.active):  # else there is nothing to say
                     say(
-                        "drift not measured: no finished job trained at "
-                        + ", ".join(missing)
-                        + " (nothing to compare the new months with)"
+                        "drift not measured: no months a finished job trained on, or none "
+                        "new since, at " + ", ".join(missing)
                     )
                 return
             say("measuring drift of the new months (secure sum)")
