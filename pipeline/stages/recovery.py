@@ -22,6 +22,7 @@ hold the lock), and for each (:func:`recover_jobs`):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -104,13 +105,21 @@ class Recovered:
         return any(s in (RELEASED, "no answer") for s in self.spend.values())
 
 
-def end_job(cfg: FederationConfig, runtime: SiteRuntime, job_id: str) -> dict[str, str]:
+def end_job(cfg: FederationConfig, runtime: SiteRuntime, job_id: str) -> None:
     """Tell the job's sites it ended and settle the coordinator's ledger with what each
-    says of its own reservation; the job's marker goes. Returns each site's status."""
+    says of its own reservation. Never raises: it runs as a job unwinds, and must not
+    hide why it did (a site not told keeps its reservation, counted at both ends)."""
+    with contextlib.suppress(Exception):
+        _end_at_sites(cfg, runtime, job_id)
+
+
+def _end_at_sites(cfg: FederationConfig, runtime: SiteRuntime, job_id: str) -> dict[str, str]:
+    """Each site's answer on the job's end (its own ledger's status, "no answer" for a
+    site that gave none), with the coordinator's ledger settled to match."""
     replies = runtime.call("finish", job_id, drop_failed=False, timeout_s=10.0)
     spend = {site: reply.spend or "none" for site, reply in replies.ok.items()}
+    spend.update({site: "no answer" for site in replies.failed})
     _settle(cfg, job_id, spend)
-    Journal(cfg).end(job_id)
     return spend
 
 
@@ -128,10 +137,7 @@ def recover_jobs(
             f"killed during {stage}: process {marker['pid']} on {marker['host']} ended "
             f"without finishing job {job_id}"
         )
-        replies = runtime.call("finish", job_id, drop_failed=False, timeout_s=10.0)
-        spend = {site: reply.spend or "none" for site, reply in replies.ok.items()}
-        spend.update({site: "no answer" for site in replies.failed})
-        _settle(cfg, job_id, spend)
+        spend = _end_at_sites(cfg, runtime, job_id)
         run_id, version = _fail_run(cfg, job_id, reason)
         files = len(remove_scratch(job_id))
         recovered = Recovered(job_id, reason, spend, run_id, version, files)

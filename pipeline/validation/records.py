@@ -16,6 +16,7 @@ never kept: the next job tries again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -51,8 +52,10 @@ def ge_version() -> str:
     return metadata.version("great_expectations")
 
 
+@functools.cache
 def _code_digest() -> str:
-    """The validation code itself (this package's sources): a changed rule is a new key."""
+    """The validation code itself (this package's sources): a changed rule is a new key.
+    Once per process: the code that runs is the code that was imported."""
     h = hashlib.sha256()
     for path in sorted(Path(__file__).parent.glob("*.py")):
         h.update(path.name.encode() + b"\0" + path.read_bytes())
