@@ -75,6 +75,47 @@ def partition_values(path: str | Path, key: str, window: Window | None = None) -
     return tuple(sorted(v for v in values if v is not None))
 
 
+@dataclass(frozen=True)
+class Part:
+    """One file of an extract as read: its name within the extract, the SHA-256 of the
+    very bytes its rows were parsed from (so the two cannot disagree), and its rows."""
+
+    name: str
+    file: str
+    digest: str
+    table: pa.Table
+
+
+def read_parts(path: str | Path, window: Window | None = None) -> list[Part]:
+    """Every file of the extract (inside `window`), in listing order, each read whole."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    root = Path(path)
+    parts = []
+    for f in list_partitions(root, window):
+        name = str(Path(f).relative_to(root)) if root.is_dir() else Path(f).name
+        try:
+            data = Path(f).read_bytes()
+            table = pq.read_table(pa.BufferReader(data))
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+            raise DataError(f"{f}: not a readable Parquet file ({_short(exc)})") from exc
+        parts.append(Part(name, f, hashlib.sha256(data).hexdigest(), table))
+    return parts
+
+
+def concat_parts(path: str | Path, tables: list[pa.Table]) -> pa.Table:
+    """The files' rows as one table (a column one file lacks is null there)."""
+    try:
+        table = pa.concat_tables(tables, promote_options="default")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise DataError(f"{path}: partitions have incompatible schemas ({_short(exc)})") from exc
+    if table.num_rows == 0:
+        raise DataError(f"{path}: the extract has zero rows")
+    return table
+
+
 def read_table(
     path: str | Path, schema: pa.Schema | None = None, window: Window | None = None
 ) -> pa.Table:
@@ -93,30 +134,9 @@ def read_table(
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
             raise DataError(f"{f}: not a readable Parquet file ({_short(exc)})") from exc
         if schema is not None:
-            _check_types(f, table.schema, schema)
+            check_types(f, table.schema, schema)
         tables.append(table)
-    try:
-        table = pa.concat_tables(tables, promote_options="default")
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise DataError(f"{path}: partitions have incompatible schemas ({_short(exc)})") from exc
-    if table.num_rows == 0:
-        raise DataError(f"{path}: the extract has zero rows")
-    return table
-
-
-def partition_columns(path: str | Path, window: Window | None = None) -> dict[str, list[str]]:
-    """Column names of each Parquet file of an extract (from the file footers only).
-
-    Reading the partitions as one table fills a column that one file lacks with nulls, so
-    a file that lost a column would pass as missing values: this names it instead."""
-    import pyarrow.parquet as pq
-
-    root = Path(path)
-    out = {}
-    for f in list_partitions(root, window):
-        name = str(Path(f).relative_to(root)) if root.is_dir() else Path(f).name
-        out[name] = pq.read_schema(f).names
-    return out
+    return concat_parts(path, tables)
 
 
 def read_months(
@@ -141,7 +161,7 @@ def read_months(
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
             raise DataError(f"{f}: not a readable Parquet file ({_short(exc)})") from exc
         if schema is not None:
-            _check_types(f, table.schema, schema)
+            check_types(f, table.schema, schema)
         tables.append(table)
     return pa.concat_tables(tables, promote_options="default").to_pandas()
 
@@ -166,7 +186,8 @@ def read_frame(
     return read_table(path, schema, window).to_pandas()
 
 
-def _check_types(file: str, actual: pa.Schema, expected: pa.Schema) -> None:
+def check_types(file: str, actual: pa.Schema, expected: pa.Schema) -> None:
+    """A file's column whose physical type is not the contract's, named (DataError)."""
     for field in expected:
         idx = actual.get_field_index(field.name)
         if idx < 0:

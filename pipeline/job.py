@@ -74,6 +74,8 @@ class JobResult:
     champion_evaluation: Evaluation | None = None
     decision: Decision | None = None
     partitions: dict[str, tuple[str, ...]] = field(default_factory=dict)  # months read
+    # per site: files validated in this job, files answered from the site's records
+    validated: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def run_job(
@@ -189,6 +191,7 @@ def run_job(
             champion_evaluation=evaluations.get("champion"),
             decision=decision,
             partitions={s: i.partitions for s, i in sites.items()},
+            validated={s: (v.validated_files, v.recorded_files) for s, v in summaries.items()},
         )
 
 

@@ -254,8 +254,15 @@ def _retrain(
         sites_trained = sorted(set.intersection(*(set(j.per_site) for j in jobs)))
         partitions = {s: list(jobs[0].partitions.get(s, ())) for s in sites_trained}
         months = sorted({m for ms in partitions.values() for m in ms})
+        checked = jobs[0].validated
         record["sites"] = {
-            s: {**v, "partitions": partitions.get(s, []), "trained": s in sites_trained}
+            s: {
+                **v,
+                "partitions": partitions.get(s, []),
+                "trained": s in sites_trained,
+                "validated_files": checked.get(s, (0, 0))[0],
+                "recorded_files": checked.get(s, (0, 0))[1],
+            }
             for s, v in record["sites"].items()
         }
         record["window"] = {"first": months[0], "last": months[-1]} if months else None

@@ -83,6 +83,9 @@ def test_a_rerun_does_nothing_and_a_new_month_is_trained_with_its_drift(
     record = _audit(cfg)[-1]
     assert record["window"] == {"first": "2025-10", "last": month}
     assert all(site["new"] == [month] for site in record["sites"].values())
+    # Each site validated the new month only: the others' counts came from its records.
+    for site in record["sites"].values():
+        assert (site["validated_files"], site["recorded_files"]) == (1, len(site["partitions"]) - 1)
     assert record["jobs"][0]["version"] == "2" and record["jobs"][0]["decision"]
     assert set(record["privacy"]) == {s.name for s in cfg.sites}
     run = mlflow.MlflowClient(cfg.tracking_uri).get_run(third.jobs[0].run_id)

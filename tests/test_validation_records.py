@@ -147,6 +147,26 @@ def test_a_new_contract_setting_or_library_validates_again(
     assert _check(extract, contract).recorded_files == n  # recorded under the new version
 
 
+def test_an_appended_month_is_the_only_one_validated(extract: Path, contract: Contract) -> None:
+    n = len(_files(extract))
+    assert _check(extract, contract).validated_files == n
+    old = read_table(_files(extract)[0])
+    keys = pa.array([f"new-{i}" for i in range(old.num_rows)])
+    new = extract / "followup_month=2026-10" / "part-0.parquet"
+    new.parent.mkdir()
+    pq.write_table(
+        old.set_column(old.schema.get_field_index("patient_key"), "patient_key", keys), new
+    )
+    appended = _check(extract, contract)
+    assert (appended.validated_files, appended.recorded_files) == (1, n)
+    assert appended.passed and _same(appended, _check(extract, contract, fresh=True))
+    # The fresh run filed one batch of every file: the next job has nothing to validate.
+    assert (
+        _check(extract, contract).validated_files,
+        len(list((extract.parent / "site.records").glob("batch-*.json"))),
+    ) == (0, 1)
+
+
 def test_duplicate_keys_across_a_recorded_and_a_new_partition_are_caught(
     extract: Path, contract: Contract
 ) -> None:
@@ -157,5 +177,6 @@ def test_duplicate_keys_across_a_recorded_and_a_new_partition_are_caught(
     new.parent.mkdir()
     pq.write_table(table, new)
     summary = _check(extract, contract)
-    assert summary.validated_files == len(_files(extract)) and not summary.passed
+    assert (summary.validated_files, summary.recorded_files) == (1, len(_files(extract)) - 1)
+    assert not summary.passed
     assert any(r.startswith("patient_key: patient key unique") for r in summary.failures())

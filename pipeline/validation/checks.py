@@ -4,13 +4,11 @@ columns from the names alone, and contract columns missing from single partition
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 
 from pipeline.contract import Contract
-from pipeline.extract import Window, partition_columns
 from pipeline.validation.suite import UnknownColumns
 from pipeline.validation.summary import (
     MISSING_COLUMN,
@@ -89,14 +87,14 @@ def column_name_results(
 
 
 def partition_column_results(
-    path: Path, columns: Sequence[str], contract: Contract, window: Window | None
+    files: Mapping[str, Sequence[str]], columns: Sequence[str], contract: Contract
 ) -> list[ExpectationResult]:
     """A contract column that some partition files hold and others lack: named per file
-    (the merged table would show it only as nulls)."""
+    (the merged table would show it only as nulls). `files`: each file's column names."""
     required = [c for c in contract.column_names if c in set(columns)]
     where = f"contract {contract.name} v{contract.version}"
     results = []
-    for file, names in partition_columns(path, window).items():
+    for file, names in files.items():
         for col in required:
             if col not in names:
                 results.append(

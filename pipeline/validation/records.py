@@ -1,17 +1,23 @@
-"""Validation records kept at the site: a validated extract is not validated again until
-something that made the result true has changed.
+"""Validation records kept at the site: rows validated before are not validated again
+until something that made the result true has changed.
 
-A record is the redacted summary (the same allow-list that leaves the site) filed under
-its key: the content digest (SHA-256) of every file validated, the contract, the
-validation settings, the source of the suite builder and checks (this package), and
-Great Expectations' version. A job reuses a record only when every part of the key is
-the same now: one byte changed in one file, a file replaced by another of the same name
-and size, a new contract, other settings, other validation code or another GE release
-each validate again. Records live beside the extract (``<extract>.records/``), where the
-site's audit log is, and hold no row value: only the summary and the key's digests.
+Two kinds of record, both beside the extract (``<extract>.records/``, where the site's
+audit log is), both holding no row value:
+
+- a **batch record** per Great Expectations run: the files that run validated (name
+  within the extract and SHA-256 of the bytes read) and, per row-by-row expectation, its
+  counts (:class:`~pipeline.validation.counts.RowCounts`). A later job takes a batch's
+  counts only when every one of its files is read again with the same digest and the
+  rest of the key is the same: the contract, the validation settings, the validation
+  code itself (this package's sources), Great Expectations' version and the expectations
+  run. Files no record covers are validated together in one new run (a month appended
+  to the extract is a batch of one); a changed file sends its whole batch back to GE.
+- a **summary record** per whole extract: the redacted summary (the allow-list that
+  leaves the site) for exactly these files under the same key, so an unchanged extract
+  is answered without computing anything.
 
 A summary with file-level errors (an unreadable file, a check that could not run) is
-never kept: the next job tries again.
+never kept: the next job tries again. Every record is written whole and renamed.
 """
 
 from __future__ import annotations
@@ -28,23 +34,11 @@ from typing import Any
 
 from pipeline.contract import Contract
 from pipeline.extract import beside
+from pipeline.validation.counts import RowCounts
+from pipeline.validation.suite import Expectation
 from pipeline.validation.summary import ValidationSummary
 
-_CHUNK = 1 << 20
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def digests(files: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    """(name, content digest) of each (name, path)."""
-    return tuple((name, file_digest(path)) for name, path in files)
+Files = tuple[tuple[str, str], ...]  # (name within the extract, content digest), in order
 
 
 def ge_version() -> str:
@@ -62,47 +56,48 @@ def _code_digest() -> str:
     return h.hexdigest()
 
 
-@dataclass(frozen=True)
-class RecordKey:
-    """What makes a validation result true (see the module docstring)."""
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
-    files: tuple[tuple[str, str], ...]  # (file within its extract, content digest), in order
+
+@dataclass(frozen=True)
+class Basis:
+    """Every part of a record's key but its files."""
+
     contract: str
     settings: str
     code: str
     ge: str
 
     @classmethod
-    def of(
-        cls,
-        files: Sequence[tuple[str, str]],
-        contract: Contract,
-        settings: Mapping[str, Any],
-    ) -> RecordKey:
-        """`files`: (name, path) of each file read, the name relative to its extract (a
-        copied extract keeps its records)."""
+    def of(cls, contract: Contract, settings: Mapping[str, Any]) -> Basis:
         return cls(
-            files=digests(files),
             contract=hashlib.sha256(contract.model_dump_json().encode()).hexdigest(),
             settings=json.dumps(dict(settings), sort_keys=True, default=str),
             code=_code_digest(),
             ge=ge_version(),
         )
 
-    def name(self) -> str:
-        text = json.dumps(
-            [list(map(list, self.files)), self.contract, self.settings, self.code, self.ge]
-        )
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, str]:
         return {
-            "files": [list(f) for f in self.files],
             "contract": self.contract,
             "settings": self.settings,
             "code": self.code,
             "ge": self.ge,
         }
+
+
+def suite_digest(exps: Sequence[Expectation]) -> str:
+    """The expectations a batch ran (which columns had the contract's type, among others)."""
+    return _digest([[e.type, dict(e.kwargs), e.rule, e.critical] for e in exps])
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One Great Expectations run's files and its counts per row-by-row expectation."""
+
+    files: Files
+    counts: tuple[RowCounts, ...]
 
 
 class ValidationRecords:
@@ -111,27 +106,90 @@ class ValidationRecords:
     def __init__(self, extract: str | Path) -> None:
         self.folder = beside(extract, "records")
 
-    def find(self, key: RecordKey) -> ValidationSummary | None:
-        """The summary filed under `key`, if every part of the key matches."""
-        path = self.folder / f"{key.name()}.json"
-        try:
-            record = json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-        if record.get("key") != key.to_dict():
+    # -- whole-extract summaries ------------------------------------------------------
+    def find(self, basis: Basis, files: Files) -> ValidationSummary | None:
+        """The summary recorded for exactly `files` under `basis`."""
+        key = {"basis": basis.to_dict(), "files": [list(f) for f in files]}
+        record = self._load(self.folder / f"summary-{_digest(key)[:32]}.json")
+        if record is None or record.get("key") != key:
             return None
         try:
             return ValidationSummary.from_dict(record["summary"])
-        except (KeyError, ValueError):
+        except (KeyError, TypeError, ValueError):
             return None
 
-    def keep(self, key: RecordKey, summary: ValidationSummary) -> None:
-        """File `summary` under `key` (not one with file-level errors); written whole and
-        renamed into place, so a reader never sees half a record."""
+    def keep(self, basis: Basis, files: Files, summary: ValidationSummary) -> None:
+        """File `summary` (not one with file-level errors); it replaces the summary of any
+        earlier set of files (one extract, one current summary)."""
         if summary.errors:
             return
+        key = {"basis": basis.to_dict(), "files": [list(f) for f in files]}
+        path = self._write("summary", key, {"key": key, "summary": summary.to_dict()})
+        for old in self.folder.glob("summary-*.json"):
+            if old != path:
+                old.unlink(missing_ok=True)
+
+    # -- batches of GE counts ----------------------------------------------------------
+    def batches(self, basis: Basis, suite: str, files: Files) -> list[Batch]:
+        """Recorded batches that can stand in for validating some of `files`: every file
+        of each is among them with the same digest; no two share a file."""
+        current = dict(files)
+        covered: set[str] = set()
+        out = []
+        paths = sorted(self.folder.glob("batch-*.json"), key=_mtime, reverse=True)
+        for path in paths:
+            record = self._load(path)
+            if record is None or record.get("key") != {"basis": basis.to_dict(), "suite": suite}:
+                continue
+            try:
+                batch = Batch(
+                    files=tuple((str(n), str(d)) for n, d in record["files"]),
+                    counts=tuple(RowCounts.from_list(c) for c in record["counts"]),
+                )
+            except (KeyError, TypeError, ValueError):
+                continue
+            names = {n for n, _ in batch.files}
+            if names & covered or any(current.get(n) != d for n, d in batch.files):
+                continue
+            covered |= names
+            out.append(batch)
+        return out
+
+    def keep_batch(self, basis: Basis, suite: str, batch: Batch) -> None:
+        """File `batch`; any record sharing a file with it is out of date and removed."""
+        key = {"basis": basis.to_dict(), "suite": suite}
+        body = {
+            "key": key,
+            "files": [list(f) for f in batch.files],
+            "counts": [c.to_list() for c in batch.counts],
+        }
+        path = self._write("batch", {"key": key, "files": body["files"]}, body)
+        names = {n for n, _ in batch.files}
+        for old in self.folder.glob("batch-*.json"):
+            record = self._load(old) if old != path else None
+            if record is not None and names & {n for n, _ in record.get("files", ())}:
+                old.unlink(missing_ok=True)
+
+    # -- files -------------------------------------------------------------------------
+    def _write(self, kind: str, key: Any, body: Mapping[str, Any]) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{key.name()}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": key.to_dict(), "summary": summary.to_dict()}))
+        path = self.folder / f"{kind}-{_digest(key)[:32]}.json"
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(body))
         os.replace(tmp, path)
+        return path
+
+    @staticmethod
+    def _load(path: Path) -> dict[str, Any] | None:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0

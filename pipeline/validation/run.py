@@ -1,7 +1,8 @@
 """Running the suite with Great Expectations on a site's rows, and the site's Data Docs.
 
 The full result, with GE's example values, is written beside the extract for the site's
-staff; only :func:`summarize` of it (allow-listed fields) leaves the site.
+staff; only the counts :func:`row_counts` reads from it are kept, and the allow-listed summary
+built from them leaves the site.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import pyarrow as pa
 
 from pipeline.contract import Contract
 from pipeline.extract import beside
+from pipeline.validation.counts import RowCounts
 from pipeline.validation.gx import import_gx
-from pipeline.validation.summary import ExpectationResult, opt_int, opt_rate
 
 if TYPE_CHECKING:  # pragma: no cover
     import great_expectations as gx
@@ -63,35 +64,13 @@ def ge_frame(table: pa.Table, contract: Contract, typed: set[str]) -> pd.DataFra
     return df
 
 
-def summarize(result: Any) -> list[ExpectationResult]:
-    """GE's result -> allow-listed fields. Observed values, unexpected lists and exception
-    messages are dropped here: they may quote row values."""
-    out = []
+def row_counts(result: Any, n: int) -> list[RowCounts]:
+    """GE's result for a suite of `n` row-by-row expectations -> their counts, in the
+    suite's order (``meta["index"]``). Observed values, unexpected lists and exception
+    messages are never read: they may quote row values."""
+    out = [RowCounts(raised=True)] * n  # an expectation GE dropped could not be evaluated
     for r in result.results:
-        cfg = r.expectation_config
-        kind = cfg.type
-        column = cfg.kwargs.get("column")
-        rule = str((cfg.meta or {}).get("rule", kind))
-        raised = bool((r.exception_info or {}).get("raised_exception"))
-        res = r.result or {}
-        if kind == "expect_table_columns_to_match_set" and cfg.severity != "critical":
-            continue  # unknown columns allowed: reported as warnings, per column
-        if raised:
-            rule += " (could not be evaluated)"
-        unexpected = res.get("unexpected_count")
-        element = res.get("element_count")
-        rate = res.get("unexpected_percent")
-        out.append(
-            ExpectationResult(
-                expectation_type=str(kind),
-                column=str(column) if column is not None else None,
-                success=bool(r.success) and not raised,
-                element_count=opt_int(element),
-                unexpected_count=opt_int(unexpected),
-                unexpected_rate=None if rate is None else opt_rate(float(rate) / 100.0),
-                rule=rule,
-            )
-        )
+        out[int(r.expectation_config.meta["index"])] = RowCounts.from_ge(r)
     return out
 
 

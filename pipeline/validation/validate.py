@@ -11,24 +11,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline.contract import Contract
 from pipeline.errors import DataError
-from pipeline.extract import Window, list_partitions, read_table
+from pipeline.extract import Part, Window, check_types, concat_parts, read_parts
 from pipeline.validation.checks import (
     column_name_results,
     partition_column_results,
     physical_type_results,
 )
+from pipeline.validation.counts import RowCounts
 from pipeline.validation.gx import quiet_gx
 from pipeline.validation.leakage import leakage_results
-from pipeline.validation.records import RecordKey, ValidationRecords, digests
-from pipeline.validation.run import default_docs_dir, ge_frame, run_suite, summarize
-from pipeline.validation.suite import UnknownColumns, build_suite
+from pipeline.validation.records import Basis, Batch, Files, ValidationRecords, suite_digest
+from pipeline.validation.run import default_docs_dir, ge_frame, row_counts, run_suite
+from pipeline.validation.suite import Expectation, UnknownColumns, expectations, gx_suite
 from pipeline.validation.summary import READABLE, ExpectationResult, ValidationSummary
+from pipeline.validation.whole import whole_result
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 
 def validate_extract(path: str | Path, contract: Contract, **options: Any) -> ValidationSummary:
@@ -61,98 +67,22 @@ def validate(
     unless `write_docs` is false; the summary holds only allow-listed, row-free fields.
     An unreadable file, or a held-out file whose schema differs, is named.
 
-    With the site's `records` (:mod:`~pipeline.validation.records`), an extract whose
-    files, contract, settings and validation code are all as they were when it was last
-    validated is not validated again (Great Expectations is not even imported): its
-    summary is the recorded one, and the files are read only for the rows, checked
-    unchanged after the read. `fresh` ignores the records (and files a new one).
+    With the site's `records` (:mod:`~pipeline.validation.records`), rows validated in an
+    earlier job under the same contract, settings and code are not run through Great
+    Expectations again: their recorded counts stand in, and only files no record covers
+    are (GE is not even imported when there are none). The checks on the extract as a
+    whole run every time, on the rows read for this job, so the answer is the one a cold
+    validation gives. `fresh` ignores the records (and files new ones).
     """
     if unknown_columns not in ("warn", "fail"):
         raise ValueError("unknown_columns must be 'warn' or 'fail'")
     paths = [Path(p) for p in paths]
-    # The window is not a setting: the files it admits are the key's (a new month that
-    # closes with no new file changes nothing).
-    settings = {
-        "unknown_columns": unknown_columns,
-        "min_rows": min_rows,
-        "leakage_auc": leakage_auc,
-    }
-    files = _files(paths, window) if records is not None else None
-    key = RecordKey.of(files, contract, settings) if files else None
-    if key is not None and records is not None and not fresh:
-        recorded = records.find(key)
-        if recorded is not None:
-            reused = _reuse(recorded, paths, contract, window, key, len(files or ()))
-            if reused is not None:
-                return reused
-    summary, tables = _validate(
-        paths,
-        contract,
-        site,
-        unknown_columns,
-        min_rows,
-        leakage_auc,
-        docs_dir,
-        write_docs,
-        window,
-    )
-    summary = replace(summary, validated_files=len(files or ()))
-    if key is not None and records is not None:
-        records.keep(key, summary)
-    return summary, tables
-
-
-def _files(paths: Sequence[Path], window: Window | None) -> list[tuple[str, str]] | None:
-    """(name within its extract, path) of every file the validation reads; None when the
-    extract cannot even be listed (the validation itself says why)."""
-    out = []
     try:
-        for i, root in enumerate(paths):
-            for f in list_partitions(root, window):
-                name = Path(f).name if root.is_file() else str(Path(f).relative_to(root))
-                out.append((f"{i}:{name}", f))
-    except DataError:
-        return None
-    return out
-
-
-def _reuse(
-    recorded: ValidationSummary,
-    paths: Sequence[Path],
-    contract: Contract,
-    window: Window | None,
-    key: RecordKey,
-    count: int,
-) -> tuple[ValidationSummary, tuple[pa.Table, ...] | None] | None:
-    """The recorded summary, with the tables of an extract that passed read again for its
-    rows; None when a file changed while it was read (then it is validated again)."""
-    summary = replace(recorded, validated_files=0, recorded_files=count)
-    if not recorded.passed:
-        return summary, None
-    try:
-        tables = tuple(_read(p, contract, window) for p in paths)
-    except DataError:
-        return None
-    files = _files(paths, window)
-    if files is None or digests(files) != key.files:
-        return None
-    return summary, tables
-
-
-def _validate(
-    paths: Sequence[Path],
-    contract: Contract,
-    site: str,
-    unknown_columns: UnknownColumns,
-    min_rows: int,
-    leakage_auc: float,
-    docs_dir: Path | None,
-    write_docs: bool,
-    window: Window | None,
-) -> tuple[ValidationSummary, tuple[pa.Table, ...] | None]:
-    try:
-        parts = tuple(_read(p, contract, window) for p in paths)
-        table = pa.concat_tables(parts, promote_options="default") if len(parts) > 1 else parts[0]
+        parts = [read_parts(p, window) for p in paths]
+        tables = tuple(_concat(p, ps, contract) for p, ps in zip(paths, parts, strict=True))
+        table = (
+            pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+        )
     except DataError as exc:
         return _unreadable(site, exc), None
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -160,38 +90,138 @@ def _validate(
             f"{paths[-1]}: its schema differs from {paths[0]}'s ({type(exc).__name__})"
         )
         return _unreadable(site, error), None
+    files = tuple((f"{i}:{p.name}", p.digest) for i, ps in enumerate(parts) for p in ps)
+    # The window is not a setting: the files it admits are the key's (a new month that
+    # closes with no new file changes nothing).
+    settings = {
+        "unknown_columns": unknown_columns,
+        "min_rows": min_rows,
+        "leakage_auc": leakage_auc,
+    }
+    basis = Basis.of(contract, settings) if records is not None else None
+    if records is not None and basis is not None and not fresh:
+        recorded = records.find(basis, files)
+        if recorded is not None:
+            summary = replace(recorded, validated_files=0, recorded_files=len(files))
+            return summary, (tables if recorded.passed else None)
     docs = None
     if write_docs:
         docs = default_docs_dir(paths[0]) if docs_dir is None else Path(docs_dir)
+    summary = _validate(
+        table,
+        paths,
+        parts,
+        files,
+        contract,
+        site,
+        unknown_columns,
+        min_rows,
+        leakage_auc,
+        docs,
+        None if records is None or basis is None else (records, basis, fresh),
+    )
+    if records is not None and basis is not None:
+        records.keep(basis, files, summary)
+    return summary, (tables if summary.passed else None)
+
+
+def _concat(path: Path, parts: list[Part], contract: Contract) -> pa.Table:
+    """One extract's files as one table; on failure the most specific error (per file
+    and column)."""
+    try:
+        return concat_parts(path, [p.table for p in parts])
+    except DataError:
+        # Files that disagree on a type: name the file and column.
+        for p in parts:
+            check_types(p.file, p.table.schema, contract.arrow_schema)
+        raise
+
+
+def _validate(
+    table: pa.Table,
+    paths: Sequence[Path],
+    parts: Sequence[Sequence[Part]],
+    files: Files,
+    contract: Contract,
+    site: str,
+    unknown_columns: UnknownColumns,
+    min_rows: int,
+    leakage_auc: float,
+    docs: Path | None,
+    kept: tuple[ValidationRecords, Basis, bool] | None,
+) -> ValidationSummary:
     results, ok_types = physical_type_results(table, contract)
     names, warns = column_name_results(table.column_names, contract, unknown_columns)
     results += names
-    for p in paths:
-        results += partition_column_results(p, table.column_names, contract, window)
+    for path, ps in zip(paths, parts, strict=True):
+        columns = {p.name: p.table.column_names for p in ps} if path.is_dir() else {}
+        results += partition_column_results(columns, table.column_names, contract)
+    exps = expectations(
+        contract, min_rows=min_rows, unknown_columns=unknown_columns, columns=ok_types
+    )
+    per_row = [e for e in exps if e.per_row]
+    suite = suite_digest(per_row)
+    recorded = []
+    if kept is not None and not kept[2]:
+        recorded = kept[0].batches(kept[1], suite, files)
+    covered = {name for b in recorded for name, _ in b.files}
+    new = [i for i, (name, _) in enumerate(files) if name not in covered]
+    counts = [RowCounts()] * len(per_row)
+    for batch in recorded:
+        counts = [a + b for a, b in zip(counts, batch.counts, strict=True)]
     errors: list[str] = []
     try:
         with quiet_gx():
             df = ge_frame(table, contract, ok_types)
-            suite = build_suite(
-                contract, min_rows=min_rows, unknown_columns=unknown_columns, columns=ok_types
-            )
-            gx_result, docs_error = run_suite(df, suite, docs)
-            results += summarize(gx_result)
-            if docs_error:
-                warns.append(docs_error)
+            if new and per_row:
+                fresh = _run(df, _rows(parts, new), per_row, docs, warns)
+                counts = [a + b for a, b in zip(counts, fresh, strict=True)]
+                if kept is not None and not any(c.raised for c in fresh):
+                    batch = Batch(tuple(files[i] for i in new), tuple(fresh))
+                    kept[0].keep_batch(kept[1], suite, batch)
+            by_row = iter(counts)
+            for e in exps:
+                if e.per_row:
+                    results.append(next(by_row).result(e))
+                elif e.critical:
+                    results.append(whole_result(e, df, table.column_names))
             results += leakage_results(df, contract, leakage_auc, ok_types)
     except Exception as exc:  # noqa: BLE001 - a broken extract must not stop the site
         errors.append(f"{paths[0]}: validation could not run ({type(exc).__name__})")
-    passed = not errors and all(r.success for r in results)
-    summary = ValidationSummary(
+    return ValidationSummary(
         site=site,
         rows=int(table.num_rows),
-        passed=passed,
+        passed=not errors and all(r.success for r in results),
         results=tuple(results),
         errors=tuple(errors),
         warnings=tuple(warns),
+        validated_files=len(new),
+        recorded_files=len(files) - len(new),
     )
-    return summary, (parts if passed else None)
+
+
+def _rows(parts: Sequence[Sequence[Part]], chosen: list[int]) -> np.ndarray | None:
+    """Positions in the whole table of the rows of the `chosen` files (None: all)."""
+    sizes = [p.table.num_rows for ps in parts for p in ps]
+    if len(chosen) == len(sizes):
+        return None
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    return np.concatenate([np.arange(starts[i], starts[i + 1]) for i in chosen])
+
+
+def _run(
+    df: pd.DataFrame,
+    rows: np.ndarray | None,
+    per_row: list[Expectation],
+    docs: Path | None,
+    warns: list[str],
+) -> list[RowCounts]:
+    """Great Expectations on the given rows: the counts of each row-by-row expectation."""
+    batch = df if rows is None else df.iloc[rows].reset_index(drop=True)
+    gx_result, docs_error = run_suite(batch, gx_suite(per_row), docs)
+    if docs_error:
+        warns.append(docs_error)
+    return row_counts(gx_result, len(per_row))
 
 
 def _unreadable(site: str, exc: DataError) -> ValidationSummary:
@@ -201,21 +231,3 @@ def _unreadable(site: str, exc: DataError) -> ValidationSummary:
     return ValidationSummary(
         site=site, rows=0, passed=False, results=(unreadable,), errors=(str(exc),)
     )
-
-
-def _read(path: Path, contract: Contract, window: Window | None) -> pa.Table:
-    """The extract's table; on failure the most specific error (per file and column)."""
-    try:
-        return read_table(path, window=window)
-    except DataError:
-        # Partitions that disagree on a type: re-read per file with the contract's schema
-        # so the message names the file and column; otherwise keep the first error.
-        try:
-            read_table(path, contract.arrow_schema, window)
-        except DataError as specific:
-            raise specific from None
-        except Exception:  # noqa: BLE001 - keep the first error
-            pass
-        raise
-    except Exception as exc:  # anything else Arrow raises for a malformed file
-        raise DataError(f"{path}: not a readable Parquet extract ({type(exc).__name__})") from exc
