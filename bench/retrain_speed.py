@@ -1,6 +1,6 @@
 """Scheduled retraining against a full `pipeline train`, side by side in one run, on the
-demo federation (4 synthetic hospitals, 40,000 rows, seed 0), every command a fresh
-process as a scheduler would start it:
+bench federation (8 synthetic hospitals, 1,000,000 rows, seed 0; `--sites 4 --rows
+40000` is the demo's), every command a fresh process as a scheduler would start it:
 
 1. `pipeline train`        the first champion (the full-train baseline), then the same
                            train again on unchanged data (the sites answer validation
@@ -16,7 +16,7 @@ Goals: the second train's validation stage at most a tenth of the first's; the n
 under 15 s; the one-month run at most 0.6 of a cold full train. Prints the
 wall time of each command and of each stage (from the audit record and the MLflow runs).
 
-    .venv/bin/python bench/retrain_speed.py [--model logistic] [--rows 40000]
+    .venv/bin/python bench/retrain_speed.py [--model logistic] [--sites 8] [--rows 1000000]
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def train_stages(tracking_uri: str, experiment: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="logistic")
-    parser.add_argument("--rows", type=int, default=40_000)
+    parser.add_argument("--sites", type=int, default=8)
+    parser.add_argument("--rows", type=int, default=1_000_000)
     args = parser.parse_args()
 
     from pipeline.config import load_config
@@ -67,7 +68,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="retrain-bench-") as tmp:
         work = Path(tmp)
-        config, _ = synthesize(work / "demo", sites=4, rows=args.rows, seed=0)
+        config, _ = synthesize(work / "demo", sites=args.sites, rows=args.rows, seed=0)
         tracking = os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work}/mlruns/mlflow.db"
         cfg = load_config(config)
         experiment = cfg.mlflow.experiment or cfg.federation
@@ -107,7 +108,7 @@ def main() -> None:
         assert code == 0, out[-3000:]
         rows.append(("full train (13 months)", seconds, code, train_stages(tracking, experiment)))
 
-    print(f"\nstrategy {args.model}, 4 sites, {args.rows:,} rows + one month\n")
+    print(f"\nstrategy {args.model}, {args.sites} sites, {args.rows:,} rows + one month\n")
     print(f"{'command':28s} {'wall s':>8s} {'exit':>5s}  stages (s)")
     for name, seconds, code, stages in rows:
         shown = ", ".join(f"{k} {v:.1f}" for k, v in stages.items() if isinstance(v, float | int))

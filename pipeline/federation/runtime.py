@@ -132,6 +132,16 @@ class SiteRuntime:
             actor = idle.get(site.name)
             self.actors[site.name] = actor or self._spawn(site, f"{self.job_id}:{site.name}")
 
+    def wait_started(self) -> None:
+        """Wait (up to the call timeout) until every site's process is up and its actor
+        built: the seconds a site spends starting count as the job's start, not as the
+        first request's. A site that failed to start is reported by that request."""
+        import ray
+
+        refs = [a.__ray_ready__.remote() for s, a in self.actors.items() if s not in self.dropped]
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=self.timeout_s)
+
     def _spawn(self, site: Placement, name: str) -> Any:
         options: dict[str, Any] = {
             "name": name,
