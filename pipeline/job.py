@@ -128,7 +128,7 @@ def run_job(
         ready = stack.enter_context(_ahead(chosen))
         scratch = scratch_prefix(job_id, "champion")
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=scratch)))
-        runtime.wait_started()
+        runtime.wait_started(warm_up="warm_up")
         clock.seconds["start"] = time.perf_counter() - started
         ctx = JobContext(
             runtime,

@@ -132,13 +132,16 @@ class SiteRuntime:
             actor = idle.get(site.name)
             self.actors[site.name] = actor or self._spawn(site, f"{self.job_id}:{site.name}")
 
-    def wait_started(self) -> None:
+    def wait_started(self, warm_up: str | None = None) -> None:
         """Wait (up to the call timeout) until every site's process is up and its actor
-        built: the seconds a site spends starting count as the job's start, not as the
-        first request's. A site that failed to start is reported by that request."""
+        built, and has run its `warm_up` method (no arguments, no reply) if named: the
+        seconds a site spends starting count as the job's start, not as the first
+        request's. A site that failed to start is reported by that request."""
         import ray
 
-        refs = [a.__ray_ready__.remote() for s, a in self.actors.items() if s not in self.dropped]
+        actors = [a for s, a in self.actors.items() if s not in self.dropped]
+        method = warm_up or "__ray_ready__"
+        refs = [getattr(a, method).remote() for a in actors]
         if refs:
             ray.wait(refs, num_returns=len(refs), timeout=self.timeout_s)
 

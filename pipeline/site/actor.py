@@ -116,6 +116,14 @@ class SiteActor:
             )
 
     # -- the process -------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Import what every job's requests read rows with (pyarrow, pandas, the
+        validation code; not Great Expectations, not a strategy's libraries): a job calls
+        this as it starts, so its first request does not carry the process's start-up.
+        Nothing is read and nothing is returned."""
+        import pipeline.site.rows  # noqa: F401
+        import pipeline.validation.validate  # noqa: F401
+
     def pid(self) -> int:
         return os.getpid()
 
