@@ -39,10 +39,12 @@ def site_progress(console: Console, what: str, sites: int) -> Iterator[Callable[
 
 
 def print_validation(console: Console, summaries: dict) -> None:
-    """Site, rows, passed, and each failure with its column and rule."""
+    """Site, rows, files validated now and answered from the site's records, passed, and
+    each failure with its column and rule."""
     table = Table(title="validation at the sites (redacted summaries)")
     table.add_column("site")
     table.add_column("rows", justify="right")
+    table.add_column("files: validated / from records", justify="right")
     table.add_column("passed")
     table.add_column("failures (column: rule)")
     for site, s in summaries.items():
@@ -51,7 +53,11 @@ def print_validation(console: Console, summaries: dict) -> None:
             f"\n… {len(failures) - 6} more" if len(failures) > 6 else ""
         )
         table.add_row(
-            site, f"{s.rows:,}", "[green]yes[/]" if s.passed else "[red]no[/]", shown or "-"
+            site,
+            f"{s.rows:,}",
+            f"{s.validated_files} / {s.recorded_files}",
+            "[green]yes[/]" if s.passed else "[red]no[/]",
+            shown or "-",
         )
     print_table(console, table)
 

@@ -57,9 +57,11 @@ def _sites(console: Console, tmp_path: Path) -> list[str]:
 
 def _validation(console: Console, tmp_path: Path) -> list[str]:
     failure = "hba1c: expect_column_values_to_be_between [3.0, 20.0] (12 rows outside)"
-    summary = SimpleNamespace(rows=9_876, passed=False, reasons=lambda: [failure])
+    summary = SimpleNamespace(
+        rows=9_876, passed=False, reasons=lambda: [failure], validated_files=1, recorded_files=12
+    )
     print_validation(console, {LONG_SITE: summary})
-    return [LONG_SITE, failure]
+    return [LONG_SITE, failure, "1 / 12"]
 
 
 def _job(console: Console, tmp_path: Path) -> list[str]:
