@@ -166,6 +166,54 @@ def _same_answer_from_records(
     )
 
 
+_WHOLE_CASES = (
+    "duplicate_keys",
+    "null_keys",
+    "single_label_class",
+    "glucose_in_mmol_per_l",
+    "bmi_holding_height_in_metres",
+    "too_few_rows",
+    "missing_column",
+    "unknown_extra_column",
+)
+
+
+def test_rules_about_the_whole_extract_decide_as_great_expectations_does(
+    victim: Path, contract: Contract, tmp_path: Path
+) -> None:
+    """The row floor, the columns, unique keys, both label classes and the plausible
+    median run in plain code (they do not add up over files): on the clean extract and
+    on the corruptions that touch them, each decides as GE's own expectation does, with
+    the same counts where GE gives them."""
+    from pipeline.validation.checks import physical_type_results
+    from pipeline.validation.gx import quiet_gx
+    from pipeline.validation.run import ge_frame, run_suite
+    from pipeline.validation.suite import expectations, gx_suite
+    from pipeline.validation.whole import whole_result
+
+    cases = {"clean": victim}
+    for c in CORRUPTIONS:
+        if c.name in _WHOLE_CASES:
+            cases[c.name] = c.make(victim, tmp_path / c.name)
+    assert len(cases) == len(_WHOLE_CASES) + 1
+    decided = 0
+    for name, path in cases.items():
+        table = read_table(path)
+        _, ok = physical_type_results(table, contract)
+        whole = [e for e in expectations(contract, columns=ok) if not e.per_row and e.critical]
+        with quiet_gx():
+            df = ge_frame(table, contract, ok)
+            result, _ = run_suite(df, gx_suite(whole), None)
+        by_index = {int(r.expectation_config.meta["index"]): r for r in result.results}
+        for i, e in enumerate(whole):
+            ours, theirs = whole_result(e, df, table.column_names), by_index[i]
+            assert ours.success == bool(theirs.success), (name, e.rule)
+            if ours.unexpected_count is not None:
+                assert ours.unexpected_count == theirs.result["unexpected_count"], (name, e.rule)
+            decided += not ours.success
+    assert decided >= len(_WHOLE_CASES)  # every corruption failed at least one of them
+
+
 def test_a_text_label_is_named_with_its_rule_not_a_crash(
     victim: Path, contract: Contract, tmp_path: Path
 ) -> None:
