@@ -213,8 +213,8 @@ def test_reply_size_does_not_grow_with_the_row_count(ray_session, tmp_path) -> N
 
 
 def test_a_job_trains_on_exactly_the_rows_that_passed_validation(ray_session, tmp_path):
-    """Rows prepared at validation are the ones loaded: a partition landing between the
-    two calls is not read; a later load without prepared rows reads the extract again."""
+    """Rows kept at validation are the ones loaded: a partition landing between the two
+    calls is not read; a later load without kept rows reads the extract again."""
     cfg = load_config(synthesize(tmp_path / "one", sites=1, rows=2_000, seed=7)[0])
     site = cfg.sites[0]
     with runtime_for([site], cfg.contract, "prepare-test") as runtime:
@@ -223,7 +223,7 @@ def test_a_job_trains_on_exactly_the_rows_that_passed_validation(ray_session, tm
             "prepare-test",
             "logistic",
             min_rows=100,
-            prepare={"test_fraction": 0.2, "seed": 0},
+            keep=True,
         )
         summary = checked.ok[site.name].summary
         assert summary["passed"], summary

@@ -42,7 +42,8 @@ from pipeline.site.policy import SitePolicy, disagreement, read_policy
 from pipeline.site.scoring import SiteScoring
 
 if TYPE_CHECKING:
-    from pipeline.site.rows import Preparation
+    import pyarrow as pa
+
     from pipeline.strategies.base import SiteHandler
 
 
@@ -94,7 +95,7 @@ class SiteActor:
         self.boundary = Boundary(site, self.extract, self.contract, SitePolicy(), pins)
         self.expected_policy = expected_policy
         self._read_policy()
-        self._prepared: Preparation | None = None  # rows validate prepares for load
+        self._validated: tuple[pa.Table, ...] | None = None  # kept by validate for load
         self._handlers: dict[str, SiteHandler] = {}
         self.scoring = SiteScoring(site, self.boundary, self.contract, self.extract)
         self._loaded: tuple[str, ...] = ()  # the months of the current job's rows
@@ -140,8 +141,7 @@ class SiteActor:
         XGBoost collective, that a broken peer can leave stuck)."""
         for job_id in list(self.boundary.jobs):
             self.finish(job_id)
-        self._drop_prepared()
-        self.boundary.rows = None
+        self.boundary.rows = self._validated = None
         self._loaded = ()
         self.boundary.audit("recycle", None)
         return self.boundary.reusable
@@ -196,18 +196,16 @@ class SiteActor:
         unknown_columns: str = "fail",
         min_rows: int = 100,
         leakage_auc: float = 0.98,
-        prepare: dict[str, Any] | None = None,
+        keep: bool = False,
         fresh: bool = False,
     ) -> ValidationReply:
         """Validate the extract here for job `job_id`; only the redacted summary leaves.
 
         With `strategy` (the one the job will train) the site first checks that its policy
         serves it, so a job it would refuse ends at admission, not mid-training. With
-        `prepare` (the job's ``test_fraction`` and ``seed``), a site whose extract passed
-        splits and encodes the rows it has just validated for that strategy, in the
-        background (:class:`~pipeline.site.rows.Preparation`), for the job's ``load``: the
-        extract is read once, and the job trains on exactly the rows that passed even if
-        a file changes in between. Nothing more is returned. Files
+        `keep`, a site whose extract passed keeps the rows it has just validated for the
+        job's ``load``: the extract is read once, and the job trains on exactly the rows
+        that passed even if a file changes in between. Nothing more is returned. Files
         validated before with nothing changed are answered from the site's validation
         records (:mod:`pipeline.validation.records`) unless `fresh`."""
         from pipeline.validation import validate
@@ -216,7 +214,7 @@ class SiteActor:
         self._read_policy()
         self._check_job(job_id, strategy)
         self.boundary.audit("validate", job_id, strategy=strategy or "")
-        self._drop_prepared()
+        self._validated = None
         paths = [self.extract] + ([self.test_extract] if self.test_extract else [])
         summary, tables = validate(
             paths,
@@ -237,8 +235,8 @@ class SiteActor:
             validated_files=summary.validated_files,
             recorded_files=summary.recorded_files,
         )
-        if prepare is not None and strategy is not None and tables is not None:
-            self._prepare(tables, strategy, prepare)
+        if keep and strategy is not None and tables is not None:
+            self._validated = tables
         return ValidationReply(site=self.site, summary=summary.to_dict())
 
     def _check_job(self, job_id: str, strategy: str | None) -> None:
@@ -249,51 +247,31 @@ class SiteActor:
         else:
             self.boundary.allow(job_id, strategy)
 
-    def _prepare(self, tables: tuple[Any, ...], strategy_name: str, prepare: dict) -> None:
-        from pipeline import strategies
-        from pipeline.site.rows import Preparation, SplitKey, split
-
-        strategy = strategies.get(strategy_name)
-        key = SplitKey(float(prepare["test_fraction"]), int(prepare["seed"]))
-
-        def work() -> tuple[Any, Any]:
-            held = tables[1].to_pandas() if len(tables) > 1 else None
-            rows = split(tables[0].to_pandas(), self.contract, key, held)
-            for part in rows:
-                part.encoded(strategy.encoding)
-            strategy.site_handler().prepare()
-            return rows
-
-        self._prepared = Preparation(key, work)
-
-    def _drop_prepared(self) -> None:
-        prepared, self._prepared = self._prepared, None
-        if prepared is not None:
-            prepared.rows(prepared.key)  # its thread is done before anything else runs
-
     def load(self, job_id: str, strategy: str, test_fraction: float, seed: int) -> SiteInfo:
         """Split the extract by a keyed hash of the patient key, so the split is stable
-        across jobs and identical for every strategy (rows prepared by ``validate`` for
-        the same split are used as they are). A site with a held-out extract trains on
+        across jobs and identical for every strategy (the rows ``validate`` kept are
+        split, not read again). A site with a held-out extract trains on
         all of its extract and holds out that file's rows instead."""
         from pipeline import strategies
-        from pipeline.site.rows import SplitKey, read_split
+        from pipeline.site.rows import SplitKey, read_split, split
 
         self._check_job(job_id, strategy)
         self.boundary.audit(
             "load", job_id, strategy=strategy, test_fraction=test_fraction, seed=seed
         )
-        prepared, self._prepared = self._prepared, None
+        tables, self._validated = self._validated, None
         key = SplitKey(float(test_fraction), int(seed))
-        rows = prepared.rows(key) if prepared is not None else None
-        if rows is None:
+        if tables is not None:
+            held = tables[1].to_pandas() if len(tables) > 1 else None
+            rows = split(tables[0].to_pandas(), self.contract, key, held)
+        else:
             rows = read_split(self.extract, self.test_extract, self.contract, key, self.window)
         self.boundary.rows = rows
         train, test = rows
         if len(train) == 0 or len(test) == 0:
             raise DataError(f"site {self.site}: too few rows to split into train and test")
         self._loaded = self._partitions(self.window)
-        strategies.get(strategy).site_handler().prepare()  # done already when prepared
+        strategies.get(strategy).site_handler().prepare()
         return SiteInfo(
             site=self.site,
             rows=len(train) + len(test),

@@ -3,8 +3,6 @@ split by a keyed hash of the patient key, encoded when a request first needs the
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,30 +44,3 @@ def read_split(
     if test_extract is not None:
         held = read_frame(test_extract, contract.arrow_schema, window)
     return split(df, contract, key, held)
-
-
-Split = tuple[EncodedRows, EncodedRows]
-
-
-class Preparation:
-    """A job's rows split and encoded in a thread of the site's process, started the
-    moment its validation passed: a site that finished validating prepares while the
-    coordinator waits for the others, instead of after admission while they all wait.
-    :meth:`rows` waits for it; the rows are the job's only for the same split key."""
-
-    def __init__(self, key: SplitKey, work: Callable[[], Split]) -> None:
-        self.key = key
-        self._rows: Split | None = None
-        self._thread = threading.Thread(target=self._run, args=(work,), daemon=True)
-        self._thread.start()
-
-    def _run(self, work: Callable[[], Split]) -> None:
-        try:
-            self._rows = work()
-        except Exception:  # noqa: BLE001 - nothing prepared: load reads again and says why
-            self._rows = None
-
-    def rows(self, key: SplitKey) -> Split | None:
-        """The prepared rows (None: failed, or prepared for another split)."""
-        self._thread.join()
-        return self._rows if key == self.key else None

@@ -99,13 +99,10 @@ def validate_sites(
     """Validation runs inside each site; only redacted summaries come back.
     `on_site(site)` is called as each site finishes, for a progress bar. With
     `prepare_for` (the strategy job `job_id` will train; the runtime's job by default),
-    a site first checks that its policy serves it, and sites that pass prepare the
-    validated rows (split and encoded, in the background) for the job's ``load``.
-    `fresh`: every site validates again, whatever its validation records say."""
-    v, t = cfg.validation, cfg.training
-    prepare = None
-    if prepare_for is not None:
-        prepare = {"test_fraction": t.test_fraction, "seed": t.seed}
+    a site first checks that its policy serves it, and sites that pass keep the
+    validated rows for the job's ``load``. `fresh`: every site
+    validates again, whatever its validation records say."""
+    v = cfg.validation
     replies = runtime.call(
         "validate",
         job_id or runtime.job_id,
@@ -113,7 +110,7 @@ def validate_sites(
         unknown_columns=v.unknown_columns,
         min_rows=v.min_rows,
         leakage_auc=v.leakage_auc,
-        prepare=prepare,
+        keep=prepare_for is not None,
         fresh=fresh,
         drop_failed=False,
         on_reply=on_site,
