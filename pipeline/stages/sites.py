@@ -145,8 +145,8 @@ def admit_sites(
 
 
 def load_sites(ctx: JobContext) -> dict[str, SiteInfo]:
-    """Every admitted site loads (or keeps, as validated) its split rows; the quorum must
-    hold. Returns their counts, by site."""
+    """Every admitted site splits the rows it kept at validation (or reads its extract
+    again); the quorum must hold. Returns their counts, by site."""
     settings = ctx.settings
     infos = ctx.runtime.call(
         "load", ctx.job_id, ctx.strategy.name, settings.test_fraction, settings.seed
