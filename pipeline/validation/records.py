@@ -109,7 +109,7 @@ class ValidationRecords:
     # -- whole-extract summaries ------------------------------------------------------
     def find(self, basis: Basis, files: Files) -> ValidationSummary | None:
         """The summary recorded for exactly `files` under `basis`."""
-        key = {"basis": basis.to_dict(), "files": [list(f) for f in files]}
+        key = _summary_key(basis, files)
         record = self._load(self.folder / f"summary-{_digest(key)[:32]}.json")
         if record is None or record.get("key") != key:
             return None
@@ -123,7 +123,7 @@ class ValidationRecords:
         earlier set of files (one extract, one current summary)."""
         if summary.errors:
             return
-        key = {"basis": basis.to_dict(), "files": [list(f) for f in files]}
+        key = _summary_key(basis, files)
         path = self._write("summary", key, {"key": key, "summary": summary.to_dict()})
         for old in self.folder.glob("summary-*.json"):
             if old != path:
@@ -139,7 +139,7 @@ class ValidationRecords:
         paths = sorted(self.folder.glob("batch-*.json"), key=_mtime, reverse=True)
         for path in paths:
             record = self._load(path)
-            if record is None or record.get("key") != {"basis": basis.to_dict(), "suite": suite}:
+            if record is None or record.get("key") != _batch_key(basis, suite):
                 continue
             try:
                 batch = Batch(
@@ -157,7 +157,7 @@ class ValidationRecords:
 
     def keep_batch(self, basis: Basis, suite: str, batch: Batch) -> None:
         """File `batch`; any record sharing a file with it is out of date and removed."""
-        key = {"basis": basis.to_dict(), "suite": suite}
+        key = _batch_key(basis, suite)
         body = {
             "key": key,
             "files": [list(f) for f in batch.files],
@@ -186,6 +186,14 @@ class ValidationRecords:
         except (OSError, ValueError):
             return None
         return record if isinstance(record, dict) else None
+
+
+def _summary_key(basis: Basis, files: Files) -> dict[str, Any]:
+    return {"basis": basis.to_dict(), "files": [list(f) for f in files]}
+
+
+def _batch_key(basis: Basis, suite: str) -> dict[str, Any]:
+    return {"basis": basis.to_dict(), "suite": suite}
 
 
 def _mtime(path: Path) -> int:

@@ -118,7 +118,9 @@ def validate(
         min_rows,
         leakage_auc,
         docs,
-        None if records is None or basis is None else (records, basis, fresh),
+        records,
+        basis,
+        fresh,
     )
     if records is not None and basis is not None:
         records.keep(basis, files, summary)
@@ -148,7 +150,9 @@ def _validate(
     min_rows: int,
     leakage_auc: float,
     docs: Path | None,
-    kept: tuple[ValidationRecords, Basis, bool] | None,
+    records: ValidationRecords | None,
+    basis: Basis | None,
+    fresh: bool,
 ) -> ValidationSummary:
     results, ok_types = physical_type_results(table, contract)
     names, warns = column_name_results(table.column_names, contract, unknown_columns)
@@ -161,25 +165,25 @@ def _validate(
     )
     per_row = [e for e in exps if e.per_row]
     suite = suite_digest(per_row)
-    recorded = []
-    if kept is not None and not kept[2]:
-        recorded = kept[0].batches(kept[1], suite, files)
-    covered = {name for b in recorded for name, _ in b.files}
+    batches = []
+    if records is not None and basis is not None and not fresh:
+        batches = records.batches(basis, suite, files)
+    covered = {name for b in batches for name, _ in b.files}
     new = [i for i, (name, _) in enumerate(files) if name not in covered]
-    counts = [RowCounts()] * len(per_row)
-    for batch in recorded:
-        counts = [a + b for a, b in zip(counts, batch.counts, strict=True)]
+    counted = [b.counts for b in batches]
     errors: list[str] = []
     try:
         with quiet_gx():
             df = ge_frame(table, contract, ok_types)
             if new and per_row:
-                fresh = _run(df, _rows(parts, new), per_row, docs, warns)
-                counts = [a + b for a, b in zip(counts, fresh, strict=True)]
-                if kept is not None and not any(c.raised for c in fresh):
-                    batch = Batch(tuple(files[i] for i in new), tuple(fresh))
-                    kept[0].keep_batch(kept[1], suite, batch)
-            by_row = iter(counts)
+                run = _run(df, _rows(parts, new), per_row, docs, warns)
+                counted.append(tuple(run))
+                if records is not None and basis is not None and not any(c.raised for c in run):
+                    records.keep_batch(
+                        basis, suite, Batch(tuple(files[i] for i in new), tuple(run))
+                    )
+            # Each rule's counts summed over the recorded batches and this job's run.
+            by_row = (sum(column, RowCounts()) for column in zip(*counted, strict=True))
             for e in exps:
                 if e.per_row:
                     results.append(next(by_row).result(e))
