@@ -100,8 +100,8 @@ def validate_sites(
     `on_site(site)` is called as each site finishes, for a progress bar. With
     `prepare_for` (the strategy job `job_id` will train; the runtime's job by default),
     a site first checks that its policy serves it, and sites that pass keep the
-    validated rows for the job's ``load``. `fresh`: every site
-    validates again, whatever its validation records say."""
+    validated rows for the job's ``load``. `fresh`: every site validates again, whatever
+    its validation records say."""
     v = cfg.validation
     replies = runtime.call(
         "validate",
