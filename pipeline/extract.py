@@ -126,17 +126,7 @@ def read_table(
     has the wrong type is named, not silently cast.
     """
     files = list_partitions(path, window)
-    tables = []
-    for f in files:
-        try:
-            dataset = _dataset(f)
-            table = dataset.to_table()
-        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
-            raise DataError(f"{f}: not a readable Parquet file ({_short(exc)})") from exc
-        if schema is not None:
-            check_types(f, table.schema, schema)
-        tables.append(table)
-    return concat_parts(path, tables)
+    return concat_parts(path, [_read_file(f, schema) for f in files])
 
 
 def read_months(
@@ -154,22 +144,22 @@ def read_months(
         import pandas as pd
 
         return pd.DataFrame({n: [] for n in (schema.names if schema is not None else [])})
-    tables = []
-    for f in files:
-        try:
-            table = _dataset(f).to_table()
-        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
-            raise DataError(f"{f}: not a readable Parquet file ({_short(exc)})") from exc
-        if schema is not None:
-            check_types(f, table.schema, schema)
-        tables.append(table)
+    tables = [_read_file(f, schema) for f in files]
     return pa.concat_tables(tables, promote_options="default").to_pandas()
 
 
-def _dataset(file: str):  # -> pyarrow.dataset.Dataset
+def _read_file(file: str, schema: pa.Schema | None) -> pa.Table:
+    """One Parquet file's rows (DataError naming it when it cannot be read); with
+    `schema`, each column's physical type checked against it."""
     import pyarrow.dataset as ds
 
-    return ds.dataset(file, format="parquet")
+    try:
+        table = ds.dataset(file, format="parquet").to_table()
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+        raise DataError(f"{file}: not a readable Parquet file ({_short(exc)})") from exc
+    if schema is not None:
+        check_types(file, table.schema, schema)
+    return table
 
 
 def _value(relative: Path, key: str) -> str | None:
