@@ -37,6 +37,7 @@ from pipeline.protocol.collective_masks import DATA_TYPES
 
 MAX, MIN, SUM, BITWISE_AND, BITWISE_OR, BITWISE_XOR = range(6)
 _MAX_MESSAGE = 2**31 - 1
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 # Either way a histogram may be large; never share a port with another process.
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", _MAX_MESSAGE),
@@ -93,9 +94,85 @@ def reduce_buffers(parts: list[bytes], data_type: int, op: int) -> bytes:
     return out.tobytes()
 
 
+class Calls:
+    """The calls of one collective attempt while its `world` ranks arrive, each answered
+    once every rank has sent its part or failed after `deadline_s`: the state both of the
+    aggregator's doors share (XGBoost's gRPC service, and the sites' masked links)."""
+
+    def __init__(self, world: int, deadline_s: float) -> None:
+        if world < 1:
+            raise ValueError("world must be at least 1")
+        self.world = world
+        self.deadline_s = deadline_s
+        self.broken: str | None = None
+        self._calls: dict[int, _Call] = {}
+        self._left: set[int] = set()
+        self._lock = threading.Lock()
+
+    def abort(self, reason: str) -> None:
+        """Fail every waiting rank now, and every later call."""
+        with self._lock:
+            self._break(reason)
+
+    def _break(self, reason: str) -> None:
+        if self.broken is None:
+            self.broken = reason
+        for call in self._calls.values():
+            call.done.set()
+
+    def lose(self, rank: int, reason: str) -> None:
+        """Rank `rank` is gone for good: every call it has not sent can never complete, so
+        those fail now (a call it sent before leaving is still answered)."""
+        with self._lock:
+            self._left.add(rank)
+            if any(rank not in call.arrived for call in self._calls.values()):
+                self._break(reason)
+
+    def contribute(
+        self, kind: str, request: Any, params: tuple, combine: Callable[[list[bytes]], bytes]
+    ) -> bytes:
+        """Add `request`'s buffer to its call, wait for the other ranks and return the
+        combined result; raises :class:`CollectiveBroken` with the reason otherwise."""
+        for observe in observers:
+            observe(kind, request)
+        rank, seq = int(request.rank), int(request.sequence_number)
+        with self._lock:
+            if self.broken is None and not 0 <= rank < self.world:
+                self.broken = f"a request from rank {rank}, outside 0..{self.world - 1}"
+            if self.broken is not None:
+                raise CollectiveBroken(self.broken)
+            call = self._calls.setdefault(seq, _Call(kind, params))
+            if call.kind != kind or call.params != params or rank in call.arrived:
+                self._break(f"rank {rank} sent a different call {seq} ({kind})")
+                raise CollectiveBroken(self.broken)
+            missing = self._left - call.arrived
+            if missing:
+                self._break(f"call {seq} ({kind}) waits for rank {min(missing)}, which left")
+                raise CollectiveBroken(self.broken)
+            call.arrived.add(rank)
+            call.parts[rank] = request.send_buffer
+            if len(call.arrived) == self.world:
+                try:
+                    call.result = combine([call.parts[r] for r in range(self.world)])
+                except ValueError as exc:
+                    self._break(f"call {seq} ({kind}): {exc}")
+                call.parts.clear()
+                call.done.set()
+        if not call.done.wait(self.deadline_s):
+            self.abort(f"call {seq} ({kind}): not every rank sent within {self.deadline_s:g} s")
+        with self._lock:
+            if call.result is None:
+                raise CollectiveBroken(self.broken or "the collective broke")
+            call.collected += 1
+            if call.collected == self.world:
+                del self._calls[seq]
+            return call.result
+
+
 class Aggregator(pb_grpc.FederatedServicer):
-    """The server of one collective attempt: `world` ranks, calls answered once all have
-    sent, each within `deadline_s`.
+    """XGBoost's federated service for one collective attempt: `world` ranks whose workers
+    dial it directly (the ``federated`` mode), calls answered once all have sent, each
+    within `deadline_s`.
 
     Parameters
     ----------
@@ -117,18 +194,14 @@ class Aggregator(pb_grpc.FederatedServicer):
         credentials: grpc.ServerCredentials | None = None,
         deadline_s: float = 60.0,
     ) -> None:
-        if world < 1:
-            raise ValueError("world must be at least 1")
-        if credentials is None and host not in ("127.0.0.1", "localhost", "::1"):
+        if credentials is None and host not in LOOPBACK:
             raise ValueError(f"the aggregator needs mutual TLS off loopback (host {host!r})")
+        self.calls = Calls(world, deadline_s)
         self.world = world
         self.host = host
         self.deadline_s = deadline_s
         self.credentials = credentials
         self.port: int | None = None
-        self.broken: str | None = None
-        self._calls: dict[int, _Call] = {}
-        self._lock = threading.Lock()
         self._server: grpc.Server | None = None
 
     # -- life --------------------------------------------------------------------------
@@ -152,13 +225,13 @@ class Aggregator(pb_grpc.FederatedServicer):
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def broken(self) -> str | None:
+        return self.calls.broken
+
     def abort(self, reason: str) -> None:
         """Fail every waiting rank now, and every later call."""
-        with self._lock:
-            if self.broken is None:
-                self.broken = reason
-            for call in self._calls.values():
-                call.done.set()
+        self.calls.abort(reason)
 
     def stop(self) -> None:
         """Fail what waits, close the port and the threads. Safe to call twice."""
@@ -182,10 +255,7 @@ class Aggregator(pb_grpc.FederatedServicer):
         params: tuple,
         combine: Callable[[list[bytes]], bytes],
     ) -> bytes:
-        """Add `request`'s buffer to its call, wait for the other ranks, and return the
-        combined result; a broken collective aborts the RPC with the reason."""
-        for observe in observers:
-            observe(kind, request)
+        """The call's combined result; a broken collective aborts the RPC with the reason."""
         rank, seq = int(request.rank), int(request.sequence_number)
         finished = threading.Event()
 
@@ -195,33 +265,7 @@ class Aggregator(pb_grpc.FederatedServicer):
 
         context.add_callback(gone)
         try:
-            with self._lock:
-                if self.broken is None and not 0 <= rank < self.world:
-                    self.broken = f"a request from rank {rank}, outside 0..{self.world - 1}"
-                if self.broken is not None:
-                    raise CollectiveBroken(self.broken)
-                call = self._calls.setdefault(seq, _Call(kind, params))
-                if call.kind != kind or call.params != params or rank in call.arrived:
-                    self.broken = f"rank {rank} sent a different call {seq} ({kind})"
-                    raise CollectiveBroken(self.broken)
-                call.arrived.add(rank)
-                call.parts[rank] = bytes(request.send_buffer)
-                if len(call.arrived) == self.world:
-                    try:
-                        call.result = combine([call.parts[r] for r in range(self.world)])
-                    except ValueError as exc:
-                        self.broken = f"call {seq} ({kind}): {exc}"
-                    call.parts.clear()
-                    call.done.set()
-            if not call.done.wait(self.deadline_s):
-                self.abort(f"call {seq} ({kind}): not every rank sent within {self.deadline_s:g} s")
-            with self._lock:
-                if call.result is None:
-                    raise CollectiveBroken(self.broken or "the collective broke")
-                call.collected += 1
-                if call.collected == self.world:
-                    del self._calls[seq]
-                return call.result
+            return self.calls.contribute(kind, request, params, combine)
         except CollectiveBroken as exc:
             context.abort(grpc.StatusCode.ABORTED, f"collective broken: {exc}")
             raise  # not reached: abort raises
@@ -262,11 +306,4 @@ def server_credentials(key: bytes, cert: bytes, ca: bytes) -> grpc.ServerCredent
     signed by the job's CA."""
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=True
-    )
-
-
-def channel_credentials(ca: bytes, key: bytes, cert: bytes) -> grpc.ChannelCredentials:
-    """A site's side of the mutual TLS: trust only the job's CA, present its own pair."""
-    return grpc.ssl_channel_credentials(
-        root_certificates=ca, private_key=key, certificate_chain=cert
     )

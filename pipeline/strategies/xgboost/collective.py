@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Self
 if TYPE_CHECKING:
     from pipeline.protocol.tls import JobPKI
     from pipeline.strategies.xgboost.aggregator import Aggregator
+    from pipeline.strategies.xgboost.masked_link import LinkServer
 
 
 def is_listening(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -282,36 +283,42 @@ class FederatedAggregator:
         self.scale = scale
         self.deadline_s = deadline_s
         self.n_workers = len(pki.sites)
-        self._aggregator: Aggregator | None = None
+        self._server: Aggregator | LinkServer | None = None
         self.port: int | None = None
         self.pid: int | None = None  # it runs in this process: nothing to end but its port
 
     def start(self) -> Self:
-        from pipeline.strategies.xgboost.aggregator import Aggregator, server_credentials
-
         p = self.pki
-        credentials = server_credentials(
-            p.server_key.read_bytes(), p.server_cert.read_bytes(), p.ca_cert.read_bytes()
-        )
-        self._aggregator = Aggregator(
-            self.n_workers, host=self.host, credentials=credentials, deadline_s=self.deadline_s
-        ).start()
-        self.port = self._aggregator.port
+        if self.secure:  # the relays' masked links: only they dial the aggregator
+            from pipeline.protocol.tls import site_uri
+            from pipeline.strategies.xgboost.aggregator import Calls
+            from pipeline.strategies.xgboost.masked_link import LinkServer, server_context
+
+            context = server_context(p.server_cert, p.server_key, p.ca_cert.read_bytes())
+            ranks = {site_uri(site): rank for rank, site in enumerate(p.sites)}
+            calls = Calls(self.n_workers, self.deadline_s)
+            self._server = LinkServer(calls, context, ranks, self.host).start()
+        else:  # XGBoost's own workers dial it: its federated service
+            from pipeline.strategies.xgboost.aggregator import Aggregator, server_credentials
+
+            credentials = server_credentials(
+                p.server_key.read_bytes(), p.server_cert.read_bytes(), p.ca_cert.read_bytes()
+            )
+            self._server = Aggregator(
+                self.n_workers, host=self.host, credentials=credentials, deadline_s=self.deadline_s
+            ).start()
+        self.port = self._server.port
         return self
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    @property
-    def aggregator(self) -> Aggregator | None:
-        return self._aggregator
-
     def stop(self) -> None:
         """Fail every waiting rank, close the port. Safe to call twice."""
-        aggregator, self._aggregator = self._aggregator, None
-        if aggregator is not None:
-            aggregator.stop()
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
 
     def env(self, rank: int, site: str | None = None) -> dict[str, Any]:
         """Worker `rank`'s settings, holding `site`'s client certificate (default: the

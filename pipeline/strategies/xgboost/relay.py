@@ -2,9 +2,10 @@
 
 The relay runs inside the site's boundary (threads of the site's actor process) and
 listens on loopback only. The site's XGBoost worker connects to it as if it were the
-federated server; the relay forwards each call to the aggregator over mutual TLS, after
-deciding what the call may carry out of the site (the pinned release's calls, read from
-XGBoost 3.2's source and seen on the wire):
+federated server; the relay forwards each call to the aggregator on the site's masked
+link (:mod:`~pipeline.strategies.xgboost.masked_link`, mutual TLS), after deciding what
+the call may carry out of the site (the pinned release's calls, read from XGBoost 3.2's
+source and seen on the wire):
 
 - every ``SUM`` allreduce (gradient and hessian histograms, gradient sums, the
   validation metric's numerator and denominator, counts) leaves masked
@@ -23,6 +24,7 @@ XGBoost 3.2's source and seen on the wire):
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections import Counter
@@ -41,6 +43,7 @@ from pipeline.protocol.collective_masks import (
     encode_sum,
 )
 from pipeline.strategies.xgboost.aggregator import GRPC_OPTIONS, MAX, MIN, SUM
+from pipeline.strategies.xgboost.masked_link import Frame, LinkClient, LinkError
 
 CLEAR_EXTREMA_TYPES = frozenset({4, 5, 6, 7, 8, 9, 10, 11})  # integer DataTypes
 MAX_BROADCAST_BYTES = 8
@@ -53,8 +56,9 @@ class MaskingRelay(pb_grpc.FederatedServicer):
     ----------
     upstream : str
         The aggregator's address.
-    credentials : grpc.ChannelCredentials
-        The site's mutual TLS to the aggregator.
+    credentials : ssl.SSLContext
+        The site's mutual TLS to the aggregator
+        (:func:`~pipeline.strategies.xgboost.masked_link.client_context`).
     rank : int
         The site's rank: the only rank its worker may speak as.
     masks : CollectiveMasks
@@ -69,7 +73,7 @@ class MaskingRelay(pb_grpc.FederatedServicer):
     def __init__(
         self,
         upstream: str,
-        credentials: grpc.ChannelCredentials,
+        credentials: ssl.SSLContext,
         rank: int,
         masks: CollectiveMasks,
         scale: int,
@@ -83,12 +87,12 @@ class MaskingRelay(pb_grpc.FederatedServicer):
         self.mask_s = 0.0  # time spent encoding, masking and decoding
         self.refusal: str | None = None
         self._lock = threading.Lock()
-        self._channel = grpc.secure_channel(upstream, credentials, options=GRPC_OPTIONS[:2])
-        self._upstream = pb_grpc.FederatedStub(self._channel)
+        self._link = LinkClient(upstream, credentials, deadline_s)
         self._server: grpc.Server | None = None
         self.port: int | None = None
 
     def start(self) -> MaskingRelay:
+        self._link.connect()
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=GRPC_OPTIONS)
         pb_grpc.add_FederatedServicer_to_server(self, server)
         self.port = server.add_insecure_port("127.0.0.1:0")  # loopback: inside the site
@@ -104,7 +108,7 @@ class MaskingRelay(pb_grpc.FederatedServicer):
         server, self._server = self._server, None
         if server is not None:
             server.stop(grace=None).wait(5.0)
-        self._channel.close()
+        self._link.close()
 
     def __enter__(self) -> MaskingRelay:
         return self.start()
@@ -119,11 +123,12 @@ class MaskingRelay(pb_grpc.FederatedServicer):
             self.refusal = self.refusal or why
         context.abort(grpc.StatusCode.PERMISSION_DENIED, f"the site's relay refuses {why}")
 
-    def _forward(self, context: grpc.ServicerContext, method: str, request: Any) -> Any:
+    def _forward(self, context: grpc.ServicerContext, frame: Frame) -> bytearray:
         try:
-            return getattr(self._upstream, method)(request, timeout=self.deadline_s)
-        except grpc.RpcError as exc:
-            context.abort(exc.code(), f"aggregator: {exc.details()}")
+            return self._link.call(frame)
+        except LinkError as exc:
+            context.abort(grpc.StatusCode.ABORTED, f"aggregator: {exc}")
+            raise  # not reached: abort raises
 
     def _own(self, context: grpc.ServicerContext, request: Any) -> None:
         if int(request.rank) != self.rank:
@@ -142,16 +147,10 @@ class MaskingRelay(pb_grpc.FederatedServicer):
             except ValueError as exc:
                 self._refuse(context, f"call {seq}: {exc}")
             spent = time.perf_counter() - started
-            out = pb.AllreduceRequest(
-                sequence_number=seq,
-                rank=self.rank,
-                send_buffer=masked.tobytes(),
-                data_type=UINT64,
-                reduce_operation=SUM,
-            )
-            reply = self._forward(context, "Allreduce", out)
+            out = Frame("allreduce", self.rank, seq, memoryview(masked).cast("B"), UINT64, SUM)
+            reply = self._forward(context, out)
             started = time.perf_counter()
-            total = np.frombuffer(reply.receive_buffer, dtype=np.uint64)
+            total = np.frombuffer(reply, dtype=np.uint64)
             decoded = decode_sum(total, data_type, self.scale)
             with self._lock:
                 self.counts["masked"] += 1
@@ -160,7 +159,8 @@ class MaskingRelay(pb_grpc.FederatedServicer):
         if op in (MAX, MIN) and data_type in CLEAR_EXTREMA_TYPES:
             with self._lock:
                 self.counts["clear"] += 1
-            return self._forward(context, "Allreduce", request)
+            out = Frame("allreduce", self.rank, seq, request.send_buffer, data_type, op)
+            return pb.AllreduceReply(receive_buffer=bytes(self._forward(context, out)))
         self._refuse(context, f"call {seq}: reduce operation {op} of data type {data_type}")
 
     def Broadcast(self, request: pb.BroadcastRequest, context: grpc.ServicerContext):  # noqa: N802
@@ -173,7 +173,8 @@ class MaskingRelay(pb_grpc.FederatedServicer):
             )
         with self._lock:
             self.counts["clear"] += 1
-        return self._forward(context, "Broadcast", request)
+        out = Frame("broadcast", self.rank, int(request.sequence_number), request.send_buffer)
+        return pb.BroadcastReply(receive_buffer=bytes(self._forward(context, out)))
 
     def Allgather(self, request: pb.AllgatherRequest, context: grpc.ServicerContext):  # noqa: N802
         self._refuse(context, f"call {request.sequence_number}: an allgather")

@@ -163,10 +163,10 @@ def _relay(
     env: dict[str, Any], tls_files: dict[str, bytes], masks: CollectiveMasks, rank: int
 ) -> Iterator[MaskingRelay]:
     """The site's masking relay to the aggregator of `env`, for the attempt's `masks`."""
-    from pipeline.strategies.xgboost.aggregator import channel_credentials
+    from pipeline.strategies.xgboost.masked_link import client_context
     from pipeline.strategies.xgboost.relay import MaskingRelay
 
-    credentials = channel_credentials(
+    credentials = client_context(
         tls_files["federated_server_cert_path"],
         tls_files["federated_client_key_path"],
         tls_files["federated_client_cert_path"],
