@@ -73,12 +73,16 @@ def encode_sum(buffer: bytes, data_type: int, scale: int) -> np.ndarray:
         raise ValueError(f"a SUM of data type {data_type} cannot be masked")
     values = np.frombuffer(buffer, dtype=dtype)
     if dtype.kind == "f":
-        wide = values.astype(np.float64)
-        if not np.all(np.isfinite(wide)):
-            raise ValueError("a SUM holds NaN or infinite values")
-        if wide.size and np.max(np.abs(wide)) * scale >= 2.0**_HEADROOM_BITS:
-            raise ValueError("a SUM value is past the fixed-point range of the job's scale")
-        return np.rint(wide * scale).astype(np.int64).view(np.uint64)
+        wide = values.astype(np.float64, copy=False)
+        if wide.size:  # NaN makes both extremes NaN, an infinity one of them infinite
+            low, high = float(wide.min()), float(wide.max())
+            if not (math.isfinite(low) and math.isfinite(high)):
+                raise ValueError("a SUM holds NaN or infinite values")
+            if max(-low, high) * scale >= 2.0**_HEADROOM_BITS:
+                raise ValueError("a SUM value is past the fixed-point range of the job's scale")
+        scaled = wide * scale
+        np.rint(scaled, out=scaled)
+        return scaled.astype(np.int64).view(np.uint64)
     if dtype.kind == "u":
         return values.astype(np.uint64)
     return values.astype(np.int64).view(np.uint64)
@@ -150,9 +154,12 @@ class CollectiveMasks:
         out = np.array(encoded, dtype=np.uint64, copy=True)
         # ChaCha20's 16-byte nonce: a 4-byte block counter from 0, then the call's number.
         nonce = bytes(4) + int(sequence).to_bytes(12, "little")
+        zeros = bytes(8 * out.size)
+        stream_bytes = bytearray(8 * out.size + 63)  # update_into wants a block's slack
+        mask = np.frombuffer(stream_bytes, dtype="<u8", count=out.size)
         for key, adds in self._keys.values():
             stream = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()
-            mask = np.frombuffer(stream.update(bytes(8 * out.size)), dtype="<u8")
+            stream.update_into(zeros, stream_bytes)  # the key stream itself: zeros encrypted
             if adds:
                 out += mask  # uint64 arithmetic wraps: addition mod 2^64
             else:

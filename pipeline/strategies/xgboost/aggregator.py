@@ -14,10 +14,13 @@ server did not do, this one does:
   coordinator's watchdog) fails every waiting rank at once, and every later call;
 - it runs in the coordinator's process, on threads, and stops with the job.
 
-In the ``secure`` mode the sites' relays send every SUM already masked
+The calls' state (:class:`Calls`) has two doors: XGBoost's gRPC service
+(:class:`Aggregator`), which the workers dial in the ``federated`` mode, and in the
+``secure`` mode the sites' masked links (:mod:`~pipeline.strategies.xgboost.masked_link`),
+on which the relays send every SUM already masked
 (:mod:`pipeline.protocol.collective_masks`): the aggregator adds uint64 vectors modulo
 2^64 and never holds one site's values in the clear. ``observers`` see every request as it
-arrives (the tests' curious aggregator).
+arrives, through either door (the tests' curious aggregator).
 """
 
 from __future__ import annotations
