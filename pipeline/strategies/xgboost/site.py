@@ -72,8 +72,9 @@ class XGBoostSite(SiteHandler):
         SUM before it leaves; a site whose policy requires secure aggregation joins no
         other (:meth:`pipeline.site.boundary.Boundary.collective`). `tls_files` carries
         the job's certificates (key -> PEM bytes, for the `env` entries naming files):
-        the relay holds them in memory; a worker that dials the aggregator itself reads
-        them from a private directory deleted after training."""
+        the relay's TLS context reads them from a private directory that exists only
+        while it does; a worker that dials the aggregator itself reads them from a
+        private directory deleted after training."""
         from pipeline.models.trees import train_worker
 
         rows = self.site.train_rows()
