@@ -67,10 +67,8 @@ def _config(base: Path, out: Path, communicator: str, tracking_uri: str):
     return cfg
 
 
-def _masking_seconds(cfg, job_id: str) -> list[tuple[float, float, int, int]]:
-    """Each site's time in its relay's encoding, masking and decoding while a call
-    waited; the time its thread made masks ahead of their calls; how many of its masked
-    calls found their mask made; how many calls it masked (its audit log)."""
+def _masking_seconds(cfg, job_id: str) -> list[float]:
+    """Each site's time in its relay's encoding, masking and decoding (its audit log)."""
     import json
 
     from pipeline.site.audit import audit_log_path
@@ -80,14 +78,7 @@ def _masking_seconds(cfg, job_id: str) -> list[tuple[float, float, int, int]]:
         for line in audit_log_path(site.path).read_text().splitlines():
             entry = json.loads(line)
             if entry["request"] == "xgb_collective" and entry["job"] == job_id:
-                out.append(
-                    (
-                        float(entry["mask_s"]),
-                        float(entry["masks_ahead_s"]),
-                        int(entry["masks_ahead"]),
-                        int(entry["masked"]),
-                    )
-                )
+                out.append(float(entry["mask_s"]))
     return out
 
 
@@ -236,12 +227,9 @@ def main() -> None:
         f"(two runs each, alternating; pair by pair {pairs})"
     )
     if masking:
-        inline, ahead, hits, calls = (np.array(column) for column in zip(*masking, strict=True))
         print(
-            f"  masking in the relays while a call waited: {np.median(inline):.2f} s per site "
-            f"(median; {inline.min():.2f}-{inline.max():.2f}), of the secure collective's "
-            f"{secure_s:.2f} s; masks made ahead of their calls: {np.median(ahead):.2f} s per "
-            f"site, {hits.sum() / calls.sum():.0%} of the calls found theirs made"
+            f"  masking in the relays: {np.median(masking):.2f} s per site (median; "
+            f"{min(masking):.2f}-{max(masking):.2f}), of the secure collective's {secure_s:.2f} s"
         )
     same = [
         float(np.max(np.abs(predictions["secure"] - predictions[c])))

@@ -149,25 +149,19 @@ class CollectiveMasks:
             key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
             self._keys[peer] = (key, keys.site == low)
 
-    def combined(self, sequence: int, words: int) -> np.ndarray:
-        """This site's mask for call `sequence`, `words` long: its pair streams added (for
-        peers named above it) and subtracted (below), mod 2^64. The streams depend on the
-        keys and the call's number only, so the mask can be made before the values."""
-        out = np.zeros(words, dtype=np.uint64)
+    def mask(self, sequence: int, encoded: np.ndarray) -> np.ndarray:
+        """`encoded` (uint64) plus this site's pair masks for call `sequence`, mod 2^64."""
+        out = np.array(encoded, dtype=np.uint64, copy=True)
         # ChaCha20's 16-byte nonce: a 4-byte block counter from 0, then the call's number.
         nonce = bytes(4) + int(sequence).to_bytes(12, "little")
-        zeros = bytes(8 * words)
-        stream_bytes = bytearray(8 * words + 63)  # update_into wants a block's slack
-        stream_words = np.frombuffer(stream_bytes, dtype="<u8", count=words)
+        zeros = bytes(8 * out.size)
+        stream_bytes = bytearray(8 * out.size + 63)  # update_into wants a block's slack
+        mask = np.frombuffer(stream_bytes, dtype="<u8", count=out.size)
         for key, adds in self._keys.values():
             stream = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()
             stream.update_into(zeros, stream_bytes)  # the key stream itself: zeros encrypted
             if adds:
-                out += stream_words  # uint64 arithmetic wraps: addition mod 2^64
+                out += mask  # uint64 arithmetic wraps: addition mod 2^64
             else:
-                out -= stream_words
+                out -= mask
         return out
-
-    def mask(self, sequence: int, encoded: np.ndarray) -> np.ndarray:
-        """`encoded` (uint64) plus this site's mask for call `sequence`, mod 2^64."""
-        return np.asarray(encoded, dtype=np.uint64) + self.combined(sequence, len(encoded))

@@ -49,60 +49,6 @@ CLEAR_EXTREMA_TYPES = frozenset({4, 5, 6, 7, 8, 9, 10, 11})  # integer DataTypes
 MAX_BROADCAST_BYTES = 8
 
 
-class MasksAhead:
-    """A site's masks, each made before its call arrives.
-
-    A mask depends on the call's number and length, never on the values, so while the
-    site's worker computes its next histogram (or the relay waits for the other sites)
-    a thread makes the next call's mask. XGBoost's calls repeat round after round
-    (the gradient sums, one histogram per tree level, the validation metric), so the next
-    length is predicted from the last two: after lengths (a, b) came c last time. A wrong
-    guess costs the mask made in vain; the call's own mask is then made when it arrives.
-    """
-
-    def __init__(self, masks: CollectiveMasks) -> None:
-        self.masks = masks
-        self.ahead_s = 0.0  # time the thread spent making masks
-        self.hits = 0
-        self._pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="masks")
-        self._next: tuple[int, int, futures.Future[np.ndarray]] | None = None
-        self._last: tuple[int, int] = (0, 0)
-        self._after: dict[tuple[int, int], int] = {}
-
-    def _make(self, sequence: int, words: int) -> np.ndarray:
-        started = time.perf_counter()
-        try:
-            return self.masks.combined(sequence, words)
-        finally:
-            self.ahead_s += time.perf_counter() - started
-
-    def mask(self, sequence: int, encoded: np.ndarray) -> np.ndarray:
-        """`encoded` plus call `sequence`'s mask (made ahead when the guess was right),
-        and the next call's mask started."""
-        words = len(encoded)
-        made = None
-        pending, self._next = self._next, None
-        if pending is not None:
-            if pending[:2] == (sequence, words):
-                made = pending[2].result()
-                self.hits += 1
-            else:
-                pending[2].cancel()
-        if made is None:
-            made = self.masks.combined(sequence, words)
-        self._after[self._last] = words
-        self._last = (self._last[1], words)
-        guess = self._after.get(self._last)
-        if guess is not None:
-            future = self._pool.submit(self._make, sequence + 1, guess)
-            self._next = (sequence + 1, guess, future)
-        return np.asarray(encoded, dtype=np.uint64) + made
-
-    def close(self) -> None:
-        self._next = None
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
 class MaskingRelay(pb_grpc.FederatedServicer):
     """The relay of one site's worker (`rank`) to the aggregator at `upstream`.
 
@@ -134,7 +80,7 @@ class MaskingRelay(pb_grpc.FederatedServicer):
         deadline_s: float,
     ) -> None:
         self.rank = rank
-        self.masks = MasksAhead(masks)
+        self.masks = masks
         self.scale = scale
         self.deadline_s = deadline_s
         self.counts: Counter[str] = Counter()
@@ -163,7 +109,6 @@ class MaskingRelay(pb_grpc.FederatedServicer):
         if server is not None:
             server.stop(grace=None).wait(5.0)
         self._link.close()
-        self.masks.close()
 
     def __enter__(self) -> MaskingRelay:
         return self.start()

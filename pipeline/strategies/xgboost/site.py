@@ -136,8 +136,6 @@ class XGBoostSite(SiteHandler):
                         clear=relay.counts["clear"],
                         refused=relay.counts["refused"],
                         mask_s=round(relay.mask_s, 3),
-                        masks_ahead=relay.masks.hits,
-                        masks_ahead_s=round(relay.masks.ahead_s, 3),
                     )
         # The site holds the job's model itself: only this booster can be fixed as it.
         self.site.held[job_id] = payload_digest({"booster": raw})
