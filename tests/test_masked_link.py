@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.protocol.tls import JobPKI, site_uri
+from pipeline.protocol.tls import JobPKI
 from pipeline.strategies.xgboost.aggregator import SUM, Calls
 from pipeline.strategies.xgboost.collective import is_listening
 from pipeline.strategies.xgboost.masked_link import (
@@ -24,6 +24,7 @@ from pipeline.strategies.xgboost.masked_link import (
     LinkError,
     LinkServer,
     client_context,
+    job_link_server,
     server_context,
 )
 
@@ -37,9 +38,7 @@ def pki(tmp_path: Path) -> JobPKI:
 
 
 def _server(pki: JobPKI, deadline_s: float = 10.0) -> LinkServer:
-    context = server_context(pki.server_cert, pki.server_key, pki.ca_cert.read_bytes())
-    ranks = {site_uri(site): rank for rank, site in enumerate(pki.sites)}
-    return LinkServer(Calls(len(pki.sites), deadline_s), context, ranks, "127.0.0.1").start()
+    return job_link_server(pki, "127.0.0.1", deadline_s).start()
 
 
 def _client(pki: JobPKI, site: str, server: LinkServer, deadline_s: float = 10.0) -> LinkClient:

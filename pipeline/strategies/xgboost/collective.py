@@ -290,14 +290,9 @@ class FederatedAggregator:
     def start(self) -> Self:
         p = self.pki
         if self.secure:  # the relays' masked links: only they dial the aggregator
-            from pipeline.protocol.tls import site_uri
-            from pipeline.strategies.xgboost.aggregator import Calls
-            from pipeline.strategies.xgboost.masked_link import LinkServer, server_context
+            from pipeline.strategies.xgboost.masked_link import job_link_server
 
-            context = server_context(p.server_cert, p.server_key, p.ca_cert.read_bytes())
-            ranks = {site_uri(site): rank for rank, site in enumerate(p.sites)}
-            calls = Calls(self.n_workers, self.deadline_s)
-            self._server = LinkServer(calls, context, ranks, self.host).start()
+            self._server = job_link_server(p, self.host, self.deadline_s).start()
         else:  # XGBoost's own workers dial it: its federated service
             from pipeline.strategies.xgboost.aggregator import Aggregator, server_credentials
 

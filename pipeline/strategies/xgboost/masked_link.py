@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.protocol.tls import JobPKI, site_uri
 from pipeline.strategies.xgboost.aggregator import (
     Calls,
     CollectiveBroken,
@@ -247,6 +248,14 @@ class LinkServer:
             (data_type, op, len(frame.send_buffer)),
             lambda parts: reduce_buffers(parts, data_type, op),
         )
+
+
+def job_link_server(pki: JobPKI, host: str, deadline_s: float) -> LinkServer:
+    """The ``secure`` aggregator of a job's attempt: the PKI's sites as ranks, in its
+    order, each known by its certificate; calls answered within `deadline_s`."""
+    context = server_context(pki.server_cert, pki.server_key, pki.ca_cert.read_bytes())
+    ranks = {site_uri(site): rank for rank, site in enumerate(pki.sites)}
+    return LinkServer(Calls(len(pki.sites), deadline_s), context, ranks, host)
 
 
 # -- a relay's side ---------------------------------------------------------------------
