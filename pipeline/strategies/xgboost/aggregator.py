@@ -200,9 +200,7 @@ class Aggregator(pb_grpc.FederatedServicer):
         if credentials is None and host not in LOOPBACK:
             raise ValueError(f"the aggregator needs mutual TLS off loopback (host {host!r})")
         self.calls = Calls(world, deadline_s)
-        self.world = world
         self.host = host
-        self.deadline_s = deadline_s
         self.credentials = credentials
         self.port: int | None = None
         self._server: grpc.Server | None = None
@@ -210,7 +208,7 @@ class Aggregator(pb_grpc.FederatedServicer):
     # -- life --------------------------------------------------------------------------
     def start(self) -> Aggregator:
         # Every rank blocks a thread while it waits for the others.
-        pool = futures.ThreadPoolExecutor(max_workers=2 * self.world + 4)
+        pool = futures.ThreadPoolExecutor(max_workers=2 * self.calls.world + 4)
         server = grpc.server(pool, options=GRPC_OPTIONS)
         pb_grpc.add_FederatedServicer_to_server(self, server)
         address = f"{self.host}:0"
@@ -298,7 +296,7 @@ class Aggregator(pb_grpc.FederatedServicer):
 
     def Broadcast(self, request: pb.BroadcastRequest, context: grpc.ServicerContext):  # noqa: N802
         root = int(request.root)
-        if not 0 <= root < self.world:
+        if not 0 <= root < self.calls.world:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"root {root} is not a rank")
         out = self._collect(context, "broadcast", request, (root,), lambda p: p[root])
         return pb.BroadcastReply(receive_buffer=out)

@@ -5,9 +5,9 @@ relay sends on to the aggregator is the project's own, and it has no need of gRP
 mutual-TLS connection per relay and attempt, on which each collective call is one request
 frame (the call's fields, then its masked buffer) and one reply frame (the total, or why
 the collective broke). A gRPC call costs each side about half a millisecond of Python and
-thread hand-offs; a frame costs a write and a read. With 8 sites on 2 cores and six calls
-per boosting round, that is most of what masking added to a round
-(``bench/xgboost_speed.py``).
+thread hand-offs; a frame costs a write and a read. On the bench (8 sites on 2 cores,
+``bench/xgboost_speed.py``) the secure collective went from a median 1.41x the plaintext
+one to 1.26x when this link replaced the relay's second gRPC call.
 
 What the link adds to the aggregator's guarantees:
 
@@ -218,7 +218,7 @@ class LinkServer:
                     continue
                 conn.sendall(_REPLY.pack(_MAGIC, 0, len(result)))
                 conn.sendall(result)
-        except (OSError, ValueError, ConnectionError) as exc:
+        except (OSError, ValueError) as exc:  # ConnectionError is an OSError
             self.calls.lose(rank, f"rank {rank}'s relay is gone ({exc or type(exc).__name__})")
         finally:
             with self._lock:  # stays in _connections: a site lost is not let in again
@@ -316,7 +316,7 @@ class LinkClient:
                 body = _read_exactly(conn, size)
             except TimeoutError as exc:
                 raise LinkError(f"no answer within {self.deadline_s + 5.0:g} s") from exc
-            except (OSError, ConnectionError) as exc:
+            except OSError as exc:  # ConnectionError too
                 raise LinkError(f"the link to the aggregator failed ({exc})") from exc
         if status != 0:
             raise LinkError(body.decode("utf-8", "replace"))
