@@ -42,11 +42,7 @@ def _server(pki: JobPKI, deadline_s: float = 10.0) -> LinkServer:
 
 
 def _client(pki: JobPKI, site: str, server: LinkServer, deadline_s: float = 10.0) -> LinkClient:
-    context = client_context(
-        pki.ca_cert.read_bytes(),
-        pki.client_key(site).read_bytes(),
-        pki.client_cert(site).read_bytes(),
-    )
+    context = client_context(pki.ca_cert, pki.client_key(site), pki.client_cert(site))
     return LinkClient(f"127.0.0.1:{server.port}", context, deadline_s).connect()
 
 
@@ -99,9 +95,9 @@ def test_strangers_are_turned_away_and_the_collective_goes_on(pki: JobPKI, tmp_p
     clients: list[LinkClient] = []
     try:
         foreign = client_context(
-            pki.ca_cert.read_bytes(),  # it trusts the real server...
-            other.client_key("north").read_bytes(),  # ...with a key the job never issued
-            other.client_cert("north").read_bytes(),
+            pki.ca_cert,  # it trusts the real server...
+            other.client_key("north"),  # ...with a key the job never issued
+            other.client_cert("north"),
         )
         rogue = LinkClient(f"127.0.0.1:{server.port}", foreign, 5.0)
         with pytest.raises((LinkError, OSError, ssl.SSLError)):

@@ -22,11 +22,9 @@ What the link adds to the aggregator's guarantees:
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import ssl
 import struct
-import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -97,21 +95,13 @@ def server_context(cert: Path, key: Path, ca: bytes) -> ssl.SSLContext:
     return context
 
 
-def client_context(ca: bytes, key: bytes, cert: bytes) -> ssl.SSLContext:
-    """A relay's side: trust only the job's CA, present the site's pair. Python's TLS reads
-    a key pair only from files: they exist, in a private directory, while it is read."""
+def client_context(ca: Path, key: Path, cert: Path) -> ssl.SSLContext:
+    """A relay's side: trust only the job's CA, present the site's pair (PEM files: Python's
+    TLS reads a key pair from files only)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.load_verify_locations(cadata=ca.decode("ascii"))
-    with tempfile.TemporaryDirectory(prefix="pipeline-link-") as private:  # mode 0700
-        paths = []
-        for name, pem in (("cert.pem", cert), ("key.pem", key)):
-            path = Path(private) / name
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(pem)
-            paths.append(path)
-        context.load_cert_chain(*paths)
+    context.load_verify_locations(cafile=ca)
+    context.load_cert_chain(cert, key)
     return context
 
 

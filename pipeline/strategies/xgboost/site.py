@@ -99,7 +99,7 @@ class XGBoostSite(SiteHandler):
             if masks is None:
                 env = _with_tls_files(env, tls_files or {}, stack, job_id)
             else:
-                relay = stack.enter_context(_relay(env, tls_files or {}, masks, rank))
+                relay = stack.enter_context(_relay(env, tls_files or {}, masks, rank, job_id))
                 env = {
                     "dmlc_communicator": "federated",
                     "federated_server_address": relay.address,  # loopback, in this process
@@ -161,17 +161,25 @@ def _with_tls_files(
 
 @contextlib.contextmanager
 def _relay(
-    env: dict[str, Any], tls_files: dict[str, bytes], masks: CollectiveMasks, rank: int
+    env: dict[str, Any],
+    tls_files: dict[str, bytes],
+    masks: CollectiveMasks,
+    rank: int,
+    job_id: str,
 ) -> Iterator[MaskingRelay]:
-    """The site's masking relay to the aggregator of `env`, for the attempt's `masks`."""
+    """The site's masking relay to the aggregator of `env`, for the attempt's `masks`.
+    Its TLS context reads the certificates from a private directory that is deleted as
+    soon as they are read."""
     from pipeline.strategies.xgboost.masked_link import client_context
     from pipeline.strategies.xgboost.relay import MaskingRelay
 
-    credentials = client_context(
-        tls_files["federated_server_cert_path"],
-        tls_files["federated_client_key_path"],
-        tls_files["federated_client_cert_path"],
-    )
+    with contextlib.ExitStack() as files:
+        paths = _with_tls_files({}, tls_files, files, job_id)
+        credentials = client_context(
+            Path(paths["federated_server_cert_path"]),
+            Path(paths["federated_client_key_path"]),
+            Path(paths["federated_client_cert_path"]),
+        )
     relay = MaskingRelay(
         str(env["federated_server_address"]),
         credentials,
