@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import signal
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.hosts import is_loopback, is_wildcard
 from pipeline.serving.champion import Champion, Served
 from pipeline.serving.errors import ServeError
 from pipeline.serving.guard import Guard, Limits, access_log
@@ -38,20 +38,6 @@ def read_token(token_file: Path | None, token_env: str | None) -> str | None:
     if token is not None and len(token.strip()) < 16:
         raise ServeError(f"${token_env}: the token needs 16 characters or more")
     return token.strip() if token else None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def is_wildcard(host: str) -> bool:
-    """Bound to every interface: the machine's names, hence its URL, are unknown."""
-    return host in ("0.0.0.0", "::", "")
 
 
 def allowed_hosts(host: str, port: int, configured: list[str] | None) -> set[str] | None:

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.hosts import is_wildcard
 from pipeline.protocol.tls import JobPKI, site_uri
 from pipeline.strategies.xgboost.aggregator import (
     Calls,
@@ -126,7 +127,7 @@ class LinkServer:
     def __init__(
         self, calls: Calls, context: ssl.SSLContext, ranks: Mapping[str, int], host: str
     ) -> None:
-        if host in ("", "0.0.0.0", "::"):
+        if is_wildcard(host):
             raise ValueError(f"the aggregator binds one address, not every interface ({host!r})")
         self.calls = calls
         self.context = context
