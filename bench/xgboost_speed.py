@@ -140,14 +140,19 @@ def main() -> None:
             auc = {"pooled xgboost": roc_auc_score(y_test, trees.predict_proba(pooled, T_test))}
 
             times, predictions, stages, boosters, masking = {}, {}, {}, {}, []
-            for communicator in ("secure", "federated", "rabit"):
+
+            def timed_job(label: str, communicator: str):
+                """One XGBoost job, its collective and whole-job seconds kept as `label`."""
                 c = _config(base, out / communicator, communicator, tracking_uri)
                 start = time.perf_counter()
                 result = run_job(c, strategy="xgboost")
-                job_s = time.perf_counter() - start
-                train_s = result.model.training_.seconds
-                times[communicator] = (train_s, job_s)
-                stages[communicator] = result.seconds
+                times[label] = (result.model.training_.seconds, time.perf_counter() - start)
+                stages[label] = result.seconds
+                return c, result
+
+            for communicator in ("secure", "federated", "rabit"):
+                c, result = timed_job(communicator, communicator)
+                train_s, job_s = times[communicator]
                 predictions[communicator] = result.model.predict_proba(held_out)
                 boosters[communicator] = result.model.booster_
                 if communicator == "secure":
@@ -164,21 +169,10 @@ def main() -> None:
                 pooled_run()
 
             # The secure job again on the same data: the sites answer from their records.
-            c = _config(base, out / "secure", "secure", tracking_uri)
-            start = time.perf_counter()
-            again = run_job(c, strategy="xgboost")
-            times["secure, again"] = (again.model.training_.seconds, time.perf_counter() - start)
-            stages["secure, again"] = again.seconds
-            # And the plaintext job again, so that secure and plaintext collectives
+            # Then the plaintext job again, so that secure and plaintext collectives
             # alternate and their ratio is of two runs each, not of one pair.
-            c = _config(base, out / "federated", "federated", tracking_uri)
-            start = time.perf_counter()
-            again = run_job(c, strategy="xgboost")
-            times["federated, again"] = (
-                again.model.training_.seconds,
-                time.perf_counter() - start,
-            )
-            stages["federated, again"] = again.seconds
+            timed_job("secure, again", "secure")
+            timed_job("federated, again", "federated")
 
             c = _config(base, out / "logistic", "auto", tracking_uri)
             start = time.perf_counter()
